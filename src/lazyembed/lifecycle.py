@@ -1,0 +1,710 @@
+"""The lifecycle of one loaded thing: load on first use, unload when idle, never mid-call.
+
+States: UNLOADED → LOADING → LOADED → UNLOADING → UNLOADED. Knows nothing of ONNX: it
+holds whatever ``loader()`` returns (anything with ``close()``), so it is testable with a
+fake loader and a fake clock, and can later hold a worker process instead.
+
+Using the thing
+    ``with lifecycle.acquire(keep_alive=None) as thing:`` is the only way in. It counts
+    the call in flight. If UNLOADED, the first caller loads (outside the lock) and every
+    concurrent caller waits for that same load (single flight). A failed load leaves
+    UNLOADED and raises the same exception instance to the loading caller and to every
+    waiter of that load: lazyembed's own errors (ModelNotFoundError, ...) as they are,
+    anything else wrapped once in ModelLoadError (``__cause__`` = the original). The
+    next call tries again. Nobody ever receives None or a closed thing.
+
+Unloading
+    Every unload — explicit, idle, keep_alive, pressure — happens only at in_flight == 0.
+    ``unload()`` waits for calls in flight to finish; callers arriving meanwhile queue
+    behind it and then load again (callers that joined a load in progress count as in
+    flight from the moment they join, so that load serves them first). close() runs on
+    the unloaded object outside the lock, then ``release_memory()`` (gc + malloc_trim),
+    with RSS measured before and after. Calling ``unload()`` from inside an ``acquire()``
+    block of the same thread would wait for itself forever: don't.
+
+Keep-alive rule (leases; the longest live lease wins)
+    Every call, when it FINISHES, leaves a lease:
+      * keep_alive None   → refreshes the default lease, which expires at
+                            last_default_done + idle_timeout, evaluated against the
+                            CURRENT idle_timeout (so shortening it takes effect at once);
+                            with idle_timeout None ("never") the default lease never
+                            expires on its own and does not count as a deadline;
+      * keep_alive k ≥ 0  → an explicit lease expiring at done + k (0: expires at once);
+      * keep_alive < 0/inf → a pin: no deadline until an explicit unload.
+    The model unloads when every lease has expired and nothing is in flight, i.e. at
+    max(live lease expiries). One caller's 0 therefore never cuts another caller's 1h,
+    and a 0 unloads at once only when no other lease holds the model. Only the running
+    maximum of the explicit expiries needs storing. Every unload clears all leases.
+    Reason recorded: "keep_alive" if the latest-expiring lease was explicit, else "idle".
+
+The watcher
+    One daemon thread per Lifecycle, started at the first load, sleeping on a Condition
+    until the next deadline (or the next periodic check). Unloaded, in flight, pinned or
+    idle_timeout "never" → it waits with no timeout: zero wake-ups. Leases only grow, so
+    a watcher asleep towards a finite time is never late; a finishing call notifies it
+    only when it sleeps without timeout and a deadline now exists (set_idle_timeout
+    always notifies). A steady stream of calls costs one wake-up per idle period, not
+    one per call. It holds only a weak reference to the Lifecycle; when the Lifecycle is
+    garbage-collected the thread exits. ``poll()`` runs the same check synchronously
+    (tests with a fake clock build the Lifecycle with ``watcher=False`` and call it).
+    The optional ``periodic_check`` hook (e.g. memory pressure) runs every
+    ``check_interval`` seconds while LOADED and idle, on the same watcher; returning a
+    reason string unloads with that reason if nothing is in flight at that moment
+    (otherwise it is asked again next interval). It never runs while unloaded.
+
+Fork
+    In a forked child every Lifecycle starts UNLOADED with fresh locks and no watcher
+    (one starts at the next load); an object the parent had loaded is NOT closed — ONNX
+    Runtime sessions inherited across fork crash in pthread_join when destroyed — but
+    parked in the module-level ``_INHERITED`` list forever. A "fork" unload event is
+    recorded.
+
+Events (``status()["events"]``, a ring of ``max_events``, each also logged on "lazyembed")
+    kind "load" (reason "first_use" until the first success, then "reload"),
+    "load_failed" (plus "error"), "unload" (reason "explicit", "idle", "keep_alive",
+    "fork", or what ``periodic_check`` returned, e.g. "pressure"); with time (wall
+    clock), ms, and mb (RSS added by a load, returned by an unload).
+
+Locks (who holds what)
+    ``_lock`` (one threading.Lock per Lifecycle) guards every mutable field: state, the
+    loaded object, in_flight, unload_waiting, leases, idle_timeout, counters, events,
+    the watcher's bookkeeping. Two Conditions share it: ``_changed`` (state transitions;
+    in_flight reaching 0 while an unload waits) and ``_wake`` (the watcher's sleep).
+    Never held while calling ``loader()``, ``close()``, ``release_memory()``, the memory
+    probe, ``periodic_check`` or logging. Per call: one lock round trip in ``acquire``
+    and one in release, plus one clock() call at release.
+
+Memory figures are process RSS deltas (the injectable ``memory_probe``), so loads that
+overlap with other allocations in the process (another Lifecycle loading) blur them.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+from lazyembed import memory
+from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
+
+log = logging.getLogger("lazyembed")
+
+_INF = math.inf
+_NEG_INF = -math.inf
+
+
+class State(enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=Closeable)
+_LOADED = State.LOADED  # a module global: cheaper to read on the fast path
+
+# Objects loaded in a parent process before fork(): never closed or freed in the child.
+_INHERITED: list[object] = []
+_LIVE: weakref.WeakSet[Lifecycle[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lifecycle in list(_LIVE):
+        lifecycle._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def normalize_timeout(seconds: float | None, *, key: str = "idle_timeout") -> float | None:
+    """None, negative or inf → None (never); NaN is an error; else float seconds."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigError(f"invalid {key}={seconds!r} from argument: expected seconds or None")
+    value = float(seconds)
+    if math.isnan(value):
+        raise ConfigError(f"invalid {key}={seconds!r} from argument: NaN is not a duration")
+    if value < 0 or value == _INF:
+        return None
+    return value
+
+
+class _Attempt:
+    """One load; waiters keep a reference to learn its outcome (single flight)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _Shared:
+    """What the watcher thread and the GC finalizer need, without a ref to the Lifecycle."""
+
+    __slots__ = ("changed", "dead", "generation", "lock", "wake")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.wake = threading.Condition(self.lock)
+        self.generation = 0  # a watcher whose generation differs exits
+        self.dead = False  # the Lifecycle was garbage-collected
+
+
+def _on_collected(shared: _Shared) -> None:
+    """Finalizer: tell the watcher its Lifecycle is gone.
+
+    Non-blocking: if the lock is held, its holder is the watcher itself dropping the
+    last reference, and it checks ``dead`` before it sleeps.
+    """
+    shared.dead = True
+    if shared.lock.acquire(blocking=False):
+        try:
+            shared.wake.notify_all()
+        finally:
+            shared.lock.release()
+
+
+class _Call(Generic[T]):
+    """The context manager `acquire()` returns: a tiny object, no generator.
+
+    It holds no per-call state, so one instance for keep_alive=None is reused by every
+    call. The fast paths (loaded, nobody unloading) are inlined here because they run
+    on every call: one lock round trip each way and one clock() at release.
+    """
+
+    __slots__ = ("_keep_alive", "_lifecycle")
+
+    def __init__(self, lifecycle: Lifecycle[T], keep_alive: float | None) -> None:
+        self._lifecycle = lifecycle
+        self._keep_alive = keep_alive
+
+    def __enter__(self) -> T:
+        lc = self._lifecycle
+        with lc._lock:
+            if lc._state is _LOADED and not lc._unload_waiting:
+                lc._in_flight += 1
+                return lc._obj  # type: ignore[return-value]
+        return lc._enter_slow()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lc = self._lifecycle
+        keep_alive = self._keep_alive
+        now = lc._clock()
+        with lc._lock:
+            lc._in_flight -= 1
+            lc._last_done = now
+            if keep_alive is None:
+                lc._default_done = now
+            elif keep_alive == _INF:
+                lc._pinned = True
+            else:
+                lease = now + keep_alive
+                if lease > lc._explicit_until:
+                    lc._explicit_until = lease
+            if not lc._in_flight:
+                if lc._unload_waiting:
+                    lc._changed.notify_all()
+                elif lc._watch_until == _INF and lc._wake_target() < _INF:
+                    # Leases only grow, so a watcher asleep towards a finite time is
+                    # never late; one asleep without timeout (it planned while calls
+                    # were in flight, or there was no deadline) must re-plan.
+                    lc._wake.notify()
+
+
+class Lifecycle(Generic[T]):
+    """Loads ``loader()`` on first use, unloads it when idle; see the module docstring."""
+
+    def __init__(
+        self,
+        loader: Callable[[], T],
+        *,
+        idle_timeout: float | None = 1800.0,
+        max_events: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+        memory_probe: Callable[[], int] = memory.process_rss_bytes,
+        release_memory: Callable[[], object] = memory.release_to_os,
+        watcher: bool = True,
+        periodic_check: Callable[[], str | None] | None = None,
+        check_interval: float = 5.0,
+        name: str = "model",
+    ) -> None:
+        if periodic_check is not None and not check_interval > 0:
+            raise ConfigError(f"invalid check_interval={check_interval!r} from argument")
+        self._loader = loader
+        self._clock = clock
+        self._probe = memory_probe
+        self._release_memory = release_memory
+        self._use_watcher = watcher
+        self._check = periodic_check
+        self._check_interval = float(check_interval)
+        self.name = name
+
+        self._shared = _Shared()
+        self._lock = self._shared.lock
+        self._changed = self._shared.changed
+        self._wake = self._shared.wake
+        # Everything below is guarded by _lock.
+        self._state = State.UNLOADED
+        self._obj: T | None = None
+        self._dying: T | None = None  # the object being unloaded (UNLOADING only)
+        self._in_flight = 0
+        self._unload_waiting = 0  # unload() calls waiting; new callers queue behind them
+        self._waiting = 0  # callers waiting for a load or an unload to finish
+        self._attempt: _Attempt | None = None
+        self._idle_timeout = normalize_timeout(idle_timeout)
+        self._last_done: float | None = None  # any call (for idle_seconds)
+        self._default_done: float | None = None  # the default lease
+        self._explicit_until = _NEG_INF  # latest explicit lease expiry
+        self._pinned = False
+        self._next_check = _INF
+        self._watch_until = _NEG_INF  # what the watcher sleeps towards; -inf: not sleeping
+        self._watcher_thread: threading.Thread | None = None
+        self._wakeups = 0
+        self._loads = 0
+        self._unloads = 0
+        self._load_failures = 0
+        self._model_mb = 0.0
+        self._last_load_ms: float | None = None
+        self._last_unload: dict[str, Any] | None = None
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_events)
+
+        self._default_call: _Call[T] = _Call(self, None)
+        _LIVE.add(self)
+        weakref.finalize(self, _on_collected, self._shared)
+
+    # ---- using the thing ---------------------------------------------------------------
+
+    def acquire(self, keep_alive: float | None = None) -> _Call[T]:
+        """Context manager yielding the loaded thing; see the keep-alive rule above.
+
+        keep_alive: None = the idle timeout applies; seconds ≥ 0; negative or inf = pin.
+        """
+        if keep_alive is not None:
+            if keep_alive != keep_alive:
+                raise ConfigError(f"invalid keep_alive={keep_alive!r} from argument: NaN")
+            if keep_alive < 0:
+                keep_alive = _INF
+        else:
+            return self._default_call
+        return _Call(self, keep_alive)
+
+    def _enter_slow(self) -> T:
+        joined: _Attempt | None = None
+        with self._lock:
+            while True:
+                state = self._state
+                if joined is not None and joined.done:
+                    # Counted in flight since joining, so nothing unloaded it meanwhile.
+                    if joined.error is not None:
+                        self._in_flight -= 1
+                        if not self._in_flight and self._unload_waiting:
+                            self._changed.notify_all()
+                        raise joined.error
+                    return self._obj  # type: ignore[return-value]
+                if not self._unload_waiting:
+                    if state is State.LOADED:
+                        self._in_flight += 1
+                        return self._obj  # type: ignore[return-value]
+                    if state is State.UNLOADED:
+                        attempt = self._attempt = _Attempt()
+                        self._state = State.LOADING
+                        self._in_flight += 1
+                        reason = "reload" if self._loads else "first_use"
+                        break
+                    if state is State.LOADING and joined is None:
+                        joined = self._attempt  # single flight: wait for this load
+                        self._in_flight += 1  # committed: no unload may pass us by
+                self._waiting += 1
+                try:
+                    self._changed.wait()
+                except BaseException:  # interrupted while waiting: give the slot back
+                    if joined is not None:
+                        self._in_flight -= 1
+                        self._changed.notify_all()
+                    raise
+                finally:
+                    self._waiting -= 1
+        return self._load(attempt, reason)
+
+    # ---- loading and unloading (outside the lock) --------------------------------------
+
+    def _load(self, attempt: _Attempt, reason: str) -> T:
+        before = self._probe()
+        start = time.perf_counter()
+        try:
+            obj = self._loader()
+            if obj is None:
+                raise ModelLoadError("the loader returned None")
+        except BaseException as exc:
+            self._load_failed(attempt, reason, exc, (time.perf_counter() - start) * 1e3)
+            error = attempt.error
+            if error is exc or error is None or not isinstance(exc, Exception):
+                raise
+            raise error from exc
+        ms = (time.perf_counter() - start) * 1e3
+        mb = max(0.0, (self._probe() - before) / memory.MB)
+        new_watcher: threading.Thread | None = None
+        with self._lock:
+            self._obj = obj
+            self._state = State.LOADED
+            attempt.done = True
+            self._loads += 1
+            self._model_mb = mb
+            self._last_load_ms = ms
+            if self._check is not None:
+                self._next_check = self._clock() + self._check_interval
+            self._record("load", reason, ms, mb)
+            self._changed.notify_all()
+            if self._use_watcher and (
+                self._watcher_thread is None or not self._watcher_thread.is_alive()
+            ):
+                new_watcher = self._watcher_thread = self._new_watcher()
+        if new_watcher is not None:
+            new_watcher.start()
+        log.info("%s loaded (%s) in %.0f ms, +%.1f MB RSS", self.name, reason, ms, mb)
+        return obj
+
+    def _load_failed(self, attempt: _Attempt, reason: str, exc: BaseException, ms: float) -> None:
+        if isinstance(exc, LazyEmbedError):
+            error: BaseException = exc
+        elif isinstance(exc, Exception):
+            error = ModelLoadError(f"loading {self.name} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        else:  # KeyboardInterrupt & co: the loading caller gets it, waiters a ModelLoadError
+            error = ModelLoadError(f"loading {self.name} was interrupted ({type(exc).__name__})")
+        with self._lock:
+            attempt.error = error
+            attempt.done = True
+            self._state = State.UNLOADED
+            self._in_flight -= 1
+            self._load_failures += 1
+            event = self._record("load_failed", reason, ms, 0.0)
+            event["error"] = str(error)
+            self._changed.notify_all()
+        log.warning("%s failed to load in %.0f ms: %s", self.name, ms, error)
+
+    def _begin_unload_locked(self, reason: str) -> None:
+        """Under _lock, at in_flight == 0 and LOADED: take the object out, clear leases."""
+        self._dying = self._obj
+        self._obj = None
+        self._state = State.UNLOADING
+        self._pinned = False
+        self._explicit_until = _NEG_INF
+        self._default_done = None
+        self._next_check = _INF
+
+    def _finish_unload(self, reason: str) -> None:
+        """Outside the lock: close, drop the last reference, return memory, measure."""
+        before = self._probe()
+        start = time.perf_counter()
+        with self._lock:
+            obj, self._dying = self._dying, None
+        try:
+            if obj is not None:
+                obj.close()
+        except Exception:
+            log.exception("%s: close() failed during unload (%s)", self.name, reason)
+        del obj  # the last reference: the loaded thing is freed here
+        self._release_memory()
+        after = self._probe()
+        ms = (time.perf_counter() - start) * 1e3
+        returned = (before - after) / memory.MB
+        with self._lock:
+            self._state = State.UNLOADED
+            self._unloads += 1
+            self._model_mb = 0.0
+            self._last_unload = {
+                "reason": reason,
+                "rss_before_mb": memory.to_mb(before),
+                "rss_after_mb": memory.to_mb(after),
+                "returned_mb": round(returned, 2),
+                "ms": round(ms, 2),
+            }
+            self._record("unload", reason, ms, returned)
+            self._changed.notify_all()
+            self._wake.notify()  # let the watcher settle into its untimed sleep now
+        log.info(
+            "%s unloaded (%s) in %.0f ms, %.1f MB returned (RSS %.1f → %.1f MB)",
+            self.name,
+            reason,
+            ms,
+            returned,
+            before / memory.MB,
+            after / memory.MB,
+        )
+
+    def _record(self, kind: str, reason: str, ms: float, mb: float) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "time": time.time(),
+            "kind": kind,
+            "reason": reason,
+            "ms": round(ms, 2),
+            "mb": round(mb, 2),
+        }
+        self._events.append(event)
+        return event
+
+    # ---- public control ----------------------------------------------------------------
+
+    def unload(self, reason: str = "explicit") -> bool:
+        """Unload now; True if a model was unloaded, False if none was loaded.
+
+        Waits for calls in flight (and a load in progress) to finish; callers arriving
+        meanwhile queue behind the unload and then load again. Clears all leases (pins).
+        """
+        with self._lock:
+            self._unload_waiting += 1
+            try:
+                while self._state in (State.LOADING, State.UNLOADING) or self._in_flight:
+                    self._changed.wait()
+            finally:
+                self._unload_waiting -= 1
+            if self._state is not State.LOADED:
+                if not self._unload_waiting:
+                    self._changed.notify_all()  # release callers queued behind us
+                return False
+            self._begin_unload_locked(reason)
+        self._finish_unload(reason)
+        return True
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """Seconds (0 = unload after each call), or None/negative = never. Applies at once."""
+        value = normalize_timeout(seconds)
+        with self._lock:
+            self._idle_timeout = value
+            self._wake.notify()
+
+    def peek(self) -> T | None:
+        """The loaded thing if LOADED, else None, without loading or touching leases.
+
+        For reports only (e.g. a worker's memory): it may be unloaded and closed right
+        after this returns, so never use it for work — that is what acquire() is for.
+        """
+        with self._lock:
+            return self._obj if self._state is _LOADED else None
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self._idle_timeout
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def poll(self) -> str | None:
+        """Run the deadline and periodic checks now; the reason if it unloaded, else None.
+
+        The watcher calls this logic too; tests with a fake clock call it directly.
+        """
+        with self._lock:
+            action, value = self._plan_locked(self._clock())
+            if action == "unload":
+                self._begin_unload_locked(value)
+        if action == "unload":
+            self._finish_unload(value)
+            return value
+        if action == "check":
+            return self._run_check()
+        return None
+
+    def close(self) -> None:
+        """Unload and stop the watcher. Idempotent; a later acquire() loads again."""
+        self.unload("explicit")
+        with self._lock:
+            self._shared.generation += 1
+            thread, self._watcher_thread = self._watcher_thread, None
+            self._wake.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of state, memory figures, leases, counters and recent events."""
+        with self._lock:
+            now = self._clock()
+            loaded = self._state is State.LOADED
+            unload_in: float | None = None
+            if loaded and not self._in_flight:
+                deadline, _ = self._deadline()
+                if deadline != _INF:
+                    unload_in = max(0.0, deadline - now)
+            idle: float | None = None
+            if self._last_done is not None:
+                idle = 0.0 if self._in_flight else max(0.0, now - self._last_done)
+            return {
+                "state": self._state.value,
+                "model_loaded": loaded,
+                "model_mb": round(self._model_mb, 2) if loaded else 0.0,
+                "idle_seconds": idle,
+                "idle_timeout_s": self._idle_timeout,
+                "unload_in_s": unload_in,
+                "pinned": self._pinned,
+                "in_flight": self._in_flight,
+                "waiting": self._waiting,
+                "unload_waiting": self._unload_waiting,
+                "loads": self._loads,
+                "unloads": self._unloads,
+                "load_failures": self._load_failures,
+                "last_load_ms": None
+                if self._last_load_ms is None
+                else round(self._last_load_ms, 2),
+                "last_unload": None if self._last_unload is None else dict(self._last_unload),
+                "watcher_wakeups": self._wakeups,
+                "events": [dict(e) for e in self._events],
+            }
+
+    # ---- deadlines and the watcher -----------------------------------------------------
+
+    def _deadline(self) -> tuple[float, str]:
+        """(time of the latest live lease's expiry, reason); inf = no deadline. Under _lock."""
+        if self._pinned:
+            return _INF, "keep_alive"
+        deadline, reason = self._explicit_until, "keep_alive"
+        if self._idle_timeout is not None and self._default_done is not None:
+            default = self._default_done + self._idle_timeout
+            if default >= deadline:
+                deadline, reason = default, "idle"
+        return (_INF if deadline == _NEG_INF else deadline), reason
+
+    def _wake_target(self) -> float:
+        """When the watcher must next act (inf = never). Under _lock."""
+        if self._state is not State.LOADED or self._in_flight or self._unload_waiting:
+            return _INF
+        deadline, _ = self._deadline()
+        return min(deadline, self._next_check)
+
+    def _plan_locked(self, now: float) -> tuple[str, str]:
+        """("unload", reason) | ("check", "") | ("wait", ""). Under _lock."""
+        if self._state is not State.LOADED or self._in_flight or self._unload_waiting:
+            return "wait", ""
+        deadline, reason = self._deadline()
+        if deadline <= now:
+            return "unload", reason
+        if self._next_check <= now:
+            return "check", ""
+        return "wait", ""
+
+    def _run_check(self) -> str | None:
+        assert self._check is not None
+        try:
+            reason = self._check()
+        except Exception:
+            log.exception("%s: periodic check failed", self.name)
+            reason = None
+        with self._lock:
+            self._next_check = self._clock() + self._check_interval
+            if not (
+                reason
+                and self._state is State.LOADED
+                and not self._in_flight
+                and not self._unload_waiting
+            ):
+                return None
+            self._begin_unload_locked(reason)
+        self._finish_unload(reason)
+        return reason
+
+    def _new_watcher(self) -> threading.Thread:
+        return threading.Thread(
+            target=_watch,
+            args=(weakref.ref(self), self._shared, self._shared.generation),
+            name=f"lazyembed-watcher-{self.name}",
+            daemon=True,
+        )
+
+    # ---- fork ----------------------------------------------------------------------------
+
+    def _reset_after_fork(self) -> None:
+        """In the child: fresh locks, UNLOADED, no watcher; the parent's object is parked."""
+        shared = self._shared
+        shared.lock = threading.Lock()
+        shared.changed = threading.Condition(shared.lock)
+        shared.wake = threading.Condition(shared.lock)
+        shared.generation += 1
+        self._lock, self._changed, self._wake = shared.lock, shared.changed, shared.wake
+        had_model = self._state in (State.LOADED, State.UNLOADING)
+        for obj in (self._obj, self._dying):
+            if obj is not None:
+                _INHERITED.append(obj)
+        self._obj = self._dying = None
+        self._state = State.UNLOADED
+        self._in_flight = self._unload_waiting = self._waiting = 0
+        self._attempt = None
+        self._pinned = False
+        self._explicit_until = _NEG_INF
+        self._default_done = None
+        self._next_check = _INF
+        self._watch_until = _NEG_INF
+        self._watcher_thread = None
+        if had_model:
+            self._unloads += 1
+            self._model_mb = 0.0
+            self._last_unload = {
+                "reason": "fork",
+                "rss_before_mb": None,
+                "rss_after_mb": None,
+                "returned_mb": 0.0,
+                "ms": 0.0,
+            }
+            self._record("unload", "fork", 0.0, 0.0)
+            log.info("%s: forked child starts unloaded (parent's copy left untouched)", self.name)
+
+
+def _watch(ref: weakref.ref[Lifecycle[Any]], shared: _Shared, generation: int) -> None:
+    """The watcher thread: sleep until the next deadline, act, repeat.
+
+    Holds a strong reference to the Lifecycle only while deciding or acting, never while
+    sleeping, so an abandoned Lifecycle can be collected (and this thread then exits).
+    """
+    try:
+        while True:
+            lifecycle = ref()
+            if lifecycle is None or shared.generation != generation:
+                return
+            with lifecycle._lock:
+                now = lifecycle._clock()
+                action, reason = lifecycle._plan_locked(now)
+                if action == "unload":
+                    lifecycle._begin_unload_locked(reason)
+                elif action == "wait":
+                    until = lifecycle._wake_target()
+                    lifecycle._watch_until = until
+                    timeout = None if until == _INF else max(0.0, until - now)
+                    wake = lifecycle._wake
+                    del lifecycle  # may run the finalizer here (it then only sets dead)
+                    if shared.dead or shared.generation != generation:
+                        return
+                    wake.wait(timeout)
+                    lifecycle = ref()
+                    if lifecycle is None:
+                        return
+                    lifecycle._watch_until = _NEG_INF
+                    lifecycle._wakeups += 1
+                    continue
+            if action == "unload":
+                lifecycle._finish_unload(reason)
+            else:
+                lifecycle._run_check()
+            del lifecycle
+    except Exception:  # pragma: no cover - a bug; the next load starts a new watcher
+        log.exception("lazyembed lifecycle watcher died")

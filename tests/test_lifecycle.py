@@ -1,0 +1,646 @@
+"""The Lifecycle state machine with fake loaders, a fake clock and a fake memory probe.
+
+The real model's memory, CPU and fork behaviour are in test_lifecycle_real.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lazyembed.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from lazyembed.lifecycle import _INHERITED, Lifecycle, State
+
+MB = 2**20
+
+
+class FakeMemory:
+    """RSS = base + 50 MB per fake model not yet freed; freed by release_memory()."""
+
+    def __init__(self) -> None:
+        self.base = 100 * MB
+        self.live: list[FakeModel] = []
+        self.releases = 0
+
+    def rss(self) -> int:
+        return self.base + 50 * MB * len(self.live)
+
+    def release(self) -> None:
+        self.releases += 1
+        self.live = [m for m in self.live if not m.closed]
+
+
+class FakeModel:
+    """Raises if used after close(): the lifecycle must never hand out a closed model."""
+
+    def __init__(self, mem: FakeMemory | None = None) -> None:
+        self.closed = False
+        self.uses = 0
+        if mem is not None:
+            mem.live.append(self)
+
+    def use(self) -> int:
+        if self.closed:
+            raise RuntimeError("used after close()")
+        self.uses += 1
+        return id(self)
+
+    def close(self) -> None:
+        if self.closed:
+            raise RuntimeError("closed twice")
+        self.closed = True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Loader:
+    """Counts calls; can be gated (to hold a load in progress) or made to fail."""
+
+    def __init__(self, mem: FakeMemory | None = None) -> None:
+        self.mem = mem
+        self.calls = 0
+        self.gate: threading.Event | None = None
+        self.fail: BaseException | None = None
+        self.made: list[FakeModel] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> FakeModel:
+        with self._lock:
+            self.calls += 1
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        model = FakeModel(self.mem)
+        self.made.append(model)
+        return model
+
+
+@pytest.fixture
+def mem() -> FakeMemory:
+    return FakeMemory()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make(
+    loader: Callable[[], FakeModel],
+    mem: FakeMemory,
+    clock: Callable[[], float] | None = None,
+    **kwargs: object,
+) -> Lifecycle[FakeModel]:
+    options: dict[str, object] = {
+        "memory_probe": mem.rss,
+        "release_memory": mem.release,
+        "watcher": False,
+    }
+    if clock is not None:
+        options["clock"] = clock
+    options.update(kwargs)
+    return Lifecycle(loader, **options)  # type: ignore[arg-type]
+
+
+def use(lc: Lifecycle[FakeModel], keep_alive: float | None = None) -> FakeModel:
+    with lc.acquire(keep_alive) as model:
+        model.use()
+        return model
+
+
+def state_of(lc: Lifecycle[FakeModel]) -> State:
+    """The state, read through a function so mypy does not narrow it between reads."""
+    return lc.state
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def test_first_use_loads_and_measures(mem: FakeMemory, clock: FakeClock) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, clock)
+    assert lc.status()["state"] == "unloaded" and lc.status()["idle_seconds"] is None
+    model = use(lc)
+    status = lc.status()
+    assert loader.calls == 1 and not model.closed
+    assert status["state"] == "loaded" and status["model_loaded"] is True
+    assert status["model_mb"] == 50.0 and status["loads"] == 1 and status["in_flight"] == 0
+    assert [(e["kind"], e["reason"], e["mb"]) for e in status["events"]] == [
+        ("load", "first_use", 50.0)
+    ]
+    assert use(lc) is model and loader.calls == 1  # reused, not reloaded
+    assert lc.peek() is model and lc.status()["loads"] == 1
+    clock.advance(7)
+    assert lc.status()["idle_seconds"] == 7.0
+
+
+def test_unload_measures_returned_memory_and_reload_is_transparent(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem)
+    first = use(lc)
+    assert lc.unload() is True and first.closed
+    status = lc.status()
+    assert status["state"] == "unloaded" and status["model_mb"] == 0.0
+    assert status["last_unload"]["reason"] == "explicit"
+    assert status["last_unload"]["returned_mb"] == 50.0
+    assert status["last_unload"]["rss_before_mb"] == 150.0
+    assert status["last_unload"]["rss_after_mb"] == 100.0
+    assert lc.unload() is False  # nothing loaded
+    assert lc.peek() is None and loader.calls == 1  # peeking never loads
+    second = use(lc)
+    assert second is not first and not second.closed
+    kinds = [(e["kind"], e["reason"]) for e in lc.status()["events"]]
+    assert kinds == [("load", "first_use"), ("unload", "explicit"), ("load", "reload")]
+
+
+def test_single_flight_eight_threads_one_load(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    loader.gate = threading.Event()
+    lc = make(loader, mem)
+    got: list[FakeModel] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            got.append(use(lc))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: lc.status()["waiting"] == 7)
+    assert lc.status()["state"] == "loading"
+    loader.gate.set()
+    for t in threads:
+        t.join(10)
+    assert not errors and len(got) == 8
+    assert loader.calls == 1 and all(m is got[0] for m in got)
+    assert lc.status()["loads"] == 1
+
+
+def test_failed_load_raises_same_error_to_all_waiters_then_retries(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    loader.gate = threading.Event()
+    cause = OSError("disk on fire")
+    loader.fail = cause
+    lc = make(loader, mem)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            use(lc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: lc.status()["waiting"] == 7)
+    loader.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 8 and loader.calls == 1
+    assert all(e is errors[0] for e in errors)  # the same instance for every waiter
+    assert isinstance(errors[0], ModelLoadError) and errors[0].__cause__ is cause
+    status = lc.status()
+    assert status["state"] == "unloaded" and status["in_flight"] == 0 and status["loads"] == 0
+    assert [(e["kind"], e["reason"]) for e in status["events"]] == [("load_failed", "first_use")]
+    loader.fail = None
+    model = use(lc)
+    assert loader.calls == 2 and not model.closed and lc.status()["loads"] == 1
+
+
+def test_lazyembed_errors_from_the_loader_are_not_wrapped(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    loader.fail = ModelNotFoundError("no model here")
+    lc = make(loader, mem)
+    with pytest.raises(ModelNotFoundError, match="no model here"):
+        use(lc)
+    assert state_of(lc) is State.UNLOADED
+
+
+def test_loader_returning_none_is_a_load_error(mem: FakeMemory) -> None:
+    lc: Lifecycle[FakeModel] = make(lambda: None, mem)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ModelLoadError, match="None"):
+        use(lc)
+    assert state_of(lc) is State.UNLOADED
+
+
+# ---- unloading never cuts a call -------------------------------------------------------
+
+
+def test_unload_waits_for_calls_in_flight_and_new_callers_queue(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem)
+    inside, leave = threading.Event(), threading.Event()
+    holder: list[FakeModel] = []
+
+    def long_call() -> None:
+        with lc.acquire() as model:
+            holder.append(model)
+            inside.set()
+            assert leave.wait(10)
+            model.use()  # must still be usable: the unload waits for us
+
+    results: list[bool] = []
+    a = threading.Thread(target=long_call)
+    a.start()
+    assert inside.wait(10)
+    u = threading.Thread(target=lambda: results.append(lc.unload()))
+    u.start()
+    assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+    late: list[FakeModel] = []
+    c = threading.Thread(target=lambda: late.append(use(lc)))
+    c.start()
+    assert wait_until(lambda: lc.status()["waiting"] == 1)  # queued behind the unload
+    assert not results and not holder[0].closed and state_of(lc) is State.LOADED
+    leave.set()
+    for t in (a, u, c):
+        t.join(10)
+    assert results == [True] and holder[0].closed
+    assert late and late[0] is not holder[0] and not late[0].closed
+    assert loader.calls == 2
+
+
+def test_unload_during_a_load_lets_the_waiters_in_first(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    loader.gate = threading.Event()
+    lc = make(loader, mem)
+    got: list[FakeModel] = []
+    callers = [threading.Thread(target=lambda: got.append(use(lc))) for _ in range(3)]
+    for t in callers:
+        t.start()
+    assert wait_until(lambda: lc.status()["waiting"] == 2)
+    results: list[bool] = []
+    u = threading.Thread(target=lambda: results.append(lc.unload()))
+    u.start()
+    assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+    loader.gate.set()
+    for t in [*callers, u]:
+        t.join(10)
+    assert len(got) == 3 and all(m is got[0] for m in got)  # served by the one load
+    assert results == [True] and got[0].closed and loader.calls == 1
+
+
+def test_stress_threads_with_random_unloads_never_see_a_closed_model(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, idle_timeout=0.001, watcher=True)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(200):
+            try:
+                with lc.acquire(rng.choice([None, None, 0.0, 0.002, -1.0])) as model:
+                    model.use()
+                    time.sleep(rng.choice([0, 0, 0, 0.0002]))
+                    model.use()
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    def chaos() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            time.sleep(rng.uniform(0, 0.001))
+            lc.unload()
+            lc.poll()
+
+    workers = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    unloader = threading.Thread(target=chaos)
+    unloader.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    stop.set()
+    unloader.join(10)
+    assert not errors, errors[:3]
+    status = lc.status()
+    assert status["in_flight"] == 0 and status["waiting"] == 0
+    assert status["unloads"] >= 1
+    assert status["loads"] == status["unloads"] + int(status["model_loaded"]) == loader.calls
+    assert sum(not m.closed for m in loader.made) == int(status["model_loaded"])
+    lc.close()
+
+
+# ---- deadlines (fake clock, poll() instead of the watcher) ------------------------------
+
+
+def test_default_lease_counts_from_when_the_call_finished(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    with lc.acquire() as model:
+        clock.advance(100)  # a long call: no unload while it runs
+        assert lc.poll() is None
+        model.use()
+    assert lc.status()["unload_in_s"] == 60.0
+    clock.advance(59.9)
+    assert lc.poll() is None and state_of(lc) is State.LOADED
+    clock.advance(0.1)
+    assert lc.poll() == "idle" and state_of(lc) is State.UNLOADED
+    assert lc.status()["last_unload"]["reason"] == "idle"
+    assert lc.status()["unload_in_s"] is None
+
+
+def test_idle_timeout_zero_unloads_after_each_call(mem: FakeMemory, clock: FakeClock) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, clock, idle_timeout=0)
+    use(lc)
+    assert lc.poll() == "idle"
+    use(lc)
+    assert lc.poll() == "idle" and loader.calls == 2
+
+
+def test_keep_alive_zero_unloads_when_nothing_else_holds(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=None)
+    use(lc, keep_alive=0)
+    assert lc.status()["unload_in_s"] == 0.0
+    assert lc.poll() == "keep_alive"
+
+
+def test_keep_alive_zero_does_not_cut_the_default_lease(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    use(lc)  # default lease until +60
+    clock.advance(10)
+    use(lc, keep_alive=0)
+    assert lc.poll() is None
+    clock.advance(49.9)
+    assert lc.poll() is None
+    clock.advance(0.1)
+    assert lc.poll() == "idle"
+
+
+@pytest.mark.parametrize("order", ["long_first", "zero_first"])
+def test_one_callers_zero_never_cuts_another_callers_hour(
+    mem: FakeMemory, clock: FakeClock, order: str
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=None)
+    values = [3600.0, 0.0] if order == "long_first" else [0.0, 3600.0]
+    for keep_alive in values:
+        use(lc, keep_alive=keep_alive)
+        clock.advance(10)
+    assert lc.poll() is None
+    start = clock.now - 20 + (0 if order == "long_first" else 10)
+    clock.now = start + 3599.9
+    assert lc.poll() is None and state_of(lc) is State.LOADED
+    clock.now = start + 3600
+    assert lc.poll() == "keep_alive"
+
+
+def test_concurrent_callers_longest_lease_wins(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=None)
+    with lc.acquire(keep_alive=3600):
+        with lc.acquire(keep_alive=0):
+            pass
+        assert lc.poll() is None  # in flight
+    assert lc.poll() is None
+    clock.advance(3600)
+    assert lc.poll() == "keep_alive"
+
+
+def test_pin_holds_until_an_explicit_unload_which_clears_it(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=1)
+    use(lc, keep_alive=-1)
+    clock.advance(10**9)
+    assert lc.poll() is None and lc.status()["pinned"] is True
+    assert lc.status()["unload_in_s"] is None
+    assert lc.unload() is True and lc.status()["pinned"] is False
+    use(lc)  # the pin is gone: the idle timeout applies again
+    clock.advance(1)
+    assert lc.poll() == "idle"
+
+
+def test_never_timeout_never_unloads(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=-1)
+    assert lc.idle_timeout is None
+    use(lc)
+    clock.advance(10**9)
+    assert lc.poll() is None
+    status = lc.status()
+    assert status["idle_timeout_s"] is None and status["unload_in_s"] is None
+
+
+def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=3600)
+    use(lc)
+    clock.advance(20 * 60)
+    assert lc.poll() is None
+    lc.set_idle_timeout(10)
+    assert lc.status()["unload_in_s"] == 0.0
+    assert lc.poll() == "idle"
+    lc.set_idle_timeout(None)
+    use(lc)
+    clock.advance(10**9)
+    assert lc.poll() is None
+
+
+def test_bad_keep_alive_and_timeout_values(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem)
+    with pytest.raises(ConfigError, match="keep_alive"):
+        lc.acquire(keep_alive=float("nan"))
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        lc.set_idle_timeout(float("nan"))
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        lc.set_idle_timeout("10m")  # type: ignore[arg-type]  # parse first (config.py)
+
+
+def test_periodic_check_unloads_with_its_reason_and_sleeps_while_unloaded(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    answers = [None, "pressure"]
+    calls: list[float] = []
+
+    def check() -> str | None:
+        calls.append(clock())
+        return answers.pop(0) if answers else "pressure"
+
+    lc = make(Loader(mem), mem, clock, idle_timeout=None, periodic_check=check, check_interval=5)
+    assert lc.poll() is None and calls == []  # unloaded: never checked
+    use(lc)
+    clock.advance(4.9)
+    assert lc.poll() is None and calls == []
+    clock.advance(0.1)
+    assert lc.poll() is None and len(calls) == 1  # said no
+    clock.advance(5)
+    assert lc.poll() == "pressure" and state_of(lc) is State.UNLOADED
+    clock.advance(100)
+    assert lc.poll() is None and len(calls) == 2
+    assert lc.status()["last_unload"]["reason"] == "pressure"
+
+
+# ---- the watcher thread (real clock) ----------------------------------------------------
+
+
+def test_watcher_unloads_after_a_real_one_second_timeout(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=1.0, watcher=True)
+    use(lc)
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED, timeout=10)
+    assert lc.status()["last_unload"]["reason"] == "idle"
+    lc.close()
+
+
+def test_watcher_has_no_wakeups_while_unloaded_never_or_pinned(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=0.05, watcher=True)
+    use(lc)
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
+    assert wait_until(lambda: lc.status()["watcher_wakeups"] >= 1)  # settled after unload
+    woken = lc.status()["watcher_wakeups"]
+    time.sleep(0.3)
+    assert lc.status()["watcher_wakeups"] == woken
+    assert lc._watch_until == float("inf")  # sleeping with no timeout at all
+    lc.close()
+
+    never = make(Loader(mem), mem, idle_timeout=None, watcher=True)
+    for _ in range(100):  # a stream of calls wakes nobody
+        use(never)
+    use(never, keep_alive=-1)
+    time.sleep(0.3)
+    assert never.status()["watcher_wakeups"] == 0 and state_of(never) is State.LOADED
+    never.close()
+
+
+def test_steady_calls_do_not_wake_the_watcher(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
+    use(lc)
+    inf = float("inf")
+    assert wait_until(lambda: float("-inf") < lc._watch_until < inf)  # asleep, timed
+    woken = lc.status()["watcher_wakeups"]
+    for _ in range(500):
+        use(lc)
+    use(lc, keep_alive=0)  # not earlier than the default lease: nothing to re-plan
+    use(lc, keep_alive=-1)  # a pin only makes the deadline later
+    time.sleep(0.2)
+    assert lc.status()["watcher_wakeups"] == woken
+    lc.unload()
+    use(lc)
+    lc.set_idle_timeout(0)  # due at once: the watcher is woken and unloads
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
+    assert lc.status()["last_unload"]["reason"] == "idle"
+    lc.close()
+
+
+def test_one_watcher_thread_started_on_first_load_and_stopped_by_close(
+    mem: FakeMemory,
+) -> None:
+    before = threading.active_count()
+    lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
+    assert threading.active_count() == before  # none while never loaded
+    for _ in range(50):
+        use(lc)
+    assert threading.active_count() == before + 1
+    lc.close()
+    assert threading.active_count() == before and state_of(lc) is State.UNLOADED
+    use(lc)  # usable after close: loads again, with a new watcher
+    assert threading.active_count() == before + 1
+    lc.close()
+
+
+def test_abandoned_lifecycle_is_collected_and_its_watcher_exits(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
+    use(lc)
+    thread = lc._watcher_thread
+    assert thread is not None and thread.is_alive()
+    del lc
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+# ---- events, logs, fork -----------------------------------------------------------------
+
+
+def test_events_are_bounded_and_logged(mem: FakeMemory, caplog: pytest.LogCaptureFixture) -> None:
+    lc = make(Loader(mem), mem, max_events=3)
+    with caplog.at_level(logging.INFO, logger="lazyembed"):
+        for _ in range(3):
+            use(lc)
+            lc.unload()
+    events = lc.status()["events"]
+    assert len(events) == 3
+    assert [e["kind"] for e in events] == ["unload", "load", "unload"]
+    assert all(isinstance(e["time"], float) and e["ms"] >= 0 for e in events)
+    messages = [r.getMessage() for r in caplog.records if r.name == "lazyembed"]
+    assert sum(" loaded (" in m for m in messages) == 3
+    assert sum("unloaded (explicit)" in m for m in messages) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_starts_unloaded_and_loads_its_own(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, idle_timeout=3600, watcher=True)
+    parent_model = use(lc)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            status = lc.status()
+            child_model = use(lc)
+            report = {
+                "state": status["state"],
+                "last_event": [status["events"][-1]["kind"], status["events"][-1]["reason"]],
+                "parent_model_parked": any(o is parent_model for o in _INHERITED),
+                "parent_model_closed": parent_model.closed,
+                "new_model": child_model is not parent_model and not child_model.closed,
+                "loads": loader.calls,
+                "watcher": lc._watcher_thread is not None and lc._watcher_thread.is_alive(),
+            }
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, wait_status = os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        report = json.loads(pipe.read())
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert report == {
+        "state": "unloaded",
+        "last_event": ["unload", "fork"],
+        "parent_model_parked": True,
+        "parent_model_closed": False,
+        "new_model": True,
+        "loads": 2,
+        "watcher": True,
+    }
+    assert state_of(lc) is State.LOADED and use(lc) is parent_model  # parent unaffected
+    lc.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    yield
+    gc.collect()
