@@ -1,2 +1,88 @@
-"""lazyembed: local sentence embeddings that hold the model in RAM only while it is used."""
+"""lazyembed: local sentence embeddings that hold the model in RAM only while it is used.
+
+Names are imported on first access (PEP 562), so ``import lazyembed`` stays cheap for the
+CLI and for submodules such as ``lazyembed.config`` that need none of ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "embed": "lazyembed.api",
+    "embed_numpy": "lazyembed.api",
+    "get_default_embedder": "lazyembed.api",
+    "get_embedding_dimension": "lazyembed.api",
+    "get_max_tokens": "lazyembed.api",
+    "get_memory_usage": "lazyembed.api",
+    "set_idle_timeout": "lazyembed.api",
+    "unload_model": "lazyembed.api",
+    "warmup": "lazyembed.api",
+    "Embedder": "lazyembed.embedder",
+    "ConfigError": "lazyembed.errors",
+    "InputTypeError": "lazyembed.errors",
+    "InvalidInputError": "lazyembed.errors",
+    "LazyEmbedError": "lazyembed.errors",
+    "ModelConversionError": "lazyembed.errors",
+    "ModelLoadError": "lazyembed.errors",
+    "ModelNotFoundError": "lazyembed.errors",
+    "WorkerDiedError": "lazyembed.errors",
+}
+
+__all__ = [
+    "ConfigError",
+    "Embedder",
+    "InputTypeError",
+    "InvalidInputError",
+    "LazyEmbedError",
+    "ModelConversionError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "WorkerDiedError",
+    "__version__",
+    "embed",
+    "embed_numpy",
+    "get_default_embedder",
+    "get_embedding_dimension",
+    "get_max_tokens",
+    "get_memory_usage",
+    "set_idle_timeout",
+    "unload_model",
+    "warmup",
+]
+
+if TYPE_CHECKING:
+    from lazyembed.api import (
+        embed,
+        embed_numpy,
+        get_default_embedder,
+        get_embedding_dimension,
+        get_max_tokens,
+        get_memory_usage,
+        set_idle_timeout,
+        unload_model,
+        warmup,
+    )
+    from lazyembed.embedder import Embedder
+    from lazyembed.errors import (
+        ConfigError,
+        InputTypeError,
+        InvalidInputError,
+        LazyEmbedError,
+        ModelConversionError,
+        ModelLoadError,
+        ModelNotFoundError,
+        WorkerDiedError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lazyembed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,44 @@
+"""Test-wide set-up: one converted-model cache per test session, no user config.
+
+Every Embedder in the session (and every subprocess a test starts) converts the model
+once into the same temporary cache, and ignores any config file of the developer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="lazyembed-tests-"))
+os.environ["LAZYEMBED_CACHE_DIR"] = str(_SESSION_DIR / "cache")
+os.environ["XDG_CONFIG_HOME"] = str(_SESSION_DIR / "config")
+os.environ["XDG_DATA_HOME"] = str(_SESSION_DIR / "data")
+os.environ.pop("LAZYEMBED_CONFIG", None)
+for _key in [k for k in os.environ if k.startswith("LAZYEMBED_") and k != "LAZYEMBED_CACHE_DIR"]:
+    del os.environ[_key]
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from lazyembed.models.resolve import resolve_model
+
+    return resolve_model(None).directory
+
+
+@pytest.fixture(scope="session")
+def shared_embedder() -> Iterator[object]:
+    """One real Embedder (cache off) for tests that only need vectors."""
+    from lazyembed import Embedder
+
+    embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
+    yield embedder
+    embedder.close()
