@@ -1,0 +1,213 @@
+"""The Embedder wiring: cache ↔ lifecycle, keep-alive leases, pressure and isolation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import lazyembed.embedder as embedder_module
+from lazyembed import Embedder
+from lazyembed.runtime import EncodeResult, OnnxRuntime, RuntimeSpec
+
+
+def _wait_for(predicate: Callable[[], bool], limit: float = 30.0) -> bool:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record every batch of texts the real runtime is asked to encode."""
+    calls: list[list[str]] = []
+    real_load = embedder_module.load_runtime
+
+    class Spy:
+        def __init__(self, runtime: OnnxRuntime) -> None:
+            self.runtime = runtime
+
+        def encode(self, texts: Sequence[str]) -> EncodeResult:
+            calls.append(list(texts))
+            return self.runtime.encode(texts)
+
+        def close(self) -> None:
+            self.runtime.close()
+
+    def load(spec: RuntimeSpec) -> Any:
+        return Spy(real_load(spec))
+
+    monkeypatch.setattr(embedder_module, "load_runtime", load)
+    return calls
+
+
+def test_all_hits_never_load_nor_touch_the_deadline(encoded: list[list[str]]) -> None:
+    clock = _Clock()
+    e = Embedder(idle_timeout="10m", clock=clock)
+    try:
+        first = e.embed_numpy(["one", "two"])
+        clock.now += 100
+        before = e.get_memory_usage()["unload_in_s"]
+        assert e.embed_numpy(["two", "one"]).tobytes() == first[::-1].tobytes()
+        assert e.get_memory_usage()["unload_in_s"] == pytest.approx(before)
+        e.unload_model()
+        again = e.embed_numpy(["one", "two", "one"])
+        usage = e.get_memory_usage()
+        assert usage["state"] == "unloaded" and usage["loads"] == 1
+        assert [ev["kind"] for ev in usage["events"]] == ["load", "unload"]
+        assert np.array_equal(again[[0, 1]], first) and np.array_equal(again[2], first[0])
+        assert (usage["cache"]["hits"], usage["cache"]["misses"]) == (5, 2)
+    finally:
+        e.close()
+    assert encoded == [["one", "two"]]
+
+
+def test_partial_hits_embed_only_the_misses_once(encoded: list[list[str]]) -> None:
+    e = Embedder(idle_timeout="never")
+    try:
+        e.embed_numpy(["a", "b"])
+        mixed = e.embed_numpy(["b", "c", "a", "c", "d"])
+        fresh = Embedder(cache_memory_mb=0, idle_timeout="never")
+        try:
+            expected = fresh.embed_numpy(["b", "c", "a", "c", "d"])
+        finally:
+            fresh.close()
+    finally:
+        e.close()
+    assert encoded[:2] == [["a", "b"], ["c", "d"]]
+    assert np.abs(mixed - expected).max() < 1e-6
+
+
+def test_persistent_store_answers_a_new_process_without_loading(tmp_path: Path) -> None:
+    store = tmp_path / "cache.sqlite3"
+    writer = Embedder(cache_persistent=True, cache_path=store, idle_timeout="never")
+    try:
+        vector = writer.embed_numpy(["kept on disk"])
+    finally:
+        writer.close()
+    reader = Embedder(cache_persistent=True, cache_path=store, idle_timeout="never")
+    try:
+        again = reader.embed_numpy(["kept on disk"])
+        usage = reader.get_memory_usage()
+    finally:
+        reader.close()
+    assert again.tobytes() == vector.tobytes()  # bitwise identical
+    assert usage["loads"] == 0 and usage["cache"]["sqlite_hits"] == 1
+
+
+def test_variant_change_misses_the_shared_store(tmp_path: Path) -> None:
+    store = tmp_path / "cache.sqlite3"
+    vectors = {}
+    for variant in ["fp32", "int8"]:
+        e = Embedder(variant=variant, cache_persistent=True, cache_path=store, idle_timeout="never")
+        try:
+            vectors[variant] = e.embed_numpy(["the same text"])
+            assert e.get_memory_usage()["loads"] == 1, f"{variant} was answered from the cache"
+        finally:
+            e.close()
+    assert not np.array_equal(vectors["fp32"], vectors["int8"])
+
+
+def test_max_seq_length_change_misses_the_shared_store(tmp_path: Path, model_dir: Path) -> None:
+    short = tmp_path / "short-model"
+    short.mkdir()
+    for item in model_dir.iterdir():
+        if item.name != "sentence_bert_config.json":
+            (short / item.name).symlink_to(item)
+    (short / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    store = tmp_path / "cache.sqlite3"
+    text = "word " * 300
+    results = []
+    for model in [None, str(short)]:
+        e = Embedder(model=model, cache_persistent=True, cache_path=store, idle_timeout="never")
+        try:
+            results.append(e.embed_numpy([text]))
+            assert e.get_max_tokens() == (256 if model is None else 128)
+            assert e.get_memory_usage()["loads"] == 1
+        finally:
+            e.close()
+    assert not np.array_equal(results[0], results[1])
+
+
+@pytest.fixture
+def uncached() -> Iterator[Embedder]:
+    e = Embedder(cache_memory_mb=0, idle_timeout="never")
+    yield e
+    e.close()
+
+
+def test_keep_alive_zero_unloads_after_the_call(uncached: Embedder) -> None:
+    uncached.embed("brief", keep_alive=0)
+    assert _wait_for(lambda: uncached.get_memory_usage()["state"] == "unloaded")
+    assert uncached.get_memory_usage()["last_unload"]["reason"] == "keep_alive"
+
+
+def test_a_pin_survives_another_callers_zero(uncached: Embedder) -> None:
+    uncached.embed("pinned", keep_alive=-1)
+    uncached.embed("brief", keep_alive="0s")
+    time.sleep(0.5)
+    usage = uncached.get_memory_usage()
+    assert usage["model_loaded"] is True and usage["unload_in_s"] is None
+    assert uncached.unload_model() is True
+
+
+def test_set_idle_timeout_shortens_a_running_countdown(uncached: Embedder) -> None:
+    uncached.set_idle_timeout("1h")
+    uncached.embed("x")
+    assert uncached.get_memory_usage()["unload_in_s"] > 3000
+    uncached.set_idle_timeout(0.2)
+    assert _wait_for(lambda: uncached.get_memory_usage()["state"] == "unloaded")
+    assert uncached.get_memory_usage()["last_unload"]["reason"] == "idle"
+
+
+def test_pressure_unloads_an_idle_model_early() -> None:
+    # A threshold no machine meets: MemAvailable is always "too low".
+    e = Embedder(
+        cache_memory_mb=0,
+        idle_timeout="1h",
+        pressure_unload=True,
+        pressure_check_interval=0.2,
+        pressure_min_available_mb=10**9,
+    )
+    try:
+        e.embed("under pressure")
+        assert _wait_for(lambda: e.get_memory_usage()["state"] == "unloaded")
+        usage = e.get_memory_usage()
+        assert usage["last_unload"]["reason"] == "pressure"
+        assert usage["pressure"]["last_trigger"] is not None
+        assert len(e.embed("still works")) == 384
+    finally:
+        e.close()
+
+
+def test_isolated_mode_matches_in_process_and_unload_ends_the_worker(uncached: Embedder) -> None:
+    texts = ["isolated worker", "same vectors as in process"]
+    expected = uncached.embed_numpy(texts)
+    e = Embedder(isolation="process", cache_memory_mb=0, idle_timeout="never")
+    try:
+        got = e.embed_numpy(texts)
+        worker = e.get_memory_usage()["worker"]
+        assert worker is not None and worker["worker_rss_mb"] > 10
+        pid = worker["worker_pid"]
+        assert e.unload_model() is True
+        assert _wait_for(lambda: not psutil.pid_exists(pid))  # exited and reaped: no zombie
+    finally:
+        e.close()
+    assert np.abs(got - expected).max() < 1e-6
