@@ -80,7 +80,9 @@ class Embedder:
         self._prepared: PreparedModel | None = None
         self._tokenizer: Tokenizer | None = None
         # Pressure checks ride on the lifecycle's watcher, only while the model is loaded.
-        self._pressure = PressureMonitor.from_settings(settings) if settings.pressure_unload else None
+        self._pressure = (
+            PressureMonitor.from_settings(settings) if settings.pressure_unload else None
+        )
         self._lifecycle: Lifecycle[LoadedModel] = Lifecycle(
             self._load,
             idle_timeout=settings.idle_timeout,
