@@ -1,0 +1,202 @@
+"""Prometheus metrics for one server app, in the app's own ``CollectorRegistry``.
+
+A per-app registry (not prometheus_client's global one) lets several apps live in one
+process (tests) without "duplicated timeseries" errors. Request, batch and input figures
+are counted as they happen; the model's state, memory and load/unload counters are read
+from the embedder's measured report at scrape time by a custom collector, so they can
+never drift from what the lifecycle itself counted.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lazyembed.server.batcher import EmbedderLike
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_MB = 1024 * 1024
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_LOAD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
+
+
+class _EmbedderCollector(Collector):
+    """Reads ``get_memory_usage()`` when scraped (it measures RSS/USS, so not per request)."""
+
+    def __init__(self, embedder: EmbedderLike) -> None:
+        self._embedder = embedder
+        self._lock = threading.Lock()  # guards _loads and _unloads
+        self._loads = _ReasonCounts("load")
+        self._unloads = _ReasonCounts("unload")
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic: nothing to check at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._embedder.get_memory_usage()
+        with self._lock:
+            families = list(self._families(report))
+        yield from families
+
+    def _families(self, report: dict[str, Any]) -> Iterator[Metric]:
+        yield _gauge(
+            "lazyembed_model_loaded", "1 while the model is in memory.", report.get("model_loaded")
+        )
+        yield _gauge(
+            "lazyembed_model_bytes",
+            "Measured bytes the loaded model adds to the process (0 when unloaded).",
+            _mb_to_bytes(report.get("model_mb")),
+        )
+        yield _gauge(
+            "lazyembed_process_rss_bytes",
+            "Resident set size of the server process.",
+            _mb_to_bytes(report.get("process_rss_mb")),
+        )
+        yield _gauge(
+            "lazyembed_process_uss_bytes",
+            "Unique set size of the server process.",
+            _mb_to_bytes(report.get("process_uss_mb")),
+        )
+        yield _gauge("lazyembed_in_flight", "Model calls in progress.", report.get("in_flight"))
+        unload_in = report.get("unload_in_s")
+        if isinstance(unload_in, (int, float)) and math.isfinite(unload_in):
+            yield _gauge(
+                "lazyembed_unload_in_seconds",
+                "Seconds until the idle unload (absent while pinned, busy or unloaded).",
+                unload_in,
+            )
+        events = report.get("events") or []
+        yield _by_reason(
+            "lazyembed_model_loads",
+            "Model loads by reason (first_use, reload, ...).",
+            report.get("loads_by_reason") or self._loads.update(events, report.get("loads")),
+        )
+        yield _by_reason(
+            "lazyembed_model_unloads",
+            "Model unloads by reason (idle, keep_alive, explicit, pressure, ...).",
+            report.get("unloads_by_reason") or self._unloads.update(events, report.get("unloads")),
+        )
+
+
+class _ReasonCounts:
+    """Counts by reason, accumulated from the lifecycle's bounded event ring.
+
+    Each scrape counts the events newer than the last one seen. If more happened between
+    two scrapes than the ring holds, the lifecycle's total still counts them: the
+    difference is reported as reason "unknown", so the sum always equals the total.
+    Guarded by the collector's lock (scrapes may run concurrently in threads).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.counts: dict[str, int] = {}
+        self.last_seen = -math.inf
+
+    def update(self, events: object, total: object) -> dict[str, float]:
+        newest = self.last_seen
+        if isinstance(events, list):
+            for event in events:
+                if not isinstance(event, dict) or event.get("kind") != self.kind:
+                    continue
+                when = event.get("time")
+                if isinstance(when, (int, float)) and when > self.last_seen:
+                    reason = str(event.get("reason") or "unknown")
+                    self.counts[reason] = self.counts.get(reason, 0) + 1
+                    newest = max(newest, float(when))
+        self.last_seen = newest
+        result = {reason: float(count) for reason, count in self.counts.items()}
+        if isinstance(total, (int, float)) and total > sum(self.counts.values()):
+            result["unknown"] = float(total) - sum(self.counts.values())
+        return result
+
+
+def _gauge(name: str, documentation: str, value: object) -> GaugeMetricFamily:
+    number = float(value) if isinstance(value, (int, float)) else 0.0
+    return GaugeMetricFamily(name, documentation, value=number)
+
+
+def _mb_to_bytes(value: object) -> float:
+    return float(value) * _MB if isinstance(value, (int, float)) else 0.0
+
+
+def _by_reason(name: str, documentation: str, value: object) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["reason"])
+    if isinstance(value, dict):
+        for reason, count in sorted(value.items()):
+            if isinstance(count, (int, float)):
+                family.add_metric([str(reason)], float(count))
+    return family
+
+
+class ServerMetrics:
+    """All metrics of one app. Thread-safe (prometheus_client locks each child)."""
+
+    def __init__(self, embedder: EmbedderLike) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "lazyembed_requests",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "lazyembed_request_duration_seconds",
+            "Time from request arrival to the end of the response, by endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "lazyembed_batch_size",
+            "Inputs per model call (dynamic batching).",
+            buckets=_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "lazyembed_batch_requests",
+            "HTTP requests coalesced into one model call.",
+            buckets=_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.inputs = Counter(
+            "lazyembed_inputs",
+            "Texts embedded (rate() gives inputs per second).",
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "lazyembed_tokens", "Tokens embedded (after truncation).", registry=registry
+        )
+        self.load_seconds = Histogram(
+            "lazyembed_model_load_seconds",
+            "Model load time seen by requests that had to wait for a load.",
+            buckets=_LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "lazyembed_requests_dropped",
+            "Requests dropped before reaching the model because the client went away.",
+            registry=registry,
+        )
+        registry.register(_EmbedderCollector(embedder))
+
+    def observe_batch(self, inputs: int, requests: int) -> None:
+        self.batch_size.observe(inputs)
+        self.batch_requests.observe(requests)
+        self.inputs.inc(inputs)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text; call it in a thread (the collector measures memory)."""
+        return generate_latest(self.registry)

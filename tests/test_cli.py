@@ -1,0 +1,205 @@
+"""The ``lazyembed`` command: output equals the library's, errors are one line, and
+``serve`` drains in-flight requests and exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from lazyembed import cli
+
+TEXTS = ["The cat sits on the mat.", "A quick brown fox."]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["embed"], ["serve"], ["status"], ["unload"], ["models"], ["cache"]],
+)
+def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: lazyembed" in capsys.readouterr().out
+
+
+def test_embed_texts_as_json_equal_the_library(
+    capsys: pytest.CaptureFixture[str], shared_embedder: Any
+) -> None:
+    assert cli.main(["embed", *TEXTS]) == 0
+    got = np.array(json.loads(capsys.readouterr().out), dtype=np.float32)
+    assert np.allclose(got, shared_embedder.embed_numpy(TEXTS), atol=1e-6)
+
+
+def test_embed_file_as_jsonl_and_npy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_embedder: Any
+) -> None:
+    lines = [f"line {i} of the file" for i in range(7)] + [""]
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    expected = shared_embedder.embed_numpy(lines)
+    assert cli.main(["embed", "--file", str(source), "--format", "jsonl", "--batch-size", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert np.allclose(np.array(rows, dtype=np.float32), expected, atol=1e-6)
+    target = tmp_path / "vectors.npy"
+    assert cli.main(["embed", "-f", str(source), "--format", "npy", "-o", str(target)]) == 0
+    np.testing.assert_allclose(np.load(target), expected, atol=1e-6)
+
+
+def test_npy_refuses_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["embed", "x", "--format", "npy"]) == 1
+    assert "-o FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["embed", "--file", "/nonexistent/texts.txt"],
+        ["embed"],
+        ["status", "--url", "http://127.0.0.1:9"],
+        ["unload", "--url", "http://127.0.0.1:9"],
+        ["embed", "x", "--model", "/nonexistent/model-dir"],
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lazyembed.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lazyembed: error: ")
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lazyembed.cli", "--debug", "embed", "-f", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["models", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert Path(report["onnx_path"]).is_file()
+    assert report["onnx_mb"] > 1 and len(report["weights_sha256"]) == 64
+    assert report["source"] and report["dimension"] == 384
+
+
+def test_loopback_detection() -> None:
+    assert cli._is_loopback("127.0.0.1") and cli._is_loopback("::1")
+    assert cli._is_loopback("localhost")
+    assert not cli._is_loopback("0.0.0.0") and not cli._is_loopback("192.168.1.10")
+
+
+def test_serve_warns_on_a_public_address_without_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    ran: list[tuple[str, int]] = []
+
+    def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
+        ran.append((self.config.host, self.config.port))
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cli.main(["serve", "--host", "0.0.0.0", "--port", "18999"])
+        assert "without an API key" in capsys.readouterr().err
+        cli.main(["serve", "--host", "0.0.0.0", "--port", "18999", "--api-key", "k"])
+        assert "without an API key" not in capsys.readouterr().err
+        cli.main(["serve", "--port", "18999"])
+        assert "without an API key" not in capsys.readouterr().err
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert ran == [("0.0.0.0", 18999), ("0.0.0.0", 18999), ("127.0.0.1", 18999)]
+
+
+def test_serve_status_unload_and_sigterm_drains(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lazyembed.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LAZYEMBED_IDLE_TIMEOUT": "1h"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        assert httpx.post(f"{url}/api/embed", json={"input": "warm up"}, timeout=60).is_success
+        capsys.readouterr()
+        assert cli.main(["status", "--url", url]) == 0
+        out = capsys.readouterr().out
+        assert "state      loaded" in out and "MB" in out and "unloads in" in out
+        assert cli.main(["unload", "--url", url]) == 0
+        assert "model unloaded" in capsys.readouterr().out
+
+        # A long request is in flight when SIGTERM arrives: it must still be answered.
+        texts = [f"sentence {i} with a few more words to embed" for i in range(2000)]
+        answer: dict[str, Any] = {}
+
+        def long_request() -> None:
+            answer["r"] = httpx.post(f"{url}/api/embed", json={"input": texts}, timeout=300)
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        seen_in_flight = False
+        while thread.is_alive() and not seen_in_flight:
+            ps = httpx.get(f"{url}/api/ps", timeout=30).json()
+            seen_in_flight = ps["lazyembed"]["in_flight"] > 0
+        assert seen_in_flight
+        process.send_signal(signal.SIGTERM)
+        thread.join(300)
+        assert answer["r"].status_code == 200
+        assert len(answer["r"].json()["embeddings"]) == len(texts)
+        assert process.wait(120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
