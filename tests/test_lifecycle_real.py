@@ -64,6 +64,8 @@ def test_seed_scenario_memory_returns_and_reload_is_transparent() -> None:
     assert r["same"] is True
     assert reloaded["model_loaded"] is True and reloaded["loads"] == 2
     assert reloaded["model_mb"] > 10.0
+    assert reloaded["loads_by_reason"] == {"first_use": 1, "reload": 1}
+    assert reloaded["unloads_by_reason"] == {"explicit": 1}
     kinds = [(ev["kind"], ev["reason"]) for ev in reloaded["events"]]
     assert kinds[:3] == [("load", "first_use"), ("unload", "explicit"), ("load", "reload")]
 

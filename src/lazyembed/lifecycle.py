@@ -288,6 +288,10 @@ class Lifecycle(Generic[T]):
         self._last_load_ms: float | None = None
         self._last_unload: dict[str, Any] | None = None
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_events)
+        # Counts that survive the bounded event ring: {"load": {"first_use": 1, ...}, ...}
+        self._by_reason: collections.defaultdict[str, collections.Counter[str]] = (
+            collections.defaultdict(collections.Counter)
+        )
 
         self._default_call: _Call[T] = _Call(self, None)
         _LIVE.add(self)
@@ -463,6 +467,7 @@ class Lifecycle(Generic[T]):
             "mb": round(mb, 2),
         }
         self._events.append(event)
+        self._by_reason[kind][reason] += 1
         return event
 
     # ---- public control ----------------------------------------------------------------
@@ -565,6 +570,8 @@ class Lifecycle(Generic[T]):
                 "loads": self._loads,
                 "unloads": self._unloads,
                 "load_failures": self._load_failures,
+                "loads_by_reason": dict(self._by_reason["load"]),
+                "unloads_by_reason": dict(self._by_reason["unload"]),
                 "last_load_ms": None
                 if self._last_load_ms is None
                 else round(self._last_load_ms, 2),

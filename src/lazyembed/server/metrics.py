@@ -10,7 +10,6 @@ never drift from what the lifecycle itself counted.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,18 +32,12 @@ class _EmbedderCollector(Collector):
 
     def __init__(self, embedder: EmbedderLike) -> None:
         self._embedder = embedder
-        self._lock = threading.Lock()  # guards _loads and _unloads
-        self._loads = _ReasonCounts("load")
-        self._unloads = _ReasonCounts("unload")
 
     def describe(self) -> list[Metric]:
         return []  # dynamic: nothing to check at registration time
 
     def collect(self) -> Iterator[Metric]:
-        report = self._embedder.get_memory_usage()
-        with self._lock:
-            families = list(self._families(report))
-        yield from families
+        yield from self._families(self._embedder.get_memory_usage())
 
     def _families(self, report: dict[str, Any]) -> Iterator[Metric]:
         yield _gauge(
@@ -73,49 +66,16 @@ class _EmbedderCollector(Collector):
                 "Seconds until the idle unload (absent while pinned, busy or unloaded).",
                 unload_in,
             )
-        events = report.get("events") or []
         yield _by_reason(
             "lazyembed_model_loads",
             "Model loads by reason (first_use, reload, ...).",
-            report.get("loads_by_reason") or self._loads.update(events, report.get("loads")),
+            report.get("loads_by_reason"),
         )
         yield _by_reason(
             "lazyembed_model_unloads",
             "Model unloads by reason (idle, keep_alive, explicit, pressure, ...).",
-            report.get("unloads_by_reason") or self._unloads.update(events, report.get("unloads")),
+            report.get("unloads_by_reason"),
         )
-
-
-class _ReasonCounts:
-    """Counts by reason, accumulated from the lifecycle's bounded event ring.
-
-    Each scrape counts the events newer than the last one seen. If more happened between
-    two scrapes than the ring holds, the lifecycle's total still counts them: the
-    difference is reported as reason "unknown", so the sum always equals the total.
-    Guarded by the collector's lock (scrapes may run concurrently in threads).
-    """
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.counts: dict[str, int] = {}
-        self.last_seen = -math.inf
-
-    def update(self, events: object, total: object) -> dict[str, float]:
-        newest = self.last_seen
-        if isinstance(events, list):
-            for event in events:
-                if not isinstance(event, dict) or event.get("kind") != self.kind:
-                    continue
-                when = event.get("time")
-                if isinstance(when, (int, float)) and when > self.last_seen:
-                    reason = str(event.get("reason") or "unknown")
-                    self.counts[reason] = self.counts.get(reason, 0) + 1
-                    newest = max(newest, float(when))
-        self.last_seen = newest
-        result = {reason: float(count) for reason, count in self.counts.items()}
-        if isinstance(total, (int, float)) and total > sum(self.counts.values()):
-            result["unknown"] = float(total) - sum(self.counts.values())
-        return result
 
 
 def _gauge(name: str, documentation: str, value: object) -> GaugeMetricFamily:
