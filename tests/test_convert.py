@@ -275,32 +275,55 @@ def _fresh_copy(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> Conver
     """Seed a private cache dir from the session's converted model (saves a conversion)."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    for src in (fp32.path, fp32.path.with_suffix(".json")):
+    for src in (fp32.path, fp32.data_path, fp32.path.with_suffix(".json")):
         (cache / src.name).write_bytes(src.read_bytes())
     seeded = ensure_onnx(model_dir, variant="fp32", cache_dir=cache)
     assert seeded.converted is False
     return seeded
 
 
+def _target_file(model: ConvertedModel, which: str) -> Path:
+    return model.path if which == "graph" else model.data_path
+
+
 @needs_model
-def test_truncated_model_is_rebuilt(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["graph", "data"])
+def test_truncated_model_is_rebuilt(
+    fp32: ConvertedModel, model_dir: Path, tmp_path: Path, which: str
+) -> None:
     seeded = _fresh_copy(fp32, model_dir, tmp_path)
-    with seeded.path.open("r+b") as f:
-        f.truncate(seeded.path.stat().st_size // 2)
+    target = _target_file(seeded, which)
+    with target.open("r+b") as f:
+        f.truncate(target.stat().st_size // 2)
     rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
     assert rebuilt.converted is True
     assert rebuilt.path.read_bytes() == fp32.path.read_bytes()
+    assert rebuilt.data_path.read_bytes() == fp32.data_path.read_bytes()
 
 
 @needs_model
-def test_garbage_model_is_rebuilt(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["graph", "data"])
+def test_garbage_model_is_rebuilt(
+    fp32: ConvertedModel, model_dir: Path, tmp_path: Path, which: str
+) -> None:
     seeded = _fresh_copy(fp32, model_dir, tmp_path)
-    size = seeded.path.stat().st_size
-    seeded.path.write_bytes(os.urandom(1024) * (size // 1024) + b"x" * (size % 1024))
-    assert seeded.path.stat().st_size == size  # same size: only the hash can tell
+    target = _target_file(seeded, which)
+    size = target.stat().st_size
+    target.write_bytes(os.urandom(1024) * (size // 1024) + b"x" * (size % 1024))
+    assert target.stat().st_size == size  # same size: only the hash can tell
     rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
     assert rebuilt.converted is True
-    _run(str(rebuilt.path), _IDS, _MASK)
+    _assert_close(_run(str(rebuilt.path), _IDS, _MASK), _run(str(fp32.path), _IDS, _MASK))
+
+
+@needs_model
+def test_weights_live_in_an_external_data_file(fp32: ConvertedModel) -> None:
+    import onnx
+
+    graph = onnx.load(str(fp32.path), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) >= 30  # every weight matrix of 6 layers, plus embeddings
+    assert fp32.path.stat().st_size < 1_000_000 < 80_000_000 < fp32.data_path.stat().st_size
 
 
 def _convert_in_child(model_dir: str, cache_dir: str, queue: Any) -> None:
@@ -354,7 +377,7 @@ def test_int8_variant_is_close_to_fp32(
     assert int8.path != fp32.path
     assert int8.fingerprint != fp32.fingerprint
     # Encoder weights shrink 4x; the 47 MB word-embedding table stays fp32.
-    assert int8.path.stat().st_size < fp32.path.stat().st_size * 0.7
+    assert int8.data_path.stat().st_size < fp32.data_path.stat().st_size * 0.7
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.enable_truncation(128)
     tok.enable_padding(pad_id=0)

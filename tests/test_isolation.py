@@ -153,9 +153,11 @@ def test_memory_info_reports_the_worker(runtime: IsolatedRuntime) -> None:
     info = runtime.memory_info()
     assert info["worker_pid"] == runtime.pid != os.getpid()
     assert info["worker_alive"] is True
-    # The worker holds the model: its own unique memory is well above the ~0 of a stub.
-    assert info["worker_uss_mb"] > 30
-    assert info["worker_rss_mb"] >= info["worker_uss_mb"]
+    # The worker holds the model. Its weights are a memory-mapped file, whose pages count
+    # as shared (not in USS) once another process maps the same file, so check RSS; USS
+    # still holds the tokenizer and ONNX Runtime's own state.
+    assert info["worker_rss_mb"] > 30
+    assert 3 < info["worker_uss_mb"] <= info["worker_rss_mb"]
 
 
 PARENT_RSS_SCRIPT = textwrap.dedent(

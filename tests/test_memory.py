@@ -62,15 +62,6 @@ print(json.dumps([base, after_free, after_trim, trimmed, len(keep)]))
     assert after_free - after_trim > 40 * memory.MB  # malloc_trim gives them back
 
 
-def test_configure_allocator_is_idempotent_and_glibc_only() -> None:
-    code = (
-        "from lazyembed import memory; "
-        "print(memory.configure_allocator(), memory.configure_allocator())"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(GLIBC), str(GLIBC)]
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_measures_itself() -> None:
     memory.process_rss_bytes()  # cache the parent's psutil.Process

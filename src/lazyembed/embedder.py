@@ -288,7 +288,9 @@ class Embedder:
             "source": prepared.resolved.source,
             "directory": str(prepared.resolved.directory),
             "onnx_path": str(path),
-            "onnx_mb": memory.to_mb(path.stat().st_size) if path.exists() else None,
+            "onnx_mb": memory.to_mb(
+                sum(p.stat().st_size for p in (path, prepared.converted.data_path) if p.exists())
+            ),
             "variant": prepared.converted.variant,
             "weights_sha256": prepared.converted.weights_sha256,
             "converter_version": prepared.converted.converter_version,

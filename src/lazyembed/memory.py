@@ -11,13 +11,11 @@ Why `release_to_os` exists: after an ONNX session is dropped, glibc keeps the fr
 pages inside the process (60 to 300 MB, DESIGN.md); ``malloc_trim(0)`` hands them back
 (~13 ms including gc.collect with onnxruntime imported).
 
-`configure_allocator` (mallopt M_TRIM_THRESHOLD=0) measured on the fp32 model, 2 threads,
-3 x 96 sentences, RSS over the 75.7 MB after import (/tmp script, two runs each):
-  without: loaded +123, after the work +134..+163, after close+gc +85..+115, after trim +13
-  with:    loaded +103, after the work +104,       after close+gc +14,       after trim +13
-so it keeps a loaded model ~30-60 MB smaller and makes unloading work even without
-malloc_trim. Its CPU cost is unmeasured: the encode loop took 4.0-5.3 s without and
-4.6-8.2 s with it, on a shared machine at load 6 on 2 cores, so benchmark it quietly.
+Why not ``mallopt(M_TRIM_THRESHOLD, 0)`` for the whole process: it keeps a loaded model
+~100 MB smaller, but every large free then goes back to the kernel and every batch faults
+its pages in again — measured at 121-139 sentences/s against 225-304 without it (2,000
+pydoc sentences, batch 32, 2 threads). `trim_heap` after big batches gets the same memory
+back for ~0.1 ms per call, and leaves the host process's allocator alone.
 Both are no-ops on non-glibc platforms (musl, macOS, Windows).
 
 Nothing here is ONNX-specific. The cached psutil.Process is rebuilt in a forked child.
@@ -36,8 +34,6 @@ import psutil
 
 MB = 2**20
 
-# glibc mallopt() parameter numbers (malloc.h).
-M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 _process: psutil.Process | None = None
@@ -138,21 +134,10 @@ def release_to_os() -> bool:
     return True
 
 
-_allocator_configured = False
-
-
-def configure_allocator(trim_threshold: int = 0) -> bool:
-    """Make glibc return freed top-of-heap memory at once (mallopt M_TRIM_THRESHOLD).
-
-    Without it, the heap grows to the peak of each inference and stays there until the
-    next trim. Idempotent; returns True if applied (glibc only). Note: setting the trim
-    threshold also freezes glibc's dynamic mmap threshold at its default (128 KiB), so
-    large arrays go to mmap and are returned when freed, which is what we want here.
-    """
-    global _allocator_configured
+def trim_heap() -> bool:
+    """glibc malloc_trim(0) without a gc pass: cheap (~0.1 ms), for after big batches."""
     lib = glibc()
     if lib is None:
         return False
-    if not _allocator_configured:
-        _allocator_configured = bool(lib.mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    return _allocator_configured
+    lib.malloc_trim(0)
+    return True

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from lazyembed import memory
+
 if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime (~30 MB)
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -22,6 +24,8 @@ if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime
 log = logging.getLogger("lazyembed")
 
 FloatArray = npt.NDArray[np.float32]
+#: After a call whose largest batch held this many (padded) tokens, trim the heap.
+TRIM_AFTER_TOKENS = 512
 _WARMUP_TEXT = "lazyembed warm-up"
 
 
@@ -84,6 +88,9 @@ def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
     )
     # The default arena keeps the peak of every batch shape (~+110 MB after one batch).
     options.enable_cpu_mem_arena = False
+    # Pre-packing copies every weight into a second layout: +17 MB and +50 ms per load,
+    # for no throughput we could measure on this model (bench, 2 cores, batch 32).
+    options.add_session_config_entry("session.disable_prepacking", "1")
     # Idle ORT thread pools spin otherwise: a loaded, idle model would burn a core.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -117,6 +124,7 @@ class OnnxRuntime:
         # Sorting by length wastes almost nothing on padding (unsorted: ~45 % here).
         order = np.argsort(lengths, kind="stable")
         batch = max(1, self.spec.batch_size)
+        largest = 0
         for start in range(0, len(texts), batch):
             rows = order[start : start + batch]
             width = int(lengths[rows[-1]])
@@ -128,6 +136,11 @@ class OnnxRuntime:
                 mask[row, : len(token_ids)] = 1
             hidden = session.run(self._output_names, {"input_ids": ids, "attention_mask": mask})[0]
             out[rows] = self._pool(hidden, mask)
+            largest = max(largest, ids.size)
+        if largest >= TRIM_AFTER_TOKENS:
+            # A big batch grew the heap by tens of MB; give it back now (~0.1 ms) rather
+            # than hold the peak while the model sits idle.
+            memory.trim_heap()
         return EncodeResult(out, lengths.tolist())
 
     def _pool(self, hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> FloatArray:

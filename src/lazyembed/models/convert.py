@@ -18,7 +18,9 @@ Two graph flavours are built from the same weights:
   Add + LayerNormalization), so it is not the default.
 
 The built graph is optimized once by ONNX Runtime (``ORT_ENABLE_EXTENDED``) and saved,
-so later processes load it with optimizations disabled. Results live in a cache
+so later processes load it with optimizations disabled, as a small graph file plus one
+external data file of weights that ONNX Runtime memory-maps (``<stem>.onnx`` and
+``<stem>.onnx.data``): a session then starts in ~10 ms instead of ~120 ms. Results live in a cache
 directory, keyed by the source hashes, ``CONVERTER_VERSION``, the variant and the
 onnxruntime version, written atomically under a file lock and verified by a manifest.
 
@@ -64,7 +66,7 @@ __all__ = [
 logger = logging.getLogger("lazyembed")
 
 #: Bump whenever the emitted graph changes, so stale cached models are not reused.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: weights in an external, memory-mapped data file
 
 Variant = Literal["fp32", "int8"]
 GraphKind = Literal["fused", "plain"]
@@ -89,6 +91,8 @@ class ConvertedModel:
     """A ready-to-load ONNX model file and where it came from."""
 
     path: Path
+    #: The weights beside the graph (ONNX external data), memory-mapped by ONNX Runtime.
+    data_path: Path
     variant: Variant
     weights_sha256: str
     converter_version: str
@@ -623,33 +627,52 @@ def _manifest_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
-def _valid_cached(model_path: Path, target: _Target) -> bool:
-    """True if ``model_path`` is complete and matches its manifest (hash checked once)."""
+def _data_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name + ".data")
+
+
+def _file_ok(path: Path, size: object, sha: object) -> bool:
+    """Size always; sha256 once per process per file version (cached in _VERIFIED)."""
     try:
-        manifest = json.loads(_manifest_path(model_path).read_text(encoding="utf-8"))
-        abs_path, size, mtime_ns = _stat_key(model_path)
-    except (OSError, ValueError):
+        abs_path, actual, mtime_ns = _stat_key(path)
+    except OSError:
         return False
-    if not isinstance(manifest, dict) or manifest.get("fingerprint") != target.fingerprint:
+    if actual != size or not isinstance(sha, str):
+        logger.warning("cached model file %s has the wrong size; rebuilding", path)
         return False
-    want_sha = manifest.get("sha256")
-    if manifest.get("size") != size or not isinstance(want_sha, str):
-        logger.warning("cached model %s has the wrong size; rebuilding", model_path)
-        return False
-    stamp = (abs_path, size, mtime_ns, want_sha)
+    stamp = (abs_path, actual, mtime_ns, sha)
     with _VERIFIED_LOCK:
         if stamp in _VERIFIED:
             return True
     try:
-        ok = _sha256_file(model_path) == want_sha
+        ok = _sha256_file(path) == sha
     except OSError:
         return False
     if not ok:
-        logger.warning("cached model %s fails its sha256 check; rebuilding", model_path)
+        logger.warning("cached model file %s fails its sha256 check; rebuilding", path)
         return False
     with _VERIFIED_LOCK:
         _VERIFIED.add(stamp)
     return True
+
+
+def _valid_cached(model_path: Path, target: _Target) -> bool:
+    """True if the graph and its data file are complete and match the manifest."""
+    try:
+        manifest = json.loads(_manifest_path(model_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != target.fingerprint:
+        return False
+    return _file_ok(model_path, manifest.get("size"), manifest.get("sha256")) and _file_ok(
+        _data_path(model_path), manifest.get("data_size"), manifest.get("data_sha256")
+    )
+
+
+def _remember_verified(path: Path, sha: str) -> None:
+    abs_path, size, mtime_ns = _stat_key(path)
+    with _VERIFIED_LOCK:
+        _VERIFIED.add((abs_path, size, mtime_ns, sha))
 
 
 def _optimize(src: Path, dest: Path) -> None:
@@ -683,8 +706,31 @@ def _quantize(src: Path, dest: Path) -> None:
     )
 
 
-def _build_into(model_dir: Path, target: _Target, work: Path) -> Path:
-    """Build, (quantize,) optimize; return the final file inside ``work``."""
+def _externalize(src: Path, dest: Path) -> Path:
+    """Re-save ``src`` as a small graph file plus one data file holding every weight.
+
+    ONNX Runtime memory-maps external data instead of parsing and copying it: a session
+    is created in ~10 ms instead of ~120 ms, and only the weight pages actually touched
+    count in RSS (most of the 47 MB word-embedding table never is). The pages belong to
+    the file, so unloading unmaps them and the kernel can drop them under pressure.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    data = _data_path(dest)
+    onnx.save_model(
+        model,
+        str(dest),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    return data
+
+
+def _build_into(model_dir: Path, target: _Target, work: Path, name: str) -> tuple[Path, Path]:
+    """Build, (quantize,) optimize, externalize; return (graph, data) inside ``work``."""
     import onnx
 
     raw = work / "raw.onnx"
@@ -697,9 +743,12 @@ def _build_into(model_dir: Path, target: _Target, work: Path) -> Path:
         raw = quantized
     optimized = work / "optimized.onnx"
     _optimize(raw, optimized)
-    with optimized.open("rb+") as f:
-        os.fsync(f.fileno())
-    return optimized
+    graph = work / name
+    data = _externalize(optimized, graph)
+    for path in (data, graph):
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())
+    return graph, data
 
 
 def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) -> ConvertedModel:
@@ -737,6 +786,7 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
     def result(converted: bool) -> ConvertedModel:
         return ConvertedModel(
             path=model_path,
+            data_path=_data_path(model_path),
             variant=variant,
             weights_sha256=target.weights_sha256,
             converter_version=CONVERTER_VERSION,
@@ -754,17 +804,17 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
                 return result(False)
             logger.info("converting %s to ONNX (%s) in %s", model_dir, variant, cache_dir)
             with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
-                built = _build_into(model_dir, target, Path(tmp))
-                size = built.stat().st_size
+                built, built_data = _build_into(model_dir, target, Path(tmp), model_path.name)
                 sha = _sha256_file(built)
-                # Model first, manifest second: a reader that sees the new manifest
-                # with the old model fails validation and waits on the lock.
-                os.replace(built, model_path)
+                data_sha = _sha256_file(built_data)
                 manifest = {
                     "fingerprint": target.fingerprint,
                     "file": model_path.name,
-                    "size": size,
+                    "size": built.stat().st_size,
                     "sha256": sha,
+                    "data_file": built_data.name,
+                    "data_size": built_data.stat().st_size,
+                    "data_sha256": data_sha,
                     "variant": variant,
                     "graph": target.graph,
                     "weights_sha256": target.weights_sha256,
@@ -774,12 +824,16 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
                     "source_dir": str(model_dir.resolve()),
                     "created_unix": time.time(),
                 }
+                # Data, graph, then manifest: a reader that sees a new manifest with an old
+                # file fails validation and waits on the lock. A session that mapped the
+                # old data file keeps its (unlinked) inode: replacing never truncates it.
+                os.replace(built_data, _data_path(model_path))
+                os.replace(built, model_path)
                 _atomic_write_bytes(
                     _manifest_path(model_path), json.dumps(manifest, indent=2).encode("utf-8")
                 )
-            abs_path, size_now, mtime_ns = _stat_key(model_path)
-            with _VERIFIED_LOCK:
-                _VERIFIED.add((abs_path, size_now, mtime_ns, sha))
+            _remember_verified(model_path, sha)
+            _remember_verified(_data_path(model_path), data_sha)
     except OSError as exc:
         raise ModelConversionError(
             f"could not write the converted model to {cache_dir}: {exc}"
