@@ -534,6 +534,26 @@ def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def library_calls(
+    threads: int, texts: Sequence[str], call_size: int, repeats: int
+) -> dict[str, Any]:
+    """Sentences/s when the library gets the texts in arrival order, `call_size` per call.
+
+    What a server's batcher can do at best: it only sees the texts the clients have sent,
+    so it cannot sort a whole corpus by length as one big embed_numpy() call does.
+    """
+    embedder = make_embedder("fp32", threads, batch_size=64)
+    embedder.warmup()
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(0, len(texts), call_size):
+            embedder.embed_numpy(list(texts[i : i + call_size]))
+        rates.append(len(texts) / (time.perf_counter() - started))
+    embedder.close()
+    return {"call_size": call_size, "sentences_per_s": spread(rates)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.lazyembed_bench", description=__doc__)
     parser.add_argument("--threads", type=int, default=_default_threads())
@@ -561,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cached.add_argument("--texts", type=int, default=500)
     cached.add_argument("--miss-calls", type=int, default=300)
     cached.add_argument("--seconds", type=float, default=1.0)
+    calls = commands.add_parser("library-calls", help="library fed like a server's batcher")
+    calls.add_argument("--corpus-file", type=Path, required=True)
+    calls.add_argument("--call-size", type=int, default=16)
+    calls.add_argument("--repeats", type=int, default=3)
     work = commands.add_parser("worker", help="throughput worker (driven by bench/run.py)")
     work.add_argument("contender")
     work.add_argument("--corpus-file", type=Path, required=True)
@@ -589,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = bookkeeping(args.iterations, args.timer_iterations)
     elif args.command == "idle-cpu":
         result = idle_cpu(args.kind, threads, args.seconds)
+    elif args.command == "library-calls":
+        texts = json.loads(args.corpus_file.read_text(encoding="utf-8"))
+        result = library_calls(threads, texts, args.call_size, args.repeats)
     else:
         result = cache(threads, args.texts, args.miss_calls, args.seconds)
     print(json.dumps(result, default=str))

@@ -35,7 +35,7 @@ from lazyembed.config import (
     parse_duration,
     parse_keep_alive,
 )
-from lazyembed.inputs import normalize_inputs
+from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel, ensure_onnx
 from lazyembed.models.info import ModelInfo, read_model_info
@@ -159,11 +159,21 @@ class Embedder:
         self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
     ) -> list[float] | list[list[float]]:
         """One text → one vector (list of 384 floats); a list of texts → a list of vectors."""
+        if isinstance(texts, str):  # the hot single-text path: no list, no stack
+            text = check_text(texts)
+            prepared = self._prepared or self.prepare()
+            if prepared.cache is not None:
+                hit = prepared.cache.get_many((text,))[0]
+                if hit is not None:
+                    single_hit: list[float] = hit.tolist()
+                    return single_hit
+            result: list[float] = self._embed([text], keep_alive)[0].tolist()
+            return result
         items, single = normalize_inputs(texts)
         vectors = self._embed(items, keep_alive)
         if single:
-            result: list[float] = vectors[0].tolist()
-            return result
+            one: list[float] = vectors[0].tolist()
+            return one
         many: list[list[float]] = vectors.tolist()
         return many
 

@@ -44,6 +44,11 @@ def _check_item(item: object, position: int) -> str:
     return text
 
 
+def check_text(text: str) -> str:
+    """One str argument, validated like an item of a list (lone surrogates rejected)."""
+    return _check_item(text, 0)
+
+
 def normalize_inputs(texts: object) -> tuple[list[str], bool]:
     """Return (list of str, was_single). Raises InputTypeError / InvalidInputError."""
     if isinstance(texts, str):

@@ -1,0 +1,39 @@
+"""Batch planning and session options of the ONNX runtime."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from lazyembed.runtime import PAD_GROWTH, PAD_SLACK, plan_batches, session_options
+
+
+def test_plan_covers_every_text_once_in_order() -> None:
+    rng = random.Random(7)
+    lengths = sorted(rng.randint(3, 256) for _ in range(500))
+    for size in (1, 8, 32, 64):
+        plan = plan_batches(lengths, size)
+        assert plan[0][0] == 0 and plan[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(plan))
+        assert all(0 < end - start <= size for start, end in plan)
+
+
+def test_plan_cuts_before_padding_short_texts_to_a_long_one() -> None:
+    lengths = [8] * 10 + [200] * 10
+    plan = plan_batches(lengths, 32)
+    assert plan == [(0, 10), (10, 20)]
+    for start, end in plan:
+        assert lengths[end - 1] <= lengths[start] * PAD_GROWTH + PAD_SLACK
+
+
+def test_uniform_lengths_fill_whole_batches() -> None:
+    assert plan_batches([20] * 70, 32) == [(0, 32), (32, 64), (64, 70)]
+    assert plan_batches([], 32) == []
+
+
+def test_idle_sessions_do_not_spin_and_weights_are_not_prepacked() -> None:
+    options = session_options(2, pre_optimized=True)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    assert options.intra_op_num_threads == 2
