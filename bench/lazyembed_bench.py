@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from bench import corpus
-from bench.peers import rss_bytes
+from bench.peers import rss_bytes, spread
 
 if TYPE_CHECKING:
     from lazyembed import Embedder
@@ -46,18 +46,6 @@ MB = float(1 << 20)
 LAZYEMBED_CONTENDERS = ("lazyembed-fp32", "lazyembed-int8")
 FOOTPRINT_SENTENCES = 32  # same texts as bench.peers.footprint(batch_size=32)
 FOOTPRINT_LONG = 64  # the largest batch: 64 long documents, truncated to 256 pieces
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and (max - min) / median in %, for any repeated figure."""
-    median = statistics.median(values)
-    return {
-        "median": median,
-        "min": min(values),
-        "max": max(values),
-        "spread_pct": 100.0 * (max(values) - min(values)) / median if median else 0.0,
-        "n": len(values),
-    }
 
 
 def make_embedder(variant: str, threads: int, **settings: Any) -> Embedder:

@@ -272,12 +272,15 @@ def _import_peer(peer: str) -> None:
 # --- measurements --------------------------------------------------------------------------
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and (max - min) / median in %, for any repeated figure."""
+    median = statistics.median(values)
     return {
-        "median": statistics.median(values),
+        "median": median,
         "min": min(values),
         "max": max(values),
-        "spread_pct": 100.0 * (max(values) - min(values)) / statistics.median(values),
+        "spread_pct": 100.0 * (max(values) - min(values)) / median if median else 0.0,
+        "n": len(values),
     }
 
 
@@ -303,7 +306,7 @@ def throughput(
             started = time.perf_counter()
             encode(texts, batch_size)
             rates.append(len(texts) / (time.perf_counter() - started))
-        rows[str(batch_size)] = {"sentences_per_s": _spread(rates), "runs": rates}
+        rows[str(batch_size)] = {"sentences_per_s": spread(rates), "runs": rates}
     return {"peer": peer, "threads": threads, "texts": len(texts), "by_batch_size": rows}
 
 
@@ -375,7 +378,7 @@ def reload_latency(
         "peer": "sentence-transformers",
         "threads": threads,
         "repeats": repeats,
-        "ms": _spread(times),
+        "ms": spread(times),
     }
 
 

@@ -27,7 +27,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 from bench import corpus, peers
+from bench.peers import spread
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("lazyembed-fp32", "lazyembed-int8", "sentence-transformers", "fastembed")
@@ -182,17 +182,6 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def spread(values: Sequence[float]) -> Result:
-    median = statistics.median(values)
-    return {
-        "median": median,
-        "min": min(values),
-        "max": max(values),
-        "spread_pct": 100.0 * (max(values) - min(values)) / median if median else 0.0,
-        "n": len(values),
-    }
 
 
 @contextlib.contextmanager
