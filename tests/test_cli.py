@@ -122,24 +122,37 @@ def test_serve_warns_on_a_public_address_without_key(
 ) -> None:
     import uvicorn
 
-    ran: list[tuple[str, int]] = []
+    ran: list[tuple[str, int, Any]] = []
 
     def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
-        ran.append((self.config.host, self.config.port))
+        ran.append((self.config.host, self.config.port, sockets[0].getsockname()[:2]))
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    port = free_port()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cli.main(["serve", "--host", "0.0.0.0", "--port", "18999"])
+        cli.main(["serve", "--host", "0.0.0.0", "--port", str(port)])
         assert "without an API key" in capsys.readouterr().err
-        cli.main(["serve", "--host", "0.0.0.0", "--port", "18999", "--api-key", "k"])
+        cli.main(["serve", "--host", "0.0.0.0", "--port", str(port), "--api-key", "k"])
         assert "without an API key" not in capsys.readouterr().err
-        cli.main(["serve", "--port", "18999"])
+        cli.main(["serve", "--port", str(port)])
         assert "without an API key" not in capsys.readouterr().err
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    assert ran == [("0.0.0.0", 18999), ("0.0.0.0", 18999), ("127.0.0.1", 18999)]
+    public, loopback = ("0.0.0.0", port), ("127.0.0.1", port)
+    assert ran == [(*public, public), (*public, public), (*loopback, loopback)]
+
+
+def test_serve_on_a_taken_port_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
 
 
 def test_serve_status_unload_and_sigterm_drains(capsys: pytest.CaptureFixture[str]) -> None:

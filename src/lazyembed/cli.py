@@ -8,10 +8,13 @@ needs them, so ``lazyembed --help`` and ``lazyembed status`` start fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import json
+import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -223,13 +226,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    listener = _listen(host, port)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the
     # process "killed by signal". With our own (no-op) handlers restored, it returns and
     # we exit 0: a drained, clean stop.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    shown_host = f"[{host}]" if ":" in host else host
+    # uvicorn logs no start line for a socket it did not bind; say where we listen.
+    logging.getLogger("uvicorn.error").info(
+        "lazyembed serving %s on http://%s:%d (press CTRL+C to quit)",
+        embedder.model_name,
+        shown_host,
+        listener.getsockname()[1],
+    )
+    try:
+        server.run(sockets=[listener])
+    finally:
+        listener.close()
     return 0 if server.started else 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket ourselves: a taken port is one clear error, not uvicorn's log."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (is another server running? choose another port with --port)"
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def cmd_status(args: argparse.Namespace) -> int:
