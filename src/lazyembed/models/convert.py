@@ -41,6 +41,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -697,13 +698,46 @@ def _quantize(src: Path, dest: Path) -> None:
     """Dynamic int8 quantization of the MatMul weights (per output channel)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dest),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Attention"],
-    )
+    with _quiet_root_logger():
+        quantize_dynamic(
+            str(src),
+            str(dest),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+        )
+
+
+class _DropQuantizerRecords(logging.Filter):
+    """Drops records logged from inside onnxruntime.quantization (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace(os.sep, "/")
+        return "/onnxruntime/quantization/" not in path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Keep the quantizer's ``logging.warning`` off the application's root logger.
+
+    It warns on the root logger (advice to pre-process, which does not apply to a graph
+    built here), and ``logging.warning`` on a root without handlers would also call
+    ``basicConfig()`` for the application. While quantizing (seconds, rare, under the
+    conversion lock) a filter drops the quantizer's own records, and a NullHandler stands
+    in only when the root has no handler at all.
+    """
+    root = logging.getLogger()
+    drop = _DropQuantizerRecords()
+    guard = logging.NullHandler() if not root.handlers else None
+    root.addFilter(drop)
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if guard is not None:
+            root.removeHandler(guard)
 
 
 def _externalize(src: Path, dest: Path) -> Path:
