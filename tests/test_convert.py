@@ -258,6 +258,46 @@ def test_missing_weights_is_a_conversion_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the cache
 
 
+def _fake_conversion(cache: Path, stem: str, model: ConvertedModel, **changes: str) -> list[Path]:
+    """Files that look like another conversion of `model`'s weights, with `changes`."""
+    manifest = json.loads(model.path.with_suffix(".json").read_text())
+    manifest.update(file=f"{stem}.onnx", data_file=f"{stem}.onnx.data", **changes)
+    files = [cache / f"{stem}.json", cache / f"{stem}.onnx", cache / f"{stem}.onnx.data"]
+    files[0].write_text(json.dumps(manifest))
+    files[1].write_bytes(b"graph")
+    files[2].write_bytes(b"weights" * 1000)
+    return files
+
+
+def test_a_conversion_removes_only_strictly_older_ones_of_the_same_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _tiny_bert(tmp_path / "tiny", prefix="")
+    cache = tmp_path / "cache"
+    first = ensure_onnx(model, cache_dir=cache)
+    newest = first.path.with_suffix(".json")
+    first.path.unlink()  # force a rebuild of the current version below
+    older_converter = _fake_conversion(cache, "bert-fp32-old1", first, converter_version="1")
+    older_ort = _fake_conversion(cache, "bert-fp32-old2", first, onnxruntime_version="1.2.0")
+    newer = _fake_conversion(cache, "bert-fp32-new", first, converter_version="99")
+    other_weights = _fake_conversion(
+        cache, "bert-fp32-other", first, converter_version="1", weights_sha256="0" * 64
+    )
+    other_variant = _fake_conversion(
+        cache, "bert-int8-old", first, converter_version="1", variant="int8"
+    )
+    (cache / "bert-fp32-junk.json").write_text("not json")
+
+    with caplog.at_level(logging.INFO, logger="lazyembed"):
+        rebuilt = ensure_onnx(model, cache_dir=cache)
+
+    assert rebuilt.converted and rebuilt.path == first.path and newest.is_file()
+    assert not any(f.exists() for f in older_converter + older_ort)
+    assert all(f.exists() for f in newer + other_weights + other_variant)
+    assert (cache / "bert-fp32-junk.json").exists()
+    assert sum("removed superseded conversion" in r.message for r in caplog.records) == 2
+
+
 @needs_model
 def test_second_call_is_a_cache_hit(fp32: ConvertedModel, model_dir: Path, cache_dir: Path) -> None:
     before = fp32.path.stat().st_mtime_ns

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -624,6 +625,60 @@ class _Target:
         return f"{self.model_type}-{self.variant}-{key}"
 
 
+def _version_key(converter: object, onnxruntime: object) -> tuple[int, tuple[int, ...]]:
+    """Orders conversions: converter version first, then the ONNX Runtime version."""
+    try:
+        converter_number = int(str(converter))
+    except ValueError:
+        converter_number = -1
+    return converter_number, tuple(int(part) for part in re.findall(r"\d+", str(onnxruntime)))
+
+
+def _prune_superseded(cache_dir: Path, target: _Target, *, keep: Path) -> None:
+    """Delete older conversions of the same weights and variant (~90 MB each).
+
+    A conversion is superseded when its (converter version, ONNX Runtime version) is
+    strictly older than the one just built; nothing newer, or of other weights or another
+    variant, is touched. Strictly older only: an older lazyembed installed elsewhere that
+    reconverts its own copy never deletes ours, so two installs cannot take turns
+    rebuilding. A session that has the old file mapped keeps its inode until it closes.
+    Best effort: a file that cannot be removed stays (and is logged at debug).
+    """
+    mine = _version_key(CONVERTER_VERSION, target.ort_version)
+    for manifest_path in cache_dir.glob(f"{target.model_type}-{target.variant}-*.json"):
+        if manifest_path == _manifest_path(keep):
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            same_model = (
+                manifest["weights_sha256"] == target.weights_sha256
+                and manifest["config_sha256"] == target.config_sha256
+                and manifest["variant"] == target.variant
+            )
+            theirs = _version_key(manifest["converter_version"], manifest["onnxruntime_version"])
+            files = [manifest_path.with_name(str(manifest["file"]))]
+            if manifest.get("data_file"):
+                files.append(manifest_path.with_name(str(manifest["data_file"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a manifest of ours, or unreadable: leave it alone
+        if not same_model or theirs >= mine:
+            continue
+        freed = 0
+        for path in [manifest_path, *files]:  # manifest first: nobody validates it anew
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except OSError as exc:
+                logger.debug("could not remove superseded %s: %s", path, exc)
+        logger.info(
+            "removed superseded conversion %s (converter %s, onnxruntime %s): %.0f MB",
+            manifest_path.stem,
+            manifest["converter_version"],
+            manifest["onnxruntime_version"],
+            freed / 2**20,
+        )
+
+
 def _manifest_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
@@ -868,6 +923,7 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
                 )
             _remember_verified(model_path, sha)
             _remember_verified(_data_path(model_path), data_sha)
+            _prune_superseded(cache_dir, target, keep=model_path)
     except OSError as exc:
         raise ModelConversionError(
             f"could not write the converted model to {cache_dir}: {exc}"
