@@ -8,6 +8,8 @@ import logging
 import math
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,14 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lazyembed.errors import ModelConversionError
+from lazyembed.models import convert_child
 from lazyembed.models.convert import (
     CONVERTER_VERSION,
     ConvertedModel,
     build_onnx_model,
     ensure_onnx,
 )
+from lazyembed.models.convert_child import ensure_onnx_in_child
 
 F64 = npt.NDArray[np.float64]
 
@@ -434,3 +438,63 @@ def test_int8_variant_is_close_to_fp32(
     cos = (a * b).sum(1)
     assert float(cos.min()) >= _INT8_MIN_COSINE
     assert float(cos.max()) < 1.0 - 1e-7  # it really is a different (quantized) model
+
+
+# ---------------------------------------------------------------- conversion in a child
+
+
+def test_a_conversion_in_a_child_leaves_the_parent_without_onnx(tmp_path: Path) -> None:
+    model = _tiny_bert(tmp_path / "tiny", prefix="")
+    cache = tmp_path / "cache"
+    script = (
+        "import sys, json\n"
+        "from lazyembed.models.convert_child import ensure_onnx_in_child\n"
+        f"first = ensure_onnx_in_child({str(model)!r}, cache_dir={str(cache)!r})\n"
+        f"again = ensure_onnx_in_child({str(model)!r}, cache_dir={str(cache)!r})\n"
+        "print(json.dumps([first.converted, again.converted, str(first.path),"
+        " 'onnx' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    first_converted, again_converted, path, onnx_imported = json.loads(out)
+    assert first_converted and not again_converted
+    assert not onnx_imported  # the conversion's imports stayed in the child
+    direct = ensure_onnx(model, cache_dir=cache)  # the same verified files, no rebuild
+    assert not direct.converted and str(direct.path) == path
+
+
+def test_a_conversion_error_in_the_child_reaches_the_caller(tmp_path: Path) -> None:
+    model = _tiny_bert(tmp_path / "tiny", prefix="", drop="encoder.layer.0.output.dense.bias")
+    with pytest.raises(ModelConversionError, match=r"output\.dense\.bias"):
+        ensure_onnx_in_child(model, cache_dir=tmp_path / "cache")
+
+
+def test_without_a_usable_interpreter_the_conversion_runs_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _tiny_bert(tmp_path / "tiny", prefix="")
+    monkeypatch.setattr(sys, "executable", "")
+    with caplog.at_level(logging.WARNING, logger="lazyembed"):
+        converted = ensure_onnx_in_child(model, cache_dir=tmp_path / "cache")
+    assert converted.converted and converted.path.is_file()
+    assert "instead of a child" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("returncode", "outcome"), [(-9, "killed by SIGKILL"), (1, "converted here")]
+)
+def test_a_child_that_dies_or_cannot_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, returncode: int, outcome: str
+) -> None:
+    model = _tiny_bert(tmp_path / "tiny", prefix="")
+
+    def child_result(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, returncode, "", "ImportError: no lazyembed")
+
+    monkeypatch.setattr(convert_child.subprocess, "run", child_result)
+    if returncode < 0:  # the OOM killer: not retried in the application's process
+        with pytest.raises(ModelConversionError, match=outcome):
+            ensure_onnx_in_child(model, cache_dir=tmp_path / "cache")
+    else:  # the child could not run lazyembed: convert here rather than fail
+        assert ensure_onnx_in_child(model, cache_dir=tmp_path / "cache").converted

@@ -37,7 +37,8 @@ from lazyembed.config import (
 )
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
-from lazyembed.models.convert import ConvertedModel, ensure_onnx
+from lazyembed.models.convert import ConvertedModel
+from lazyembed.models.convert_child import ensure_onnx_in_child
 from lazyembed.models.info import ModelInfo, read_model_info
 from lazyembed.models.resolve import ResolvedModel, canonical_spec, resolve_model
 from lazyembed.pressure import PressureMonitor
@@ -108,7 +109,9 @@ class Embedder:
         settings = self.settings
         resolved = resolve_model(settings.model, allow_download=settings.allow_download)
         info = read_model_info(resolved.directory)
-        converted = ensure_onnx(
+        # A first conversion runs in a child process: its imports and ~500 MB peak must
+        # not stay in this (long-running) process.
+        converted = ensure_onnx_in_child(
             resolved.directory, variant=settings.variant, cache_dir=Path(settings.cache_dir)
         )
         spec = RuntimeSpec(

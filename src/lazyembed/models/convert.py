@@ -63,6 +63,7 @@ __all__ = [
     "Variant",
     "build_onnx_model",
     "ensure_onnx",
+    "find_converted",
 ]
 
 logger = logging.getLogger("lazyembed")
@@ -840,18 +841,10 @@ def _build_into(model_dir: Path, target: _Target, work: Path, name: str) -> tupl
     return graph, data
 
 
-def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) -> ConvertedModel:
-    """Return a verified ONNX model for ``model_dir``, converting it on first use.
-
-    Safe against concurrent callers in other processes (file lock + double check) and
-    against truncated or corrupt cache files (size and sha256 checked against a
-    manifest; a bad file is rebuilt, never loaded).
-    """
-    start = time.perf_counter()
+def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[_Target, Path]:
+    """Check the inputs and name the cached model they map to (no conversion)."""
     if variant not in ("fp32", "int8"):
         raise ModelConversionError(f"unknown variant {variant!r}; expected 'fp32' or 'int8'")
-    model_dir = Path(model_dir)
-    cache_dir = Path(cache_dir)
     weights = model_dir / _WEIGHTS_FILE
     config = model_dir / _CONFIG_FILE
     for required in (weights, config):
@@ -870,19 +863,51 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
         ort_version=_ort_version(),
         model_type=model_type,
     )
-    model_path = cache_dir / f"{target.stem}.onnx"
+    return target, cache_dir / f"{target.stem}.onnx"
+
+
+def _converted_model(
+    target: _Target, model_path: Path, *, converted: bool, start: float
+) -> ConvertedModel:
+    return ConvertedModel(
+        path=model_path,
+        data_path=_data_path(model_path),
+        variant=target.variant,
+        weights_sha256=target.weights_sha256,
+        converter_version=CONVERTER_VERSION,
+        fingerprint=target.fingerprint,
+        converted=converted,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def find_converted(
+    model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path
+) -> ConvertedModel | None:
+    """The verified cached conversion of ``model_dir``, or None if it must be built."""
+    start = time.perf_counter()
+    target, model_path = _plan(Path(model_dir), variant, Path(cache_dir))
+    if _valid_cached(model_path, target):
+        return _converted_model(target, model_path, converted=False, start=start)
+    return None
+
+
+def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) -> ConvertedModel:
+    """Return a verified ONNX model for ``model_dir``, converting it on first use.
+
+    Safe against concurrent callers in other processes (file lock + double check) and
+    against truncated or corrupt cache files (size and sha256 checked against a
+    manifest; a bad file is rebuilt, never loaded). Converts in this process:
+    ``lazyembed.models.convert_child.ensure_onnx_in_child`` keeps the conversion's memory
+    out of a long-running one.
+    """
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    cache_dir = Path(cache_dir)
+    target, model_path = _plan(model_dir, variant, cache_dir)
 
     def result(converted: bool) -> ConvertedModel:
-        return ConvertedModel(
-            path=model_path,
-            data_path=_data_path(model_path),
-            variant=variant,
-            weights_sha256=target.weights_sha256,
-            converter_version=CONVERTER_VERSION,
-            fingerprint=target.fingerprint,
-            converted=converted,
-            seconds=time.perf_counter() - start,
-        )
+        return _converted_model(target, model_path, converted=converted, start=start)
 
     if _valid_cached(model_path, target):
         return result(False)
