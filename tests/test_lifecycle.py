@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -453,6 +454,20 @@ def test_never_timeout_never_unloads(mem: FakeMemory, clock: FakeClock) -> None:
     assert status["idle_timeout_s"] is None and status["unload_in_s"] is None
 
 
+def test_under_never_the_default_lease_holds_against_another_callers_zero(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=None)
+    use(lc)  # a default lease that never expires
+    use(lc, keep_alive=0)
+    use(lc, keep_alive=60)
+    clock.advance(3600)
+    assert lc.poll() is None and state_of(lc) is State.LOADED
+    assert lc.unload() is True  # an explicit unload still ends it
+    use(lc, keep_alive=0)  # no default lease now: the 0 alone decides
+    assert lc.poll() == "keep_alive"
+
+
 def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeClock) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=3600)
     use(lc)
@@ -644,3 +659,92 @@ def test_fork_child_starts_unloaded_and_loads_its_own(mem: FakeMemory) -> None:
 def _no_leaked_threads() -> Iterator[None]:
     yield
     gc.collect()
+
+
+# ---- failures inside a transition -------------------------------------------------------
+
+
+class FlakyProbe:
+    """A memory probe that fails on chosen calls (psutil can raise)."""
+
+    def __init__(self, mem: FakeMemory, fail_on: set[int]) -> None:
+        self.mem, self.fail_on, self.calls = mem, fail_on, 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise OSError("psutil hiccup")
+        return self.mem.rss()
+
+
+@pytest.mark.parametrize("fail_on", [{1}, {2}, {3}, {4}, {1, 2, 3, 4}])
+def test_a_failing_memory_probe_never_strands_the_lifecycle(
+    mem: FakeMemory, fail_on: set[int]
+) -> None:
+    lc = make(Loader(mem), mem, memory_probe=FlakyProbe(mem, fail_on))
+    use(lc)  # probes 1 and 2: around the load
+    assert state_of(lc) is State.LOADED
+    assert lc.unload() is True  # probes 3 and 4: around the unload
+    assert state_of(lc) is State.UNLOADED
+    use(lc)  # and it loads again
+    status = lc.status()
+    assert status["loads"] == 2 and status["unloads"] == 1
+    if fail_on & {3, 4}:
+        assert status["last_unload"]["returned_mb"] == 0.0  # not measured, not invented
+
+
+def test_a_failing_memory_release_still_ends_in_unloaded(mem: FakeMemory) -> None:
+    def broken_release() -> None:
+        raise MemoryError("trim failed")
+
+    lc = make(Loader(mem), mem, release_memory=broken_release)
+    first = use(lc)
+    assert lc.unload() is True and first.closed and state_of(lc) is State.UNLOADED
+    assert use(lc) is not first
+
+
+def test_an_interrupted_unload_releases_the_callers_queued_behind_it(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem)
+    inside, leave = threading.Event(), threading.Event()
+
+    def long_call() -> None:
+        with lc.acquire():
+            inside.set()
+            assert leave.wait(30)
+
+    busy = threading.Thread(target=long_call)
+    busy.start()
+    assert inside.wait(10)
+    late: list[FakeModel] = []
+    late_caller = threading.Thread(target=lambda: late.append(use(lc)))
+
+    def queue_then_interrupt() -> None:
+        # Once the unload waits for the busy call, a late caller queues behind it; then
+        # Ctrl-C reaches the main thread, inside unload()'s wait.
+        assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+        late_caller.start()
+        assert wait_until(lambda: lc.status()["waiting"] == 1)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    helper = threading.Thread(target=queue_then_interrupt)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        lc.unload()  # on the main thread, where Python delivers the signal
+    helper.join(10)
+    late_caller.join(10)
+    try:
+        assert late, "a caller queued behind an interrupted unload was left waiting"
+        assert state_of(lc) is State.LOADED  # the interrupted unload unloaded nothing
+    finally:
+        leave.set()
+        busy.join(10)
+
+
+def test_after_close_a_new_call_loads_with_a_watcher_that_unloads_it(mem: FakeMemory) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=0.05, watcher=True)
+    use(lc)
+    lc.close()
+    assert state_of(lc) is State.UNLOADED
+    use(lc)  # after close(): loads again, with a fresh watcher
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
+    lc.close()

@@ -27,8 +27,9 @@ Keep-alive rule (leases; the longest live lease wins)
       * keep_alive None   → refreshes the default lease, which expires at
                             last_default_done + idle_timeout, evaluated against the
                             CURRENT idle_timeout (so shortening it takes effect at once);
-                            with idle_timeout None ("never") the default lease never
-                            expires on its own and does not count as a deadline;
+                            with idle_timeout None ("never") it never expires, so
+                            it holds the model like a pin (another call's 0 cannot
+                            cut it; ``unload()`` can);
       * keep_alive k ≥ 0  → an explicit lease expiring at done + k (0: expires at once);
       * keep_alive < 0/inf → a pin: no deadline until an explicit unload.
     The model unloads when every lease has expired and nothing is in flight, i.e. at
@@ -346,6 +347,8 @@ class Lifecycle(Generic[T]):
                     if joined is not None:
                         self._in_flight -= 1
                         self._changed.notify_all()
+                        if not self._in_flight:
+                            self._wake.notify()  # the watcher may have a deadline now
                     raise
                 finally:
                     self._waiting -= 1
@@ -353,8 +356,16 @@ class Lifecycle(Generic[T]):
 
     # ---- loading and unloading (outside the lock) --------------------------------------
 
+    def _measure(self) -> int | None:
+        """Process RSS from the probe, or None if it failed (a figure is not worth a hang)."""
+        try:
+            return self._probe()
+        except Exception:
+            log.warning("%s: memory probe failed", self.name, exc_info=True)
+            return None
+
     def _load(self, attempt: _Attempt, reason: str) -> T:
-        before = self._probe()
+        before = self._measure()
         start = time.perf_counter()
         try:
             obj = self._loader()
@@ -367,7 +378,8 @@ class Lifecycle(Generic[T]):
                 raise
             raise error from exc
         ms = (time.perf_counter() - start) * 1e3
-        mb = max(0.0, (self._probe() - before) / memory.MB)
+        after = self._measure()
+        mb = 0.0 if before is None or after is None else max(0.0, (after - before) / memory.MB)
         new_watcher: threading.Thread | None = None
         with self._lock:
             self._obj = obj
@@ -419,43 +431,56 @@ class Lifecycle(Generic[T]):
         self._next_check = _INF
 
     def _finish_unload(self, reason: str) -> None:
-        """Outside the lock: close, drop the last reference, return memory, measure."""
-        before = self._probe()
+        """Outside the lock: close, drop the last reference, return memory, measure.
+
+        Whatever close(), the memory release or the probe raise (or an interrupt), the
+        state still reaches UNLOADED and waiters are woken: nobody hangs on UNLOADING.
+        """
+        before = self._measure()
         start = time.perf_counter()
+        after: int | None = None
         with self._lock:
             obj, self._dying = self._dying, None
         try:
-            if obj is not None:
-                obj.close()
-        except Exception:
-            log.exception("%s: close() failed during unload (%s)", self.name, reason)
-        del obj  # the last reference: the loaded thing is freed here
-        self._release_memory()
-        after = self._probe()
-        ms = (time.perf_counter() - start) * 1e3
-        returned = (before - after) / memory.MB
-        with self._lock:
-            self._state = State.UNLOADED
-            self._unloads += 1
-            self._model_mb = 0.0
-            self._last_unload = {
+            try:
+                if obj is not None:
+                    obj.close()
+            except Exception:
+                log.exception("%s: close() failed during unload (%s)", self.name, reason)
+            del obj  # the last reference: the loaded thing is freed here
+            try:
+                self._release_memory()
+            except Exception:
+                log.exception("%s: returning memory failed during unload", self.name)
+            after = self._measure()
+        finally:
+            ms = (time.perf_counter() - start) * 1e3
+            returned = 0.0
+            if before is not None and after is not None:
+                returned = (before - after) / memory.MB
+            record: dict[str, Any] = {
                 "reason": reason,
-                "rss_before_mb": memory.to_mb(before),
-                "rss_after_mb": memory.to_mb(after),
+                "rss_before_mb": None if before is None else memory.to_mb(before),
+                "rss_after_mb": None if after is None else memory.to_mb(after),
                 "returned_mb": round(returned, 2),
                 "ms": round(ms, 2),
             }
-            self._record("unload", reason, ms, returned)
-            self._changed.notify_all()
-            self._wake.notify()  # let the watcher settle into its untimed sleep now
+            with self._lock:
+                self._state = State.UNLOADED
+                self._unloads += 1
+                self._model_mb = 0.0
+                self._last_unload = record
+                self._record("unload", reason, ms, returned)
+                self._changed.notify_all()
+                self._wake.notify()  # let the watcher settle into its untimed sleep now
         log.info(
-            "%s unloaded (%s) in %.0f ms, %.1f MB returned (RSS %.1f → %.1f MB)",
+            "%s unloaded (%s) in %.0f ms, %.1f MB returned (RSS %s → %s MB)",
             self.name,
             reason,
             ms,
             returned,
-            before / memory.MB,
-            after / memory.MB,
+            record["rss_before_mb"],
+            record["rss_after_mb"],
         )
 
     def _record(self, kind: str, reason: str, ms: float, mb: float) -> dict[str, Any]:
@@ -485,9 +510,10 @@ class Lifecycle(Generic[T]):
                     self._changed.wait()
             finally:
                 self._unload_waiting -= 1
-            if self._state is not State.LOADED:
                 if not self._unload_waiting:
-                    self._changed.notify_all()  # release callers queued behind us
+                    # Release callers queued behind us (also when we were interrupted).
+                    self._changed.notify_all()
+            if self._state is not State.LOADED:
                 return False
             self._begin_unload_locked(reason)
         self._finish_unload(reason)
@@ -534,14 +560,18 @@ class Lifecycle(Generic[T]):
         return None
 
     def close(self) -> None:
-        """Unload and stop the watcher. Idempotent; a later acquire() loads again."""
-        self.unload("explicit")
+        """Stop the watcher and unload. Idempotent; a later acquire() loads again.
+
+        The watcher stops first: a call slipping in before the unload is unloaded with
+        it, and one after it loads again with a fresh watcher of its own.
+        """
         with self._lock:
             self._shared.generation += 1
             thread, self._watcher_thread = self._watcher_thread, None
             self._wake.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5.0)
+        self.unload("explicit")
 
     def status(self) -> dict[str, Any]:
         """A snapshot of state, memory figures, leases, counters and recent events."""
@@ -587,7 +617,9 @@ class Lifecycle(Generic[T]):
         if self._pinned:
             return _INF, "keep_alive"
         deadline, reason = self._explicit_until, "keep_alive"
-        if self._idle_timeout is not None and self._default_done is not None:
+        if self._default_done is not None:
+            if self._idle_timeout is None:  # a default lease under "never" holds the model
+                return _INF, "idle"
             default = self._default_done + self._idle_timeout
             if default >= deadline:
                 deadline, reason = default, "idle"
