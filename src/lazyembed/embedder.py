@@ -252,9 +252,13 @@ class Embedder:
         """Free the model now (waits for calls in flight). True if a model was loaded."""
         return self._lifecycle.unload("explicit")
 
-    def warmup(self) -> None:
-        """Load the model now instead of at the first embed()."""
-        with self._lifecycle.acquire():
+    def warmup(self, *, keep_alive: KeepAlive = None) -> None:
+        """Load the model now instead of at the first embed(), leaving a keep_alive lease.
+
+        Goes straight to the lifecycle, never through the cache: Ollama's "load (or pin)
+        the model" idiom must load even when every text it could embed is cached.
+        """
+        with self._lifecycle.acquire(keep_alive=self._keep_alive_seconds(keep_alive)):
             pass
 
     def set_idle_timeout(self, value: float | int | str | None) -> None:
