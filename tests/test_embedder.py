@@ -104,6 +104,23 @@ def test_bad_keep_alive_names_the_key(shared_embedder: Embedder) -> None:
         shared_embedder.embed("x", keep_alive="abc")
 
 
+def test_bad_keep_alive_fails_even_when_the_text_is_cached(embedder: Embedder) -> None:
+    embedder.embed("cached already")
+    with pytest.raises(ConfigError, match="keep_alive"):
+        embedder.embed("cached already", keep_alive="bogus")
+    with pytest.raises(ConfigError, match="keep_alive"):
+        embedder.embed_numpy(["cached already"], keep_alive="bogus")
+
+
+def test_a_single_text_miss_is_looked_up_once(embedder: Embedder) -> None:
+    embedder.prepare()  # the cache exists from here on
+    before = embedder.get_memory_usage()["cache"]["misses"]
+    embedder.embed("a sentence nobody has embedded here")
+    assert embedder.get_memory_usage()["cache"]["misses"] == before + 1
+    embedder.embed("a sentence nobody has embedded here")
+    assert embedder.get_memory_usage()["cache"]["misses"] == before + 1
+
+
 def test_cache_answers_repeats_in_input_order(embedder: Embedder) -> None:
     first = embedder.embed_numpy(["a", "b"])
     mixed = embedder.embed_numpy(["b", "new text", "a", "new text"])

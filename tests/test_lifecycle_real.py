@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -208,3 +209,33 @@ def test_library_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_prepares_does_not_hang_the_child() -> None:
+    e = Embedder(cache_memory_mb=0, idle_timeout="never")  # not prepared yet
+    held, release = threading.Event(), threading.Event()
+
+    def preparing() -> None:  # stands in for a first conversion taking seconds
+        with e._prepare_lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=preparing)
+    thread.start()
+    assert held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: the parent's preparing thread does not exist here
+            code = 3
+            try:
+                signal.alarm(60)  # a hang ends as SIGALRM, not a stuck test run
+                code = 0 if e.get_embedding_dimension() == 384 else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(10)
+        e.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

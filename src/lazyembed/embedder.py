@@ -8,14 +8,18 @@ can be answered while the model stays unloaded.
 
 Locks: `_prepare_lock` guards the one-time preparation and the counting tokenizer
 (`_prepared` and `_tokenizer` are written once, under it, and read without it
-afterwards). Everything about the model's presence is the Lifecycle's (see lifecycle.py).
-The cache guards itself.
+afterwards). A forked child gets a fresh `_prepare_lock` (another thread of the parent
+may have held it at the fork, for the seconds a first conversion takes). Everything
+about the model's presence is the Lifecycle's (see lifecycle.py). The cache guards
+itself.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,17 @@ from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runti
 
 FloatArray = npt.NDArray[np.float32]
 KeepAlive = float | int | str | None
+
+_LIVE: weakref.WeakSet[Embedder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for embedder in list(_LIVE):
+        embedder._prepare_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,7 @@ class Embedder:
             periodic_check=self._pressure.check if self._pressure is not None else None,
             check_interval=settings.pressure_check_interval,
         )
+        _LIVE.add(self)
 
     # ---- preparation (no model memory) -------------------------------------------------
 
@@ -162,18 +178,24 @@ class Embedder:
         self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
     ) -> list[float] | list[list[float]]:
         """One text → one vector (list of 384 floats); a list of texts → a list of vectors."""
+        seconds = self._keep_alive_seconds(keep_alive)  # a bad value fails even on a hit
         if isinstance(texts, str):  # the hot single-text path: no list, no stack
             text = check_text(texts)
             prepared = self._prepared or self.prepare()
-            if prepared.cache is not None:
-                hit = prepared.cache.get_many((text,))[0]
-                if hit is not None:
-                    single_hit: list[float] = hit.tolist()
-                    return single_hit
-            result: list[float] = self._embed([text], keep_alive)[0].tolist()
+            cache = prepared.cache
+            if cache is None:
+                plain: list[float] = self._encode([text], seconds).vectors[0].tolist()
+                return plain
+            hit = cache.get_many((text,))[0]
+            if hit is not None:
+                single_hit: list[float] = hit.tolist()
+                return single_hit
+            fresh = self._encode([text], seconds).vectors
+            cache.put_many([text], fresh)
+            result: list[float] = fresh[0].tolist()
             return result
         items, single = normalize_inputs(texts)
-        vectors = self._embed(items, keep_alive)
+        vectors = self._embed(items, seconds)
         if single:
             one: list[float] = vectors[0].tolist()
             return one
@@ -184,18 +206,20 @@ class Embedder:
         self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
     ) -> FloatArray:
         """Vectors as one float32 array of shape (n, dim), for bulk use."""
+        seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
-        return self._embed(items, keep_alive)
+        return self._embed(items, seconds)
 
     def embed_with_usage(
         self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
     ) -> tuple[FloatArray, list[int]]:
         """Vectors plus each input's real token count (for servers that report usage)."""
+        seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
-        vectors = self._embed(items, keep_alive)
+        vectors = self._embed(items, seconds)
         return vectors, self.count_tokens(items)
 
-    def _embed(self, items: list[str], keep_alive: KeepAlive) -> FloatArray:
+    def _embed(self, items: list[str], keep_alive: float | None) -> FloatArray:
         prepared = self._prepared or self.prepare()
         cache = prepared.cache
         if cache is None:
@@ -217,8 +241,9 @@ class Embedder:
             out[i] = fresh[unique[items[i]]] if vector is None else vector
         return out
 
-    def _encode(self, items: list[str], keep_alive: KeepAlive) -> EncodeResult:
-        with self._lifecycle.acquire(keep_alive=self._keep_alive_seconds(keep_alive)) as runtime:
+    def _encode(self, items: list[str], keep_alive: float | None) -> EncodeResult:
+        """keep_alive in lifecycle seconds (already parsed: `_keep_alive_seconds`)."""
+        with self._lifecycle.acquire(keep_alive=keep_alive) as runtime:
             return runtime.encode(items)
 
     @staticmethod
@@ -288,6 +313,13 @@ class Embedder:
             worker = self._lifecycle.peek()
             memory_info = getattr(worker, "memory_info", None)
             report["worker"] = memory_info() if callable(memory_info) else None
+            # The model lives in the worker: this process's RSS barely moves at a load.
+            # What the model takes is the worker's own memory (USS, all of which leaves
+            # when the worker exits), measured now.
+            if report["model_loaded"] and report["worker"]:
+                uss = report["worker"].get("worker_uss_mb")
+                if uss is not None:
+                    report["model_mb"] = uss
         return report
 
     def get_embedding_dimension(self) -> int:
