@@ -146,6 +146,30 @@ def test_max_seq_length_change_misses_the_shared_store(tmp_path: Path, model_dir
     assert not np.array_equal(results[0], results[1])
 
 
+def test_a_changed_tokenizer_misses_the_shared_store(tmp_path: Path, model_dir: Path) -> None:
+    cased = tmp_path / "cased-model"
+    cased.mkdir()
+    for item in model_dir.iterdir():
+        if item.name != "tokenizer.json":
+            (cased / item.name).symlink_to(item)
+    tokenizer = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["normalizer"]["lowercase"] = False  # same weights, other token ids
+    (cased / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    store = tmp_path / "cache.sqlite3"
+    text = "Lowercasing Changes The Tokens"
+    results, fingerprints = [], []
+    for model in [None, str(cased)]:
+        e = Embedder(model=model, cache_persistent=True, cache_path=store, idle_timeout="never")
+        try:
+            results.append(e.embed_numpy([text]))
+            fingerprints.append(e.prepare().fingerprint)
+            assert e.get_memory_usage()["loads"] == 1  # a miss: computed, not the stale hit
+        finally:
+            e.close()
+    assert fingerprints[0] != fingerprints[1]
+    assert not np.array_equal(results[0], results[1])
+
+
 @pytest.fixture
 def uncached() -> Iterator[Embedder]:
     e = Embedder(cache_memory_mb=0, idle_timeout="never")

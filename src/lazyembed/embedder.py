@@ -16,6 +16,7 @@ itself.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -139,7 +140,11 @@ class Embedder:
             batch_size=settings.batch_size,
             normalize=info.normalize,
         )
-        fingerprint = f"{converted.fingerprint};{info.fingerprint_part()}"
+        # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
+        tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()
+        fingerprint = (
+            f"{converted.fingerprint};{info.fingerprint_part()};tokenizer={tokenizer_sha[:24]}"
+        )
         cache = None
         if settings.cache_memory_mb > 0 or settings.cache_persistent:
             cache = EmbeddingCache(
