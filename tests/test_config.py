@@ -132,7 +132,11 @@ def test_parse_duration_accepts(value: object, seconds: float | None) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["abc", "-5x", "", "   ", "5 m", "1h-30m", "nan", math.nan, True, "400d", 10**9, [], None],
+    [
+        *["abc", "-5x", "", "   ", "5 m", "1h-30m", "nan", math.nan, True, "400d", 10**9],
+        *[[], None, pytest.param(10**400, id="int-beyond-float")],
+        *[pytest.param("1" * 400, id="digits"), pytest.param("1" * 400 + "s", id="digits-s")],
+    ],
 )
 def test_parse_duration_rejects_naming_key_value_and_source(value: object) -> None:
     with pytest.raises(ConfigError) as info:
@@ -166,6 +170,9 @@ def test_parse_keep_alive_maps_never_to_pin() -> None:
         ("LAZYEMBED_ISOLATION", "thread"),
         ("LAZYEMBED_CACHE_MEMORY_MB", "-1"),
         ("LAZYEMBED_CACHE_MAX_MB", "inf"),
+        ("LAZYEMBED_CACHE_MAX_MB", "0"),
+        ("LAZYEMBED_PRESSURE_PSI_AVG10", "0"),
+        ("LAZYEMBED_BATCH_SIZE", "1__0"),
         ("LAZYEMBED_PRESSURE_CGROUP_FRACTION", "0"),
         ("LAZYEMBED_PRESSURE_PSI_AVG10", "101"),
         ("LAZYEMBED_PRESSURE_CHECK_INTERVAL", "never"),
@@ -238,6 +245,8 @@ def test_bad_arguments_name_the_argument() -> None:
         load_settings(idle_timeout=float("nan"))
     with pytest.raises(ConfigError, match=r"batch_size=True from argument"):
         load_settings(batch_size=True)
+    with pytest.raises(ConfigError, match=r"cache_memory_mb=1\d+ from argument"):
+        load_settings(cache_memory_mb=10**400)
     with pytest.raises(ConfigError, match="unknown setting 'idle_timeot' from argument"):
         load_settings(idle_timeot="5m")
 

@@ -125,7 +125,10 @@ def _duration_seconds(value: object, key: str, source: str) -> float:
     if isinstance(value, bool):
         raise _fail(key, value, source, "expected a duration, not a boolean")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            raise _fail(key, value, source, "absurdly large; use 'never' for no timeout") from None
     elif isinstance(value, str):
         text = value.strip().lower()
         if text in _NEVER_WORDS:
@@ -142,6 +145,8 @@ def _duration_seconds(value: object, key: str, source: str) -> float:
                 float(n) * _UNIT_SECONDS[unit] for n, unit in _PART_RE.findall(match.group(2))
             )
             seconds = -total if match.group(1) == "-" else total
+        if seconds == math.inf:  # digits beyond any float: a typo, not "never"
+            raise _fail(key, value, source, "absurdly large; use 'never' for no timeout")
     else:
         raise _fail(key, value, source, f"expected a duration, not {type(value).__name__}")
     if math.isnan(seconds):
@@ -202,7 +207,7 @@ def _int(lo: int, hi: int | None = None, *, optional: str | None = None) -> Pars
             number = int(value)
         elif isinstance(value, str):
             try:
-                number = int(value.strip().replace("_", ""))
+                number = int(value.strip())  # Python's own digit grouping: 1_000, not 1__0
             except ValueError:
                 raise _fail(key, value, source, "expected an integer") from None
         else:
@@ -220,7 +225,10 @@ def _float(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Pars
         if isinstance(value, bool):
             raise _fail(key, value, source, "expected a number, not a boolean")
         if isinstance(value, (int, float)):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond any float
+                raise _fail(key, value, source, "must be a finite number") from None
         elif isinstance(value, str):
             try:
                 number = float(value.strip())
@@ -291,10 +299,10 @@ _PARSERS: dict[str, Parser] = {
     "cache_memory_mb": _float(0.0),
     "cache_persistent": _parse_bool,
     "cache_path": _path,
-    "cache_max_mb": _float(0.0),
+    "cache_max_mb": _float(0.0, lo_open=True),  # the store is always bounded
     "pressure_unload": _parse_bool,
     "pressure_check_interval": _positive_duration,
-    "pressure_psi_avg10": _float(0.0, 100.0),
+    "pressure_psi_avg10": _float(0.0, 100.0, lo_open=True),  # 0 would mean always
     "pressure_min_available_mb": _float(0.0),
     "pressure_cgroup_fraction": _float(0.0, 1.0, lo_open=True),
     "isolation": _choice("none", "process"),
