@@ -130,6 +130,22 @@ def test_cgroup_max_means_unlimited(tmp_path: Path) -> None:
     assert PressureMonitor(sources=sources(tmp_path, cgroup_dir=directory)).check() is None
 
 
+def test_a_full_parent_cgroup_is_pressure_for_an_unlimited_child(tmp_path: Path) -> None:
+    slice_dir = tmp_path / "user.slice"
+    write(slice_dir / "memory.max", f"{GIB}\n")
+    write(slice_dir / "memory.current", f"{int(0.99 * GIB)}\n")
+    write(slice_dir / "memory.stat", MEMORY_STAT.format(inactive=0))
+    scope = slice_dir / "app.scope"
+    write(scope / "memory.max", "max\n")
+    write(scope / "memory.current", f"{200 * 2**20}\n")
+    write(scope / "memory.stat", MEMORY_STAT.format(inactive=0))
+    reading = read_pressure(sources(tmp_path, cgroup_dir=scope))
+    assert reading.source == "cgroup"
+    assert reading.cgroup_fraction == pytest.approx(0.99)
+    assert reading.cgroup_limit_mb == pytest.approx(1024.0)
+    assert PressureMonitor(sources=sources(tmp_path, cgroup_dir=scope)).check() == "pressure"
+
+
 def test_cgroup_memory_high_is_the_tighter_limit(tmp_path: Path) -> None:
     directory = cgroup(tmp_path, max_=str(4 * GIB), high=str(1 * GIB), current=int(0.99 * GIB))
     reading = read_pressure(sources(tmp_path, cgroup_dir=directory))

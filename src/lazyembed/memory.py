@@ -34,8 +34,6 @@ import psutil
 
 MB = 2**20
 
-M_MMAP_THRESHOLD = -3
-
 _process: psutil.Process | None = None
 _libc: ctypes.CDLL | None = None
 _libc_checked = False
@@ -90,12 +88,8 @@ def to_mb(nbytes: float | None) -> float | None:
     return round(nbytes / MB, 2)
 
 
-def mb_to_bytes(mb: float) -> int:
-    return int(mb * MB)
-
-
 def glibc() -> ctypes.CDLL | None:
-    """The process's glibc (for malloc_trim/mallopt), or None on any other libc."""
+    """The process's glibc (for malloc_trim), or None on any other libc."""
     global _libc, _libc_checked
     if _libc_checked:
         return _libc
@@ -110,8 +104,6 @@ def glibc() -> ctypes.CDLL | None:
                     ):
                         candidate.malloc_trim.argtypes = [ctypes.c_size_t]
                         candidate.malloc_trim.restype = ctypes.c_int
-                        candidate.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                        candidate.mallopt.restype = ctypes.c_int
                         lib = candidate
                 except OSError:
                     lib = None

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lazyembed import memory
+
 __all__ = [
     "PressureMonitor",
     "PressureReading",
@@ -43,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger("lazyembed")
 
-_MB = 1024 * 1024
 #: "Pressure unloading is off" is said once per process, however many monitors exist.
 _OFF_LOGGED = False
 _OFF_LOGGED_LOCK = threading.Lock()
@@ -123,8 +124,8 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _read_limit(path: Path) -> int | None:
-    """A cgroup v2 byte limit; None for "max" (unlimited), missing or malformed."""
+def _read_bytes(path: Path) -> int | None:
+    """A cgroup v2 byte count or limit; None for "max" (unlimited), missing or malformed."""
     text = _read_text(path)
     if text is None:
         return None
@@ -132,14 +133,6 @@ def _read_limit(path: Path) -> int | None:
     if value == "max" or not value.isdigit():
         return None
     return int(value)
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
-    if text is None:
-        return None
-    value = text.strip()
-    return int(value) if value.isdigit() else None
 
 
 def _stat_value(path: Path, key: str) -> int | None:
@@ -187,6 +180,39 @@ def parse_mem_available_mb(text: str) -> float | None:
     return None
 
 
+def _cgroup_usage(directory: Path) -> tuple[float, float, float] | None:
+    """(used / limit, used MB, limit MB) of one cgroup with a limit, else None.
+
+    Used = memory.current minus inactive file cache (reclaimable without pressure).
+    """
+    limits = [
+        x
+        for x in (_read_bytes(directory / "memory.max"), _read_bytes(directory / "memory.high"))
+        if x is not None and x > 0
+    ]
+    if not limits:
+        return None
+    current = _read_bytes(directory / "memory.current")
+    if current is None:
+        return None
+    inactive = _stat_value(directory / "memory.stat", "inactive_file") or 0
+    used = max(0, current - min(inactive, current))
+    limit = min(limits)
+    return used / limit, used / memory.MB, limit / memory.MB
+
+
+def _cgroup_usages(directory: Path, max_depth: int = 32) -> list[tuple[float, float, float]]:
+    """`_cgroup_usage` of ``directory`` and of each ancestor that is a cgroup too."""
+    usages = []
+    for level, current in enumerate((directory, *directory.parents)):
+        if level >= max_depth or not (current / "memory.current").is_file():
+            break
+        usage = _cgroup_usage(current)
+        if usage is not None:
+            usages.append(usage)
+    return usages
+
+
 def _read_psi(path: Path) -> float | None:
     text = _read_text(path)
     return None if text is None else parse_psi_some_avg10(text)
@@ -201,22 +227,11 @@ def read_pressure(sources: PressureSources | None = None) -> PressureReading:
     cgroup_gave = False
     directory = sources.cgroup_dir
     if directory is not None:
-        limits = [
-            x
-            for x in (
-                _read_limit(directory / "memory.max"),
-                _read_limit(directory / "memory.high"),
-            )
-            if x is not None and x > 0
-        ]
-        if limits:
-            current = _read_int(directory / "memory.current")
-            if current is not None:
-                inactive = _stat_value(directory / "memory.stat", "inactive_file") or 0
-                used = max(0, current - min(inactive, current))
-                limit = min(limits)
-                fraction = used / limit
-                used_mb, limit_mb = used / _MB, limit / _MB
+        # The limit that binds may sit on an ancestor (a systemd slice, a container's
+        # parent): the fullest cgroup from ours up to the root decides.
+        for usage in _cgroup_usages(directory):
+            if fraction is None or usage[0] > fraction:
+                fraction, used_mb, limit_mb = usage
                 cgroup_gave = True
         psi = _read_psi(directory / "memory.pressure")
         if psi is not None:
