@@ -379,3 +379,76 @@ def test_prestart_starts_the_fork_server_without_a_model() -> None:
     server = isolation.fork_server_pid()
     assert server is not None
     assert psutil.Process(server).is_running()
+
+
+def encode_in_thread(
+    rt: IsolatedRuntime, texts: list[str]
+) -> tuple[threading.Thread, threading.Event, list[BaseException | object]]:
+    """Start `rt.encode(texts)` in a thread; the event is set once the thread is calling."""
+    entered = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def call() -> None:
+        entered.set()
+        try:
+            outcome.append(rt.encode(texts))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, entered, outcome
+
+
+def test_close_during_a_call_kills_the_worker_under_it(spec: RuntimeSpec) -> None:
+    """close(timeout) while a long call is in flight: the call gets WorkerDiedError,
+    close() returns normally, nothing is left running or unreaped. close() and the call
+    then both try to stop the same worker, so the scenario is repeated to catch the race."""
+    texts = corpus() * 20  # ~4,000 texts: seconds of work, far beyond the close timeout
+    for trial in range(4):
+        rt = load_isolated(spec)
+        pid = rt.pid
+        assert pid is not None
+        worker = psutil.Process(pid)
+        cpu_before = sum(worker.cpu_times()[:2])
+        thread, entered, outcome = encode_in_thread(rt, texts)
+        assert entered.wait(30)
+        # Wait until the worker is visibly computing this call: the call holds the
+        # runtime's lock, so close() below gives up waiting for it and kills the worker.
+        deadline = time.monotonic() + 60
+        while sum(worker.cpu_times()[:2]) < cpu_before + 0.2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert thread.is_alive(), f"trial {trial}: the call finished before close()"
+        rt.close(timeout=0.05)  # must not raise
+        thread.join(60)
+        assert not thread.is_alive()
+        assert len(outcome) == 1
+        error = outcome[0]
+        assert isinstance(error, WorkerDiedError), f"trial {trial}: {error!r}"
+        assert "close()" in str(error)
+        assert rt.pid is None and not rt.alive
+        assert wait_gone([pid]) == []
+        assert zombies_among_children() == []
+        rt.close()  # still idempotent
+        with pytest.raises(RuntimeError):
+            rt.encode(["after close"])
+
+
+def test_encode_nothing_returns_an_empty_result(
+    runtime: IsolatedRuntime, spec: RuntimeSpec
+) -> None:
+    pid = runtime.pid
+    result = runtime.encode([])
+    assert result.vectors.shape == (0, spec.dimension)
+    assert result.vectors.dtype == np.float32
+    assert result.token_counts == []
+    local = load_runtime(spec)
+    try:
+        expected = local.encode([])
+    finally:
+        local.close()
+    assert result.vectors.shape == expected.vectors.shape
+    assert result.vectors.dtype == expected.vectors.dtype
+    assert result.token_counts == expected.token_counts
+    assert runtime.pid == pid and runtime.alive  # the worker is untouched
+    assert runtime.encode(["still works"]).vectors.shape == (1, spec.dimension)

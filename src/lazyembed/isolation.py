@@ -26,7 +26,8 @@ Transport, one duplex pipe per worker:
   vectors are a view of that buffer (no copy after the pipe read). Shared memory was
   not chosen: a batch of 32 vectors is 48 KiB (the pipe copy costs microseconds next to
   milliseconds of inference), and shared memory adds a resource tracker, segment
-  lifetimes and leaks on SIGKILL.
+  lifetimes and leaks on SIGKILL. An empty list is answered in the parent (no round
+  trip): a (0, dim) float32 array and no token counts, as in-process.
 
 Worker death (OOM killer, SIGKILL): the call in flight raises `WorkerDiedError` naming
 the exit code or signal; it is NOT retried (the call may be what killed the worker, and
@@ -37,7 +38,15 @@ can check `alive` and drop the runtime instead.
 
 Thread safety: one call at a time over the pipe. `_lock` guards the pipe, the worker
 handle and restarts; concurrent `encode` calls queue on it (the in-process runtime runs
-them concurrently; on two cores the worker's ORT threads are busy anyway).
+them concurrently; on two cores the worker's ORT threads are busy anyway). Stopping a
+worker is idempotent: each `_Worker` has a small `_stop_lock`, held only for a few
+statements, never across a wait, by whichever thread stops it — `close()` (with or
+without `_lock`: it cannot get `_lock` when a call is stuck), the call in flight seeing
+the worker die, a restart, or the finalizer. Under it, the first of them detaches the
+worker and alone kills, joins and closes the process (recording its exit code first); the
+others find it detached and leave it alone. The pipe is never closed under a call in
+flight (the fd could be reused while that call still reads it): a call marks the worker
+in use under `_stop_lock`, and whichever of the stopper and the call ends last closes it.
 
 No zombies: the worker is a child of the fork server, which reaps it; `close()` asks it
 to quit, joins with a timeout, then terminates and kills. A `weakref.finalize` closes a
@@ -71,6 +80,7 @@ import numpy as np
 import psutil
 
 from lazyembed.errors import ModelLoadError, WorkerDiedError
+from lazyembed.memory import MB
 from lazyembed.runtime import EncodeResult, RuntimeSpec
 
 __all__ = ["IsolatedRuntime", "fork_server_pid", "load_isolated", "prestart"]
@@ -89,8 +99,6 @@ _STATUS_READY = 0x52454459
 
 _CONTEXT_LOCK = threading.Lock()  # guards _CONTEXT creation and the fork server preload
 _CONTEXT: BaseContext | None = None
-
-_MB = 1024 * 1024
 
 #: Every runtime not yet closed, for the exit hook (a WeakSet guards itself enough here:
 #: it is only iterated at exit, over a copy).
@@ -234,43 +242,25 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _stop_worker(
-    process: BaseProcess | None,
-    conn: multiprocessing.connection.Connection | None,
-    timeout: float,
-) -> None:
-    """Ask the worker to quit, then terminate, then kill; always closes the pipe.
-
-    A module function (not a method) so `weakref.finalize` can hold it without the runtime.
-    """
-    if conn is not None:
-        try:
-            if process is not None and process.is_alive():
-                conn.send_bytes(_OP_QUIT)
-        except (OSError, ValueError):
-            pass
-        finally:
-            conn.close()  # also makes a worker stuck in recv see EOF
-    if process is None:
-        return
-    try:
-        process.join(timeout)
-        if process.exitcode is None:
-            process.terminate()
-            process.join(1.0)
-        if process.exitcode is None:
-            process.kill()
-            process.join(1.0)
-        process.close()
-    except ValueError:  # already closed by another path, or still running after kill
-        if process.exitcode is None:
-            log.warning("isolated worker %s did not exit", process.pid)
+def _stopped_by_close() -> WorkerDiedError:
+    return WorkerDiedError("the isolated worker was stopped by close() during a call")
 
 
 class _Worker:
-    """One worker process and its pipe (the parent's end)."""
+    """One worker process and its pipe (the parent's end).
+
+    Stopping is idempotent and thread-safe (module doc, "Thread safety"): `stop` detaches
+    the worker under `_stop_lock`, so exactly one thread kills, joins and closes the
+    process; the pipe is closed by whichever of `stop` and `end_call` comes last.
+    """
 
     def __init__(self, spec: RuntimeSpec, load_timeout: float) -> None:
+        self._stop_lock = threading.Lock()  # guards _detached, _in_call
+        self._detached = False  # set once, by the one thread that stops this worker
+        self._in_call = False  # a call is using the pipe (between begin_ and end_call)
+        #: Recorded by `stop` before it closes the process; None until then, or if the
+        #: process never exited.
+        self.exitcode: int | None = None
         ctx = _context()
         parent_end, child_end = ctx.Pipe(duplex=True)
         process = ctx.Process(  # type: ignore[attr-defined]
@@ -293,9 +283,72 @@ class _Worker:
         try:
             self._wait_ready(spec, load_timeout)
         except BaseException:
-            _stop_worker(process, parent_end, 1.0)
+            self.stop(1.0)
             raise
         self.load_seconds = time.perf_counter() - started
+
+    def is_alive(self) -> bool:
+        """False once stopped; never touches a process another thread may be closing."""
+        with self._stop_lock:
+            return not self._detached and self.process.is_alive()
+
+    def begin_call(self) -> bool:
+        """Mark the pipe in use (caller holds the runtime's `_lock`); False if stopped."""
+        with self._stop_lock:
+            if self._detached:
+                return False
+            self._in_call = True
+            return True
+
+    def end_call(self) -> None:
+        """The call is done with the pipe; close it if the worker was stopped meanwhile."""
+        with self._stop_lock:
+            self._in_call = False
+            close_pipe = self._detached
+        if close_pipe:
+            self.conn.close()
+
+    def stop(self, timeout: float, *, kill: bool = False) -> bool:
+        """Ask the worker to quit (or kill it), join, then terminate, then kill.
+
+        Returns False, doing nothing, when another thread stopped (or is stopping) this
+        worker. The pipe is closed here unless a call is using it, in which case
+        `end_call` closes it. A method of the worker, not of the runtime, so
+        `weakref.finalize` can hold it without keeping the runtime alive.
+        """
+        with self._stop_lock:
+            if self._detached:
+                return False
+            self._detached = True
+            owns_pipe = not self._in_call
+        process, conn = self.process, self.conn
+        if kill:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+        if owns_pipe:
+            try:
+                if not kill and process.is_alive():
+                    conn.send_bytes(_OP_QUIT)
+            except (OSError, ValueError):
+                pass
+            finally:
+                conn.close()  # also makes a worker stuck in recv see EOF
+        try:
+            process.join(timeout)
+            if process.exitcode is None:
+                process.terminate()
+                process.join(1.0)
+            if process.exitcode is None:
+                process.kill()
+                process.join(1.0)
+            self.exitcode = process.exitcode  # before close(): a closed Process has none
+            if self.exitcode is None:
+                log.warning("isolated worker %s did not exit", self.pid)
+            else:
+                process.close()
+        except (OSError, ValueError) as exc:  # never raise from a stop (finalizer, exit)
+            log.warning("stopping isolated worker %s failed: %s", self.pid, exc)
+        return True
 
     def _wait_ready(self, spec: RuntimeSpec, timeout: float) -> None:
         if not self.conn.poll(timeout):
@@ -333,7 +386,7 @@ class IsolatedRuntime:
         _LIVE.add(self)
 
     def _arm_finalizer(self, worker: _Worker) -> weakref.finalize[Any, Any]:
-        return weakref.finalize(self, _stop_worker, worker.process, worker.conn, 5.0)
+        return weakref.finalize(self, worker.stop, 5.0)
 
     # ---- state ------------------------------------------------------------------------
 
@@ -346,12 +399,7 @@ class IsolatedRuntime:
     def alive(self) -> bool:
         """False once the worker has died or the runtime was closed."""
         worker = self._worker
-        if worker is None:
-            return False
-        try:
-            return worker.process.is_alive()
-        except ValueError:  # process object already closed
-            return False
+        return worker is not None and worker.is_alive()
 
     @property
     def load_seconds(self) -> float | None:
@@ -370,8 +418,8 @@ class IsolatedRuntime:
         if pid is not None:
             try:
                 full = psutil.Process(pid).memory_full_info()
-                report["worker_rss_mb"] = round(full.rss / _MB, 1)
-                report["worker_uss_mb"] = round(full.uss / _MB, 1)
+                report["worker_rss_mb"] = round(full.rss / MB, 1)
+                report["worker_uss_mb"] = round(full.uss / MB, 1)
             except (psutil.Error, OSError):
                 pass
         server = fork_server_pid()
@@ -379,7 +427,7 @@ class IsolatedRuntime:
             report["fork_server_pid"] = server
             with contextlib.suppress(psutil.Error):
                 rss = psutil.Process(server).memory_info().rss
-                report["fork_server_rss_mb"] = round(rss / _MB, 1)
+                report["fork_server_rss_mb"] = round(rss / MB, 1)
         report["worker_restarts"] = self.restarts
         return report
 
@@ -388,12 +436,18 @@ class IsolatedRuntime:
     def encode(self, texts: Sequence[str]) -> EncodeResult:
         """Embed in the worker; see the module doc for what happens if it dies."""
         items = list(texts)
-        request = _OP_ENCODE + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
         dim = self.spec.dimension
+        if not items:  # nothing for the worker to do: answer as the in-process runtime
+            if self._closed:
+                raise RuntimeError("IsolatedRuntime.encode() after close()")
+            return EncodeResult(np.empty((0, dim), dtype=np.float32), [])
+        request = _OP_ENCODE + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._closed:
                 raise RuntimeError("IsolatedRuntime.encode() after close()")
             worker = self._live_worker()
+            if not worker.begin_call():  # a close() that gave up waiting stopped it
+                raise self._died(worker)
             n = len(items)
             size = _HEADER.size + n * dim * 4 + n * 4
             buffer = np.empty(size, dtype=np.uint8)
@@ -410,6 +464,8 @@ class IsolatedRuntime:
                 # starts a fresh one.
                 self._discard(worker)
                 raise
+            finally:
+                worker.end_call()
         status, rn, rdim, _ = _HEADER.unpack_from(buffer.data)
         if status == _STATUS_ERROR:
             return self._raise_remote(buffer[:received].tobytes())
@@ -425,15 +481,20 @@ class IsolatedRuntime:
     def _live_worker(self) -> _Worker:
         """The current worker, or a fresh one if the last died (caller holds _lock)."""
         worker = self._worker
-        if worker is not None and worker.process.is_alive():
+        if worker is not None and worker.is_alive():
             return worker
         if worker is not None:
             self._finalizer.detach()
-            _stop_worker(worker.process, worker.conn, 0.0)
+            worker.stop(0.0)
         self._worker = None
+        if self._closed:  # a close() that gave up waiting for this call stopped the worker
+            raise _stopped_by_close()
         fresh = _Worker(self.spec, self.load_timeout)
         self._worker = fresh
         self._finalizer = self._arm_finalizer(fresh)
+        if self._closed:  # ... or did so while this one loaded: it must not outlive close()
+            self._discard(fresh)
+            raise _stopped_by_close()
         self.restarts += 1
         log.warning("isolated worker restarted (pid %s, restart %d)", fresh.pid, self.restarts)
         return fresh
@@ -441,25 +502,21 @@ class IsolatedRuntime:
     def _discard(self, worker: _Worker) -> None:
         """Kill and forget a worker whose pipe can no longer be trusted (caller holds _lock)."""
         self._finalizer.detach()
-        with contextlib.suppress(ValueError, OSError):
-            worker.process.kill()
-        _stop_worker(worker.process, worker.conn, 1.0)
+        worker.stop(1.0, kill=True)
         self._worker = None
 
     def _died(self, worker: _Worker) -> WorkerDiedError:
         """Reap the dead worker and describe its death (caller holds _lock)."""
-        try:
-            worker.process.join(2.0)
-            exitcode = worker.process.exitcode
-        except ValueError:  # close() got there first
-            exitcode = None
         self._finalizer.detach()
-        _stop_worker(worker.process, worker.conn, 0.0)
+        # The pipe reported EOF, so the worker is exiting: allow 2 s to reap it. If close()
+        # got there first, it stops the worker and this is a no-op.
+        worker.stop(2.0)
         self._worker = None
         if self._closed:
-            return WorkerDiedError("the isolated worker was stopped by close() during a call")
+            return _stopped_by_close()
         message = (
-            f"isolated worker {worker.pid} died during a call: {_describe_exit(exitcode)}; "
+            f"isolated worker {worker.pid} died during a call: "
+            f"{_describe_exit(worker.exitcode)}; "
             "the call was not retried, the next call starts a new worker"
         )
         log.warning(message)
@@ -488,9 +545,10 @@ class IsolatedRuntime:
             if worker is None:
                 return
             self._finalizer.detach()
-            if not acquired:  # a call is stuck: kill the worker under it
-                worker.process.kill()
-            _stop_worker(worker.process, worker.conn, timeout)
+            # Not acquired: a call is stuck, so the worker is killed under it (that call
+            # then raises WorkerDiedError). If that call is already stopping the worker,
+            # this is a no-op: exactly one thread stops it (`_Worker.stop`).
+            worker.stop(timeout, kill=not acquired)
             self._worker = None
         finally:
             if acquired:
