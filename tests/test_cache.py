@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -13,12 +14,15 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import lazyembed.cache as cache_module
 from cache_child import vector_for
 from lazyembed.cache import SCHEMA_VERSION, CacheWarning, EmbeddingCache
 from lazyembed.errors import InvalidInputError
@@ -98,6 +102,26 @@ def test_put_replaces_and_keeps_the_byte_count_exact() -> None:
     cache.put_many(["a"], vectors(1, seed=2))
     assert cache.stats()["memory_bytes"] == before
     assert_same(cache.get_many(["a"])[0], vectors(1, seed=2)[0])
+
+
+def test_memory_byte_count_stays_exact_when_texts_grow_after_insertion() -> None:
+    """A non-ASCII str grows once CPython caches its UTF-8 form (sqlite3 binding does it):
+    an entry must give back what it was charged, not its size at eviction."""
+    fresh = entry_cost(f"é-{0:05d}")
+    cache = EmbeddingCache("fp", memory_bytes=10 * fresh)
+    names = [f"é-{i:05d}" for i in range(200)]
+    with contextlib.closing(sqlite3.connect(":memory:")) as binder:
+        for name in names:
+            cache.put_many([name], vectors(1))
+            binder.execute("SELECT ?", (name,)).fetchone()  # the str grows: its UTF-8 copy
+    assert entry_cost(names[0]) > fresh  # the premise: the texts did grow
+    stats = cache.stats()
+    assert (stats["memory_entries"], stats["memory_bytes"]) == (10, 10 * fresh)
+    # Replacing a grown entry gives back its old charge and charges its size now.
+    cache.put_many([names[-1]], vectors(1, seed=1))
+    stats = cache.stats()
+    assert stats["memory_entries"] == 9
+    assert stats["memory_bytes"] == 8 * fresh + entry_cost(names[-1]) <= 10 * fresh
 
 
 def test_put_many_rejects_a_wrong_shape() -> None:
@@ -189,6 +213,29 @@ def test_store_fingerprints_are_separate(tmp_path: Path) -> None:
     assert again.stats()["sqlite_entries_all_fingerprints"] == 2
 
 
+def test_a_store_hit_does_not_replace_a_newer_put_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put_many landing between a store read and the memory fill it causes wins."""
+    path = tmp_path / "c.db"
+    EmbeddingCache("fp", memory_bytes=0, sqlite_path=path).put_many(["a"], vectors(1, seed=1))
+    cache = EmbeddingCache("fp", memory_bytes=1 << 20, sqlite_path=path)
+    fill = cache._insert_memory
+    raced: list[bool] = []
+
+    def put_lands_first(*args: Any, **kwargs: Any) -> None:
+        if not raced:  # the fill of the store hit: another thread's put gets there first
+            raced.append(True)
+            cache.put_many(["a"], vectors(1, seed=2))
+        fill(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_insert_memory", put_lands_first)
+    assert_same(cache.get_many(["a"])[0], vectors(1, seed=1)[0])  # what it read
+    assert raced == [True]
+    assert_same(cache.get_many(["a"])[0], vectors(1, seed=2)[0])  # the newer put stays
+    assert cache.stats()["memory_hits"] == 1
+
+
 def test_hits_on_fresh_rows_write_nothing_and_old_rows_are_touched_lazily(
     tmp_path: Path,
 ) -> None:
@@ -238,6 +285,43 @@ def test_store_evicts_least_recently_used_under_its_bound(tmp_path: Path) -> Non
     assert all(v is not None for v in cache.get_many(keep))
     assert cache.get_many(texts(40, "old")[10:]) == [None] * 30
     assert all(v is not None for v in cache.get_many(texts(20, "new9")))
+
+
+def test_eviction_deletes_one_batch_and_keeps_recently_used_rows(tmp_path: Path) -> None:
+    """Every other row used again, then the bound is crossed: only rows not used since
+    are deleted (deleting scattered rows frees no page; a loop on the page count used to
+    delete most of the store, recently used rows included)."""
+    now = [1_000_000.0]
+    path = tmp_path / "c.db"
+    filler = EmbeddingCache(
+        "fp", memory_bytes=0, sqlite_path=path, touch_interval=10, clock=lambda: now[0]
+    )
+    names = texts(1790)
+    for start in range(0, len(names), 64):
+        batch = names[start : start + 64]
+        filler.put_many(batch, vectors(len(batch), seed=start))
+    bound = filler.stats()["sqlite_bytes"] * 102 // 100  # one more put crosses it
+    now[0] += 100
+    used_again = names[::2]
+    assert all(v is not None for v in filler.get_many(used_again))
+    filler.close()  # writes their last_used
+    not_used_again = len(names) - len(used_again)
+    cache = EmbeddingCache(
+        "fp",
+        memory_bytes=0,
+        sqlite_path=path,
+        sqlite_max_bytes=bound,
+        evict_every=64,
+        clock=lambda: now[0],
+    )
+    for step in range(5):
+        now[0] += 100
+        cache.put_many(texts(64, f"new{step}"), vectors(64, seed=10_000 + step))
+        stats = cache.stats()
+        assert 0 < stats["sqlite_evictions"] <= not_used_again
+        assert all(v is not None for v in cache.get_many(used_again))
+        assert stats["sqlite_bytes"] <= bound
+    assert all(v is not None for v in cache.get_many(texts(64, "new4")))
 
 
 def test_vacuum_shrinks_the_file_and_clear_empties_both_layers(tmp_path: Path) -> None:
@@ -322,6 +406,105 @@ def test_sigkill_during_writes_loses_no_committed_entry(tmp_path: Path) -> None:
     assert cache.stats()["degraded"] is False
 
 
+class WeakReferable(sqlite3.Connection):
+    """A real connection a test can hold a weak reference to (sqlite3.Connection can't)."""
+
+
+def weak_referable_connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(
+        str(path),
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=WeakReferable,
+    )
+
+
+def conn_ref(cache: EmbeddingCache) -> weakref.ref[WeakReferable]:
+    conn = cache._conn
+    assert isinstance(conn, WeakReferable)
+    return weakref.ref(conn)
+
+
+def is_open(ref: weakref.ref[WeakReferable]) -> bool:
+    conn = ref()
+    if conn is None:
+        return False  # freed, which closes it
+    try:
+        conn.in_transaction  # noqa: B018 - raises on a closed connection, does no I/O
+    except sqlite3.ProgrammingError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_never_closes_the_parents_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing (or freeing) an inherited SQLite connection in a child could touch the
+    parent's locks or WAL: the child parks it for good and opens its own."""
+    monkeypatch.setattr(cache_module, "_connect", weak_referable_connect)
+    path = tmp_path / "c.db"
+    used, closed, dropped = (
+        EmbeddingCache("fp", memory_bytes=0, sqlite_path=path) for _ in range(3)
+    )
+    used.put_many(["a"], vectors(1))
+    refs = {"used": conn_ref(used), "closed": conn_ref(closed), "dropped": conn_ref(dropped)}
+    held, release = threading.Event(), threading.Event()
+
+    def in_a_store_call() -> None:  # another parent thread holds the lock during fork
+        with used._db_lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=in_a_store_call)
+    thread.start()
+    held.wait()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            if used._db_lock.locked():  # would hang: no thread here will release it
+                os.write(write_end, b'"lock inherited held"')
+                os._exit(1)
+            got = used.get_many(["a"])[0]  # reopens the file with a connection of its own
+            used.put_many(["from child"], vectors(1, seed=3))
+            closed.close()
+            del dropped
+            gc.collect()
+            report = {
+                "read": got is not None and got.tobytes() == vectors(1)[0].tobytes(),
+                "open": {name: is_open(ref) for name, ref in refs.items()},
+                "own_connection": used._conn is not None
+                and not any(used._conn is ref() for ref in refs.values()),
+                "degraded": used.stats()["degraded"],
+            }
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    os.close(write_end)
+    _, wait_status = os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        output = pipe.read()
+    assert os.waitstatus_to_exitcode(wait_status) == 0, output
+    assert json.loads(output) == {
+        "read": True,
+        "open": {"used": True, "closed": True, "dropped": True},
+        "own_connection": True,
+        "degraded": False,
+    }
+    # The parent is unaffected and sees the child's write.
+    assert_same(used.get_many(["from child"])[0], vectors(1, seed=3)[0])
+    assert all(is_open(ref) for ref in refs.values())
+    used.put_many(["after"], vectors(1, seed=4))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 # ---- bad files ---------------------------------------------------------------------------
 
 
@@ -367,6 +550,50 @@ def test_bad_file_is_moved_aside_and_rebuilt(tmp_path: Path, make: object, kind:
     assert again.stats()["degraded"] is False
 
 
+def refuse_rename(src: object, dst: object) -> None:
+    raise PermissionError(13, "Permission denied", str(src))
+
+
+def test_bad_file_that_cannot_be_moved_aside_degrades_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a read-only directory (simulated: root may rename anything)."""
+    path = tmp_path / "c.db"
+    make_garbage(path)
+    original = path.read_bytes()
+    monkeypatch.setattr(os, "rename", refuse_rename)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = EmbeddingCache("fp", memory_bytes=1 << 20, sqlite_path=path)
+        cache.put_many(["a"], vectors(1))
+        got = cache.get_many(["a"])[0]
+    assert [w.category for w in caught] == [CacheWarning]
+    message = str(caught[0].message)
+    assert "memory only" in message and "cannot move it aside" in message
+    assert "Permission denied" in message
+    assert_same(got, vectors(1)[0])
+    stats = cache.stats()
+    assert stats["degraded"] is True and stats["moved_aside"] == []
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.db"]
+
+
+def test_corruption_found_while_running_that_cannot_be_moved_aside_degrades(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "_connect", malformed_on_demand_connect)
+    path = tmp_path / "c.db"
+    cache = EmbeddingCache("fp", memory_bytes=1 << 20, sqlite_path=path)
+    EmbeddingCache("fp", memory_bytes=0, sqlite_path=path).put_many(["a"], vectors(1))
+    monkeypatch.setattr(os, "rename", refuse_rename)
+    monkeypatch.setattr(MalformedOnDemand, "broken", True)
+    with pytest.warns(CacheWarning, match="cannot move it aside"):
+        assert cache.get_many(["a"]) == [None]  # never raises
+    cache.put_many(["b"], vectors(1, seed=2))
+    assert_same(cache.get_many(["b"])[0], vectors(1, seed=2)[0])  # from memory
+    assert cache.stats()["degraded"] is True
+
+
 def test_empty_file_is_a_fresh_store(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     path.touch()
@@ -388,6 +615,7 @@ def read_only_directory() -> Iterator[Path]:
     ro = base / "ro"
     ro.mkdir()
     EmbeddingCache("fp", memory_bytes=0, sqlite_path=ro / "existing.db").close()
+    make_garbage(ro / "corrupt.db")
     for p in ro.iterdir():
         p.chmod(0o444)
     ro.chmod(0o555)
@@ -409,7 +637,7 @@ def read_only_directory() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-@pytest.mark.parametrize("name", ["new.db", "existing.db", "sub/new.db"])
+@pytest.mark.parametrize("name", ["new.db", "existing.db", "sub/new.db", "corrupt.db"])
 def test_read_only_location_degrades_to_memory_with_one_warning(name: str) -> None:
     with read_only_directory() as ro:
         with warnings.catch_warnings(record=True) as caught:
@@ -472,6 +700,44 @@ def test_busy_store_skips_the_write_without_degrading(tmp_path: Path) -> None:
     assert_same(reader.get_many(["b"])[0], vectors(1, seed=2)[0])
 
 
+def test_store_busy_at_open_is_opened_later_without_degrading(tmp_path: Path) -> None:
+    """Another process holds the write lock past busy_timeout while caches open."""
+    path = tmp_path / "c.db"
+    EmbeddingCache("fp", memory_bytes=0, sqlite_path=path).put_many(["a"], vectors(1))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # A known fingerprint opens without writing, so it reads meanwhile.
+        known = EmbeddingCache("fp", memory_bytes=0, sqlite_path=path, busy_timeout=0.05)
+        assert_same(known.get_many(["a"])[0], vectors(1)[0])
+        # A new fingerprint must write its id: the store stays unopened for now.
+        new = EmbeddingCache("fp-new", memory_bytes=1 << 20, sqlite_path=path, busy_timeout=0.05)
+        new.put_many(["b"], vectors(1, seed=2))
+        assert new.stats()["degraded"] is False
+        assert new.stats()["sqlite_entries"] is None  # not open yet
+        other.execute("ROLLBACK")
+        new.put_many(["c"], vectors(1, seed=3))  # opens the store now
+    assert new.stats()["degraded"] is False and known.stats()["degraded"] is False
+    reader = EmbeddingCache("fp-new", memory_bytes=0, sqlite_path=path)
+    assert reader.get_many(["b"]) == [None]  # put while the store was not open
+    assert_same(reader.get_many(["c"])[0], vectors(1, seed=3)[0])
+
+
+def test_store_reopened_after_fork_while_busy_does_not_degrade(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    cache = EmbeddingCache("fp", memory_bytes=0, sqlite_path=path, busy_timeout=0.05)
+    cache.put_many(["a"], vectors(1))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    cache._pid = -1  # as in a child forked without the at-fork hook: reopens on use
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(cache.get_many(["a"])[0], vectors(1)[0])
+    other.execute("ROLLBACK")
+    assert cache.stats()["degraded"] is False
+
+
 class MalformedOnDemand(sqlite3.Connection):
     """A real connection that reports corruption while `broken` is set."""
 
@@ -483,21 +749,20 @@ class MalformedOnDemand(sqlite3.Connection):
         return super().execute(sql, *args)  # type: ignore[arg-type]
 
 
+def malformed_on_demand_connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(
+        str(path),
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=MalformedOnDemand,
+    )
+
+
 def test_corruption_found_while_running_rebuilds_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazyembed.cache as cache_module
-
-    def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-        return sqlite3.connect(
-            str(path),
-            timeout=busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            factory=MalformedOnDemand,
-        )
-
-    monkeypatch.setattr(cache_module, "_connect", connect)
+    monkeypatch.setattr(cache_module, "_connect", malformed_on_demand_connect)
     path = tmp_path / "c.db"
     cache = EmbeddingCache("fp", memory_bytes=0, sqlite_path=path)
     cache.put_many(["a"], vectors(1))

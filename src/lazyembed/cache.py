@@ -11,13 +11,16 @@ every SQLite row carries the fingerprint's id in its primary key, so a vector st
 another fingerprint can never be returned. Rows of stale fingerprints simply age out
 through the store's LRU eviction.
 
-Memory layer. An `OrderedDict[str, ndarray]` keyed by the text itself (Python caches a
-str's hash, so a lookup costs no hashing of the text) in LRU order. Its size is bounded in
-bytes; an entry is charged `vector.nbytes` + `sys.getsizeof(text)` + `_ENTRY_OVERHEAD`
-(256: the ndarray header ~112, the bytes object header of a vector read from SQLite 33,
-the dict slot and LRU link ~70-110, measured with tracemalloc). Returned vectors are the
-cached read-only float32 arrays themselves (no copy); a caller that wants to modify one
-must copy it.
+Memory layer. An `OrderedDict[str, (ndarray, cost)]` keyed by the text itself (Python
+caches a str's hash, so a lookup costs no hashing of the text) in LRU order. Its size is
+bounded in bytes; an entry is charged `vector.nbytes` + `sys.getsizeof(text)` +
+`_ENTRY_OVERHEAD` (344: the ndarray header ~112, the bytes object header of a vector read
+from SQLite 33, the (vector, cost) tuple and its int ~88, the dict slot and LRU link
+~70-110, measured with tracemalloc) when it is inserted, and exactly that charge is
+subtracted when it leaves: `sys.getsizeof(text)` of a non-ASCII str grows later, once
+CPython caches its UTF-8 form (sqlite3 binding, tokenizers and pickle do that). Returned
+vectors are the cached read-only float32 arrays themselves (no copy); a caller that wants
+to modify one must copy it.
 
 SQLite store (opt-in). One row per (fingerprint id, blake2b-16 of the UTF-8 text) holding
 the float32 bytes and a `last_used` time in whole seconds. Durability: WAL mode with
@@ -28,29 +31,43 @@ file stays consistent. `busy_timeout` lets several processes share one file.
 
 - Hits do not become writes: `last_used` is refreshed only for rows older than
   `touch_interval` seconds, and those refreshes are queued and written in one batch
-  (with the next put, every `_TOUCH_BATCH` queued rows, or at close). Entries that stay hot
-  in the memory layer are not touched in the store at all, so the store may evict them
+  (with the next put, every `_TOUCH_BATCH` queued rows, or at close). A refreshed row is
+  moved to the end of the table (a new rowid), where new rows go too, so the table's
+  order follows the LRU order and eviction frees whole pages. Entries that stay hot in
+  the memory layer are not touched in the store at all, so the store may evict them
   first; a restarted process then recomputes them once.
 - Bound: `sqlite_max_bytes` is compared with the bytes of the pages in use
   (`(page_count - freelist_count) * page_size`: the real on-disk cost of rows and indexes,
-  read in O(1)), checked at open and after every `evict_every` rows put. Over the bound,
-  the least recently used rows (all fingerprints) are deleted until the store is under
-  90 % of it. Freed pages are reused; `vacuum()` gives them back to the file system.
+  read in O(1)), checked at open and after every `evict_every` rows put or moved. Over the
+  bound, one batch of the least recently used rows (all fingerprints) is deleted: the
+  share of the rows that the overshoot over 90 % of the bound is of the pages in use.
+  Never a loop until the pages drop: deleting rows scattered among kept ones frees no
+  page, and such a loop deleted most of the store, recently used rows included. Freed
+  pages are reused; `vacuum()` gives them back to the file system.
 - Bad files: a file that is not SQLite or is corrupt is renamed `<name>.corrupt-<time>`,
   a SQLite file of someone else (other application id or schema) `<name>.foreign-<time>`,
   a lazyembed store with a newer schema `<name>.newer-<time>` (with its -wal/-shm), with a
-  `CacheWarning` (also logged), and a fresh store is built. The call still succeeds.
+  `CacheWarning` (also logged), and a fresh store is built. The call still succeeds. A bad
+  file that cannot be moved (read-only directory...) degrades to memory only, as below.
 - Environment failures (read-only file or directory, full disk, I/O errors, unable to
   open) degrade this instance to memory-only caching with one warning; nothing is raised
   out of `get_many`/`put_many`. A busy store (another process holding the write lock past
-  `busy_timeout`) only skips that write. The store is not retried after degrading.
-- Fork: a connection is never used across fork; a child reopens the file on first use.
+  `busy_timeout`) only skips that write. Opening needs the write lock only for a new file
+  or a new fingerprint; if it finds the store busy, the store stays unopened, without a
+  warning, and the next call that needs it tries again. A degraded store is not retried.
+- Fork: a connection is never used across fork. In the child (an `os.register_at_fork`
+  hook) every cache gets fresh locks and its inherited connection is parked in the
+  module-level `_INHERITED` list for the life of the process, never closed (closing it,
+  which freeing it does, could touch the locks or the WAL the parent is using); the child
+  opens the file again on first use.
 
 Locks (never held together, so there is no lock order to get wrong):
-- `_lock` guards the memory layer (`_mem`, `_mem_bytes`) and the memory counters.
+- `_lock` guards the memory layer (`_mem`, `_mem_bytes`) and the memory counters. A store
+  hit fills the memory layer after `_db_lock` is released, so it never replaces an entry
+  already there: that one may come from a put_many newer than the row read.
 - `_db_lock` guards the SQLite connection and everything about the store: `_conn`,
-  `_fp_id`, `_pid`, degraded state, pending touches, counters of puts since the last
-  eviction check, and the store counters. One connection per instance is shared by all
+  `_fp_id`, `_pid`, `_inode`, degraded state, pending touches, counters of rows put since
+  the last eviction check, and the store counters. One connection per instance is shared by all
   threads (`check_same_thread=False`, serialised by `_db_lock`): sqlite3 serialises a
   connection anyway, one connection keeps one page cache, and `close()` can close it from
   any thread, which thread-local connections would not allow.
@@ -68,6 +85,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -91,7 +109,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C5A454D
 """`PRAGMA application_id` ("LZEM") marking a SQLite file as a lazyembed store."""
 
-_ENTRY_OVERHEAD = 256
+_ENTRY_OVERHEAD = 344
 _TOUCH_BATCH = 256
 _MAX_SQL_VARS = 500
 _EVICT_TARGET = 0.9
@@ -108,6 +126,20 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings(last_used)",
 )
 _TABLES = {"fingerprints", "embeddings"}
+
+# Connections a forked child inherited: referenced for the life of the process, so never
+# closed (nor freed, which closes) there. See EmbeddingCache._park_inherited.
+_INHERITED: list[sqlite3.Connection] = []
+_LIVE: weakref.WeakSet[EmbeddingCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_LIVE):
+        cache._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CacheWarning(LazyEmbedError, UserWarning):
@@ -195,7 +227,7 @@ class EmbeddingCache:
         self._evict_every = evict_every
 
         self._lock = threading.Lock()
-        self._mem: OrderedDict[str, FloatArray] = OrderedDict()
+        self._mem: OrderedDict[str, tuple[FloatArray, int]] = OrderedDict()  # (vector, cost)
         self._mem_bytes = 0
         self._mem_max = int(memory_bytes)
         self._mem_hits = 0
@@ -221,6 +253,7 @@ class EmbeddingCache:
         self._db_skipped = 0
         self._moved_aside: list[str] = []
         self._inode: tuple[int, int] | None = None  # the file inspected at open
+        _LIVE.add(self)
         if self._path is not None:
             with self._db_lock:
                 self._open_store()
@@ -234,12 +267,13 @@ class EmbeddingCache:
         with self._lock:
             mem = self._mem
             for text in texts:
-                vector = mem.get(text)
-                if vector is None:
+                entry = mem.get(text)
+                if entry is None:
                     misses += 1
+                    out.append(None)
                 else:
                     mem.move_to_end(text)
-                out.append(vector)
+                    out.append(entry[0])
             self._mem_hits += len(out) - misses
             self._mem_misses += misses
         if misses and self._path is not None:
@@ -296,9 +330,12 @@ class EmbeddingCache:
         """Write queued `last_used` refreshes and close the store; memory stays usable."""
         with self._db_lock:
             self._closed = True
+            if self._pid != os.getpid():  # forked without the at-fork hook
+                self._park_inherited()
+                return
             conn = self._conn
             self._conn = None
-            if conn is None or self._pid != os.getpid():
+            if conn is None:
                 return
             try:
                 self._flush_touches(conn)
@@ -373,26 +410,35 @@ class EmbeddingCache:
             vector = row.copy()  # own its data: a row view would pin the whole batch
             vector.flags.writeable = False
             entries.append((text, vector))
-        self._insert_memory(entries)
+        self._insert_memory(entries, replace=True)
 
-    def _insert_memory(self, entries: list[tuple[str, FloatArray]]) -> None:
+    def _insert_memory(self, entries: list[tuple[str, FloatArray]], *, replace: bool) -> None:
+        """Add entries, then evict down to the bound. `replace` False (a store hit) keeps
+        an entry already present: it may come from a put newer than the row read.
+
+        Each entry keeps the cost it was charged, and exactly that is subtracted when it
+        leaves: `sys.getsizeof(text)` grows once CPython caches a str's UTF-8 form (sqlite3
+        binding, tokenizers, pickle do), so recomputing it would drift the byte count.
+        """
         if self._mem_max <= 0:
             return
         getsizeof = sys.getsizeof
         with self._lock:
             mem = self._mem
             for text, vector in entries:
+                if not replace and text in mem:
+                    continue
                 cost = vector.nbytes + getsizeof(text) + _ENTRY_OVERHEAD
                 old = mem.pop(text, None)
                 if old is not None:
-                    self._mem_bytes -= old.nbytes + getsizeof(text) + _ENTRY_OVERHEAD
+                    self._mem_bytes -= old[1]
                 if cost > self._mem_max:
                     continue
-                mem[text] = vector
+                mem[text] = (vector, cost)
                 self._mem_bytes += cost
             while self._mem_bytes > self._mem_max:
-                text, vector = mem.popitem(last=False)
-                self._mem_bytes -= vector.nbytes + getsizeof(text) + _ENTRY_OVERHEAD
+                _text, (_vector, cost) = mem.popitem(last=False)
+                self._mem_bytes -= cost
                 self._mem_evictions += 1
 
     # ---- SQLite store: lookups and writes -------------------------------------------------
@@ -428,13 +474,15 @@ class EmbeddingCache:
                         if last_used < stale_before:
                             self._touch.add(key)
                 if len(self._touch) >= _TOUCH_BATCH:
-                    self._flush_touches(conn)
+                    self._after_write(conn, self._flush_touches(conn))
             except sqlite3.Error as exc:
                 self._on_store_error(exc, "read")
             self._db_hits += hits
             self._db_misses += len(missing) - hits
         if found and self._mem_max > 0:
-            self._insert_memory(found)
+            # After the locks are released a put_many of the same text may have filled
+            # memory meanwhile; replace=False keeps its (newer) vector.
+            self._insert_memory(found, replace=False)
 
     def _put_store(self, texts: Sequence[str], array: FloatArray) -> None:
         now = int(self._clock())
@@ -453,41 +501,58 @@ class EmbeddingCache:
                         " vector = excluded.vector, last_used = excluded.last_used",
                         [(fp_id, key, blob, used) for key, blob, used in rows],
                     )
-                    self._write_touches(conn)
+                    moved = self._write_touches(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
                 self._touch.clear()
-                self._puts_since_check += len(rows)
-                if self._max_bytes is not None and self._puts_since_check >= self._evict_every:
-                    self._puts_since_check = 0
-                    self._evict(conn)
+                self._after_write(conn, len(rows) + moved)
             except sqlite3.Error as exc:
                 self._on_store_error(exc, "write")
 
-    def _write_touches(self, conn: sqlite3.Connection) -> None:
-        if self._touch:
-            now, fp_id = int(self._clock()), self._fp_id
-            conn.executemany(
-                "UPDATE embeddings SET last_used = ? WHERE fp = ? AND key = ?",
-                [(now, fp_id, key) for key in self._touch],
-            )
+    def _after_write(self, conn: sqlite3.Connection, appended: int) -> None:
+        """Count rows appended to the table (put or moved by a refresh); check the bound
+        every `evict_every` of them. Holds _db_lock."""
+        self._puts_since_check += appended
+        if self._max_bytes is not None and self._puts_since_check >= self._evict_every:
+            self._puts_since_check = 0
+            self._evict(conn)
 
-    def _flush_touches(self, conn: sqlite3.Connection) -> None:
-        """Write queued `last_used` refreshes in one transaction (caller holds _db_lock)."""
+    def _write_touches(self, conn: sqlite3.Connection) -> int:
+        """Refresh `last_used` and move each row to the end of the table (a new rowid).
+
+        Why the move: new rows go to the end too, so the table's order stays the LRU
+        order and eviction deletes whole pages; a refreshed row left in place would pin
+        a page among deleted neighbours, and the pages in use would not drop.
+        """
         if not self._touch:
-            return
+            return 0
+        now, fp_id = int(self._clock()), self._fp_id
+        conn.executemany(
+            "UPDATE embeddings SET last_used = ?,"
+            " rowid = (SELECT max(rowid) FROM embeddings) + 1"
+            " WHERE fp = ? AND key = ?",
+            [(now, fp_id, key) for key in self._touch],
+        )
+        return len(self._touch)
+
+    def _flush_touches(self, conn: sqlite3.Connection) -> int:
+        """Write queued `last_used` refreshes in one transaction; returns how many rows
+        were queued (caller holds _db_lock)."""
+        if not self._touch:
+            return 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._write_touches(conn)
+            moved = self._write_touches(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._touch.clear()
+        return moved
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -504,60 +569,93 @@ class EmbeddingCache:
         return total
 
     def _evict(self, conn: sqlite3.Connection) -> None:
-        """Delete least recently used rows until the store is under 90 % of its bound."""
-        if self._max_bytes is None:
+        """Over the bound, delete the least recently used rows in one batch: the share of
+        the rows that the overshoot over 90 % of the bound is of the pages in use.
+
+        Never a loop until the pages drop: rows deleted here and there free space inside
+        pages but few whole pages (new rows go to the end of the table), so such a loop
+        deleted far more than the overshoot, recently used rows included.
+        """
+        if self._max_bytes is None or self._used_bytes(conn) <= self._max_bytes:
             return
-        used = self._used_bytes(conn)
-        if used <= self._max_bytes:
-            return
-        target = int(self._max_bytes * _EVICT_TARGET)
-        per_row = self.dim * 4 + 256  # rough cost of a row in pages; the loop corrects it
         self._flush_touches(conn)
-        while used > target:
-            count = max(16, -(-(used - target) // per_row))
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        target = int(self._max_bytes * _EVICT_TARGET)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            used = self._used_bytes(conn)  # again: another process may have evicted
+            deleted = 0
+            if used > self._max_bytes:
+                rows = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+                count = -(-rows * (used - target) // used)  # rounded up: >= 1 if rows
                 deleted = conn.execute(
                     "DELETE FROM embeddings WHERE rowid IN"
                     " (SELECT rowid FROM embeddings ORDER BY last_used, rowid LIMIT ?)",
                     (count,),
                 ).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._db_evictions += deleted
-            if deleted < count:
-                break  # the table is empty
-            used = self._used_bytes(conn)
-        log.debug("cache: evicted down to %d bytes (bound %d)", used, self._max_bytes)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._db_evictions += deleted
+        log.debug("cache: evicted %d rows at %d bytes (bound %d)", deleted, used, self._max_bytes)
 
     # ---- SQLite store: opening, bad files, degrading ----------------------------------------
 
     def _usable_conn(self) -> sqlite3.Connection | None:
-        """The connection, reopened after a fork; None when closed or degraded."""
+        """The connection, opened on first use after a fork or after the store was busy at
+        the last open; None when closed, degraded or (still) busy. Holds _db_lock."""
         if self._closed or self._degraded_reason is not None or self._path is None:
             return None
-        if self._pid != os.getpid():
-            # Never use a connection across fork (SQLite's rule); abandon, don't close it.
+        if self._pid != os.getpid():  # forked without the at-fork hook (a C-level fork)
             self._pid = os.getpid()
-            self._conn = None
-            self._touch.clear()
+            self._park_inherited()
+        if self._conn is None:
             self._open_store()
         return self._conn
 
+    def _park_inherited(self) -> None:
+        """Drop a connection inherited across fork without closing it (Holds _db_lock).
+
+        SQLite forbids using it in the child, and closing it there (which freeing it
+        does) may release locks or checkpoint and delete the WAL the parent is using, so
+        it is kept referenced in `_INHERITED` for the life of the process.
+        """
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _INHERITED.append(conn)
+        self._touch.clear()  # queued by the parent, which writes them itself
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: fresh locks (a parent thread may have held one at fork), the
+        inherited connection parked, the store reopened on first use."""
+        self._lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._park_inherited()
+        # A parent thread may have been between two steps of an update at fork.
+        self._mem_bytes = sum(cost for _vector, cost in self._mem.values())
+
     def _open_store(self) -> None:
-        """Open (creating or rebuilding as needed); on failure degrade. Holds _db_lock."""
+        """Open (creating or rebuilding as needed). Busy: stay unopened, the next call
+        tries again; any other failure degrades. Holds _db_lock."""
         assert self._path is not None
         for _attempt in range(3):
+            if self._degraded_reason is not None:  # a bad file could not be moved aside
+                return
             try:
                 self._conn = self._open_once(self._path)
             except _Corrupt as bad:
                 self._quarantine(bad.kind, str(bad))
             except (sqlite3.Error, OSError) as exc:
-                if _classify(exc) == "corrupt":
+                kind = _classify(exc)
+                if kind == "corrupt":
                     self._quarantine("corrupt", str(exc))
+                elif kind == "busy":
+                    # Another process holds the write lock (building the file or adding
+                    # a fingerprint): transient, so neither a warning nor degrading.
+                    log.debug("cache: store %s busy while opening: %s", self._path, exc)
+                    return
                 else:
                     self._degrade(f"cannot open {self._path}: {exc}")
                     return
@@ -597,12 +695,14 @@ class EmbeddingCache:
                         conn.execute("ROLLBACK")
                     raise
             self._inode = self._stat_id(path)  # the file now exists even if it was new
-            conn.execute(
-                "INSERT OR IGNORE INTO fingerprints(fingerprint) VALUES (?)", (self.fingerprint,)
-            )
-            row = conn.execute(
-                "SELECT id FROM fingerprints WHERE fingerprint = ?", (self.fingerprint,)
-            ).fetchone()
+            select = "SELECT id FROM fingerprints WHERE fingerprint = ?"
+            row = conn.execute(select, (self.fingerprint,)).fetchone()
+            if row is None:  # only a new fingerprint needs the write lock at open
+                conn.execute(
+                    "INSERT OR IGNORE INTO fingerprints(fingerprint) VALUES (?)",
+                    (self.fingerprint,),
+                )
+                row = conn.execute(select, (self.fingerprint,)).fetchone()
             self._fp_id = int(row[0])
             return conn
         except BaseException:
@@ -641,7 +741,8 @@ class EmbeddingCache:
         return (st.st_dev, st.st_ino)
 
     def _quarantine(self, kind: str, detail: str) -> None:
-        """Rename the bad file (and its -wal/-shm) aside, unless someone already did."""
+        """Rename the bad file (and its -wal/-shm) aside, unless someone already did; if it
+        cannot be moved (read-only directory...), degrade: never raise out of the cache."""
         assert self._path is not None
         path = self._path
         if self._conn is not None:
@@ -655,10 +756,19 @@ class EmbeddingCache:
             os.rename(path, target)
         except FileNotFoundError:
             return
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(f"{path}{suffix}", f"{target}{suffix}")
+        except OSError as exc:
+            self._degrade(f"{detail}; cannot move it aside: {exc}")
+            return
         self._moved_aside.append(str(target))
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.rename(f"{path}{suffix}", f"{target}{suffix}")
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # A stale -wal left next to a new store would be replayed into it.
+                self._degrade(f"{detail}; moved it to {target} but not its {suffix}: {exc}")
+                return
         self._warn(f"embedding cache: {detail}; moved it to {target} and started a new one")
 
     def _degrade(self, reason: str) -> None:
