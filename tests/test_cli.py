@@ -216,3 +216,110 @@ def test_serve_status_unload_and_sigterm_drains(capsys: pytest.CaptureFixture[st
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_status_events_shows_the_last_n(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from lazyembed import Embedder
+    from lazyembed.server import create_app
+
+    embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
+    app = create_app(embedder)
+    monkeypatch.setattr(cli, "_client", lambda args: TestClient(app))  # the real app in-process
+
+    def shown(count: int) -> list[str]:
+        assert cli.main(["status", "--events", str(count)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        events = [line for line in lines if line.startswith("  ")]
+        assert ("events" in lines) == bool(events)
+        return events
+
+    try:
+        with TestClient(app) as client:
+            assert client.post("/api/embed", json={"input": "load it"}).status_code == 200
+            assert client.post("/api/unload").json()["unloaded"] is True
+        assert shown(0) == []  # not all of them
+        (last,) = shown(1)
+        assert "kind=unload" in last
+        both = shown(5)  # more than there are: all of them, oldest first
+        assert len(both) == 2 and "kind=load" in both[0] and "kind=unload" in both[1]
+    finally:
+        embedder.close()
+
+
+# A server whose model call never ends (patched in the child): SIGTERM must still end the
+# process soon after --graceful-timeout, without waiting for that call.
+_STUCK_SERVER = """
+import sys
+import threading
+from pathlib import Path
+
+from lazyembed import cli
+from lazyembed.embedder import Embedder
+
+marker = Path(sys.argv[1])
+
+
+def stuck(self, texts, *, keep_alive=None):
+    marker.touch()
+    threading.Event().wait()
+
+
+Embedder.embed_numpy = stuck
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_does_not_wait_for_a_model_call_past_the_graceful_timeout(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    marker = tmp_path / "model-call-started"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-c", _STUCK_SERVER, str(marker)),
+            *("serve", "--port", str(port), "--graceful-timeout", "1", "--log-level", "warning"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        answer: dict[str, Any] = {}
+
+        def request() -> None:
+            try:
+                answer["r"] = httpx.post(f"{url}/api/embed", json={"input": "x"}, timeout=300)
+            except httpx.TransportError as exc:
+                answer["r"] = exc
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the model call did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        # Generous: before the fix the process waited for the call, i.e. forever here.
+        assert process.wait(120) == 0
+        stderr = process.communicate()[1]
+        assert "not waiting for the model call still running" in stderr
+        thread.join(60)
+        assert "r" in answer  # the client was not left hanging either
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

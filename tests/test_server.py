@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from lazyembed import Embedder
 from lazyembed.errors import InvalidInputError, ModelLoadError
 from lazyembed.server import Batcher, InputTooLongError, create_app
-from lazyembed.server.batcher import BatcherClosedError
+from lazyembed.server.app import begin_shutdown
+from lazyembed.server.batcher import BatcherClosedError, ClientDisconnectedError
 
 TEXTS = ["The cat sits on the mat.", "A quick brown fox.", "Embeddings map text to vectors."]
 SERVED = "sentence-transformers/all-MiniLM-L6-v2"
@@ -81,6 +82,7 @@ class FakeEmbedder:
         self.settings = SimpleNamespace()
         self.max_tokens = max_tokens
         self.calls: list[tuple[list[str], float | None]] = []
+        self.warmups: list[float | None] = []
         self.loaded = False
         self.loads = 0
         self.gate: threading.Event | None = None
@@ -113,6 +115,18 @@ class FakeEmbedder:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [min(len(t.split()) + 2, self.max_tokens) for t in texts]
+
+    def warmup(self, *, keep_alive: float | None = None) -> None:
+        self.warmups.append(keep_alive)
+        if not self.loaded:
+            self.loaded, self.loads = True, self.loads + 1
+
+    def prepare(self) -> Any:
+        """Only the tokenizer path is used (recounting truncate=false inputs): the real one."""
+        from lazyembed.models.resolve import resolve_model
+
+        tokenizer = str(resolve_model(None).tokenizer)
+        return SimpleNamespace(spec=SimpleNamespace(tokenizer_path=tokenizer))
 
     def unload_model(self) -> bool:
         was, self.loaded = self.loaded, False
@@ -268,7 +282,7 @@ def test_batcher_drops_disconnected_and_cancelled_requests() -> None:
         cancelled.cancel()
         fake.gate.set()  # type: ignore[union-attr]
         await asyncio.gather(first, kept)
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(ClientDisconnectedError):  # not a cancellation: see the guard
             await dropped
         await batcher.aclose()
 
@@ -291,6 +305,58 @@ def test_batcher_truncate_false_refuses_only_the_long_request() -> None:
     refused, truncated = run(main())
     assert isinstance(refused, InputTooLongError)
     assert truncated.token_counts == [8]
+
+
+def test_batcher_close_is_bounded_and_fails_what_is_left() -> None:
+    """Past the timeout aclose fails queued and running requests and does not wait."""
+    fake = FakeEmbedder()
+    fake.gate = threading.Event()  # the running call cannot finish before the test says
+    batcher = Batcher(fake, wait_ms=0)
+
+    async def main() -> list[Any]:
+        running = asyncio.ensure_future(batcher.submit(["running"]))
+        await _wait_entered(fake)
+        queued = asyncio.ensure_future(batcher.submit(["queued"]))
+        await asyncio.sleep(0)
+        finished = await batcher.aclose(timeout=0.05)
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        return [finished, *outcomes]
+
+    try:
+        finished, running, queued = run(main())
+    finally:
+        fake.gate.set()  # type: ignore[union-attr]  # let the abandoned thread end
+    assert finished is False
+    assert isinstance(running, BatcherClosedError) and "graceful timeout" in str(running)
+    assert isinstance(queued, BatcherClosedError)
+    assert all(texts != ["queued"] for texts, _ in fake.calls)
+
+
+def test_batcher_close_within_the_timeout_answers_everything() -> None:
+    fake = FakeEmbedder()
+    batcher = Batcher(fake, wait_ms=0)
+
+    async def main() -> list[Any]:
+        jobs = [asyncio.ensure_future(batcher.submit([f"t{i}"])) for i in range(3)]
+        await asyncio.sleep(0)
+        finished = await batcher.aclose(timeout=600)
+        return [finished, *(await asyncio.gather(*jobs))]
+
+    finished, *results = run(main())
+    assert finished is True
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.vectors[0], fake.vector(f"t{i}"))
+
+
+def test_graceful_remaining_counts_from_begin_shutdown() -> None:
+    app = create_app(FakeEmbedder(), graceful_timeout=30)
+    srv = app.state.server
+    assert srv.graceful_remaining() == 30.0  # nobody said when the shutdown began
+    begin_shutdown(app)
+    assert 0.0 <= srv.graceful_remaining() <= 30.0
+    srv.shutdown_began -= 31  # the graceful timeout has passed
+    assert srv.graceful_remaining() == 0.0
+    assert create_app(FakeEmbedder()).state.server.graceful_remaining() is None
 
 
 def test_batcher_after_close_refuses_new_work() -> None:
@@ -441,6 +507,19 @@ def test_truncate_false_refuses_too_long_input(client: TestClient) -> None:
     assert short.status_code == 200
 
 
+def test_truncate_false_accepts_an_input_that_exactly_fits(
+    client: TestClient, shared_embedder: Any
+) -> None:
+    fits = " ".join(["word"] * 254)  # [CLS] + 254 + [SEP] = the model's 256 tokens
+    over = " ".join(["word"] * 255)
+    assert shared_embedder.count_tokens([fits, over]) == [256, 256]  # (over is truncated)
+    exact = client.post("/api/embed", json={"input": fits, "truncate": False})
+    assert exact.status_code == 200 and exact.json()["prompt_eval_count"] == 256
+    mixed = client.post("/api/embed", json={"input": ["short", over], "truncate": False})
+    assert mixed.status_code == 400
+    assert "input 1" in mixed.json()["error"] and "256" in mixed.json()["error"]
+
+
 def test_api_key_is_required_except_for_healthz(embedder: Embedder) -> None:
     with TestClient(create_app(embedder, api_key="s3cret")) as client:
         missing = client.post("/v1/embeddings", json={"input": "x"})
@@ -532,6 +611,39 @@ def test_ollama_empty_input_loads_and_keep_alive_zero_unloads() -> None:
             legacy = client.post("/api/embeddings", json={"model": "all-minilm", "prompt": ""})
             assert legacy.json() == {"embedding": []}
             assert client.get("/api/ps").json()["lazyembed"]["model_loaded"] is True
+    finally:
+        embedder.close()
+
+
+def test_ollama_load_idiom_loads_and_pins_although_the_cache_is_on() -> None:
+    """The idiom must load (and leave its lease) even once "" would be a cache hit."""
+    embedder = Embedder(cache_memory_mb=8, idle_timeout="1h")  # the default: cache on
+
+    def loaded_and_expiry(client: TestClient) -> tuple[bool, Any]:
+        ps = client.get("/api/ps").json()
+        expires = ps["models"][0]["expires_at"] if ps["models"] else "unloaded"
+        return ps["lazyembed"]["model_loaded"], expires
+
+    try:
+        with TestClient(create_app(embedder)) as client:
+            first = client.post("/api/embed", json={"model": "all-minilm"})
+            assert first.status_code == 200 and first.json()["load_duration"] > 0
+            assert client.post("/api/embed", json={"input": [""]}).status_code == 200  # "" cached
+            assert client.post("/api/unload").json()["unloaded"] is True
+            pinned = client.post("/api/embed", json={"input": [], "keep_alive": -1})
+            assert pinned.status_code == 200 and pinned.json()["load_duration"] > 0
+            assert loaded_and_expiry(client) == (True, None)  # loaded and pinned
+
+            assert client.post("/api/unload").json()["unloaded"] is True
+            legacy = client.post("/api/embeddings", json={"prompt": "", "keep_alive": "5m"})
+            assert legacy.json() == {"embedding": []}
+            loaded, expires = loaded_and_expiry(client)
+            assert loaded is True and expires is not None
+            # Already loaded: the idiom still leaves its lease (here a pin).
+            client.post("/api/embed", json={"keep_alive": -1})
+            assert loaded_and_expiry(client) == (True, None)
+            text = client.get("/metrics").text
+            assert metric(text, "lazyembed_model_load_seconds_count") >= 3
     finally:
         embedder.close()
 

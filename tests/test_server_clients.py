@@ -6,6 +6,7 @@ so no race for the port). Vectors are compared with the library's own.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -174,25 +175,64 @@ class _GatedEmbedder:
         return result
 
 
+class _Records(logging.Handler):
+    """Keeps the records of the loggers it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_a_client_that_disconnects_while_queued_costs_nothing(embedder: Embedder) -> None:
     gated = _GatedEmbedder(embedder)
     app = create_app(gated, batch_wait_ms=0)  # type: ignore[arg-type]
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "lazyembed")]
     with LiveServer(app) as server:
-        holder: dict[str, Any] = {}
+        for logger in loggers:  # after uvicorn configured its logging
+            logger.addHandler(records)
+        try:
+            _abandon_a_queued_request(server, gated)
+        finally:
+            for logger in loggers:
+                logger.removeHandler(records)
+    # The abandoned request is no server error: nothing logged (uvicorn used to log
+    # "Exception in ASGI application" with the CancelledError's traceback).
+    assert [r.getMessage() for r in records.records if r.levelno >= logging.ERROR] == []
 
-        def blocker() -> None:
-            holder["r"] = httpx.post(f"{server.url}/api/embed", json={"input": "first"}, timeout=60)
 
-        thread = threading.Thread(target=blocker)
-        thread.start()
-        assert gated.entered.wait(60)  # the model is busy with "first"
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{server.url}/api/embed", json={"input": "abandoned"}, timeout=0.5)
-        gated.gate.set()
-        thread.join(60)
-        assert holder["r"].status_code == 200
-        after = httpx.post(f"{server.url}/api/embed", json={"input": "later"}, timeout=60)
-        assert after.status_code == 200
-        assert "abandoned" not in gated.seen
+def _abandon_a_queued_request(server: LiveServer, gated: _GatedEmbedder) -> None:
+    holder: dict[str, Any] = {}
+
+    def blocker() -> None:
+        holder["r"] = httpx.post(f"{server.url}/api/embed", json={"input": "first"}, timeout=60)
+
+    thread = threading.Thread(target=blocker)
+    thread.start()
+    assert gated.entered.wait(60)  # the model is busy with "first"
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/api/embed", json={"input": "abandoned"}, timeout=0.5)
+    gated.gate.set()
+    thread.join(60)
+    assert holder["r"].status_code == 200
+    after = httpx.post(f"{server.url}/api/embed", json={"input": "later"}, timeout=60)
+    assert after.status_code == 200
+    assert "abandoned" not in gated.seen
+    text = httpx.get(f"{server.url}/metrics").text
+    assert re.search(r"^lazyembed_requests_dropped_total 1\.0$", text, re.M)
+
+    def requests(status: str) -> float:
         text = httpx.get(f"{server.url}/metrics").text
-        assert re.search(r"^lazyembed_requests_dropped_total 1\.0$", text, re.M)
+        labels = f'endpoint="/api/embed",status="{status}"'
+        match = re.search(rf"^lazyembed_requests_total\{{{labels}\}} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    deadline = time.monotonic() + 60  # the dropped handler records its status as it ends
+    while requests("499") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests("499") == 1.0  # nginx's "client closed request", not a 500
+    assert requests("500") == 0.0
+    assert requests("200") == 2.0

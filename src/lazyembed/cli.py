@@ -190,6 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from lazyembed.server import create_app
+        from lazyembed.server.app import begin_shutdown
     except ImportError as exc:
         raise CLIError(
             f"the server needs the 'server' extra ({exc.name} is missing): "
@@ -215,7 +216,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     embedder.prepare()  # resolve and convert now, so a missing model fails here, not later
-    app = create_app(embedder, close_embedder=True, **({"api_key": api_key} if api_key else {}))
+    app = create_app(
+        embedder,
+        close_embedder=True,
+        graceful_timeout=args.graceful_timeout,
+        **({"api_key": api_key} if api_key else {}),
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -225,7 +231,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn telling the app when its graceful timeout starts to run."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_shutdown(app)
+            await super().shutdown(sockets)
+
+    server = DrainingServer(config)
     listener = _listen(host, port)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the
     # process "killed by signal". With our own (no-op) handlers restored, it returns and
@@ -244,7 +258,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run(sockets=[listener])
     finally:
         listener.close()
-    return 0 if server.started else 1
+    status = 0 if server.started else 1
+    if getattr(app.state, "abandoned_work", False):
+        # The graceful timeout ended with a model call running; its worker thread would
+        # hold the interpreter's exit until the call finishes. Exit without joining it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -297,10 +319,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"loads      {memory.get('loads', '-')} (last {memory.get('last_load_ms', '-')} ms), "
         f"unloads {memory.get('unloads', '-')}"
     )
-    events = memory.get("events") or []
-    if events:
+    events = list(memory.get("events") or [])
+    shown = events[max(0, len(events) - args.events) :]  # (not [-n:]: [-0:] is all of them)
+    if shown:
         print("events")
-        for event in list(events)[-args.events :]:
+        for event in shown:
             if isinstance(event, dict):
                 print("  " + "  ".join(f"{k}={v}" for k, v in event.items()))
             else:

@@ -11,13 +11,21 @@ malformed JSON 400, ``truncate: false`` with a too-long input 400, missing or wr
 401, unknown model 404 (naming the model served), too many inputs / too long an input /
 too large a body 413, any other invalid request 422, a model that cannot load 503, an
 unexpected model error 500. Token-id input (OpenAI allows lists of ints) is refused with
-422: ids from OpenAI's tokenizer mean nothing to this model's vocabulary.
+422: ids from OpenAI's tokenizer mean nothing to this model's vocabulary. A client that
+disconnects while its request is queued gets nothing (it is gone); the request is counted
+with status 499 (nginx's "client closed request") and no error is logged.
 
 Keep-alive: each request may carry ``keep_alive`` (Ollama, and as an extension on
 ``/v1``); it becomes a lease in the lifecycle, where the longest live lease wins, so a
 later request's 0 cannot cut a pin. Ollama's idiom "empty input" loads the model with
-the given keep-alive, and with ``keep_alive: 0`` unloads it now (an explicit unload, like
-``POST /api/unload``).
+the given keep-alive (through the lifecycle, never answered by the embedding cache), and
+with ``keep_alive: 0`` unloads it now (an explicit unload, like ``POST /api/unload``).
+
+Shutdown: the lifespan closes the batcher within what is left of ``graceful_timeout``
+(counted from ``begin_shutdown``, which ``lazyembed serve`` calls when uvicorn starts
+draining). Past it, queued requests fail with 503, a model call still running is not
+waited for, the embedder is not closed (that would wait for the call too) and
+``app.state.abandoned_work`` is True, so the caller can exit without joining the thread.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from lazyembed.server.batcher import (
     Batcher,
     BatcherClosedError,
     BatchResult,
+    ClientDisconnectedError,
     EmbedderLike,
     InputTooLongError,
     KeepAliveSeconds,
@@ -109,6 +118,9 @@ class ServerConfig:
     batch_wait_ms: float = 2.0
     batch_max_size: int = 64
     batch_max_tokens: int = 16384
+    # Seconds the ASGI server gives requests to finish at shutdown; the batcher waits no
+    # longer than what is left of it (None: wait for everything).
+    graceful_timeout: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> ServerConfig:
@@ -230,6 +242,8 @@ class GuardMiddleware:
                 await self._call(handler, scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
+        except ClientDisconnectedError:
+            status = 499  # nginx's "client closed request"; nobody to answer, nothing to log
         finally:
             endpoint = path if path in self.endpoints else "other"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
@@ -240,6 +254,8 @@ class GuardMiddleware:
             response = await handler(Request(scope, receive))
         except ApiError as exc:
             response = error_response(scope["path"], exc)
+        except ClientDisconnectedError:
+            raise  # the caller records 499 and sends nothing
         except Exception as exc:
             log.exception("unexpected error in %s", scope["path"])
             error = ApiError(
@@ -295,6 +311,7 @@ class _Server:
             on_load=self.metrics.load_seconds.observe,
             on_drop=self.metrics.dropped.inc,
         )
+        self.shutdown_began: float | None = None  # time.monotonic(), set by begin_shutdown
         self.served = embedder.model_name
         self._dimension: int | None = None
         self._report: dict[str, Any] | None = None
@@ -403,25 +420,26 @@ class _Server:
                 truncate=truncate,
                 is_disconnected=partial(poll_disconnected, request.receive),
             )
-        except InputTooLongError as exc:
-            raise ApiError(400, str(exc), "context_length_exceeded") from None
-        except (InputTypeError, InvalidInputError) as exc:
-            raise ApiError(422, str(exc), "invalid_input") from None
-        except (
-            ModelLoadError,
-            ModelNotFoundError,
-            ModelConversionError,
-            WorkerDiedError,
-            BatcherClosedError,
-        ) as exc:
-            raise ApiError(
-                503, f"model unavailable: {exc}", "model_unavailable", "server_error"
-            ) from None
+        except ClientDisconnectedError:
+            raise  # not an error: the guard records 499 and answers nobody
         except Exception as exc:
-            log.exception("embedding failed")
-            raise ApiError(
-                500, f"embedding failed: {type(exc).__name__}: {exc}", "model_error", "server_error"
-            ) from None
+            raise model_error(exc) from None
+
+    async def warmup(self, keep_alive: KeepAliveSeconds) -> float:
+        """Load the model with this keep-alive (never from the cache); load seconds."""
+        try:
+            return await self.batcher.warmup(keep_alive)
+        except Exception as exc:
+            raise model_error(exc) from None
+
+    def graceful_remaining(self) -> float | None:
+        """Seconds of the graceful timeout left (all of it if nobody said when it began)."""
+        timeout = self.config.graceful_timeout
+        if timeout is None:
+            return None
+        if self.shutdown_began is None:
+            return float(timeout)
+        return max(0.0, timeout - (time.monotonic() - self.shutdown_began))
 
     async def unload(self) -> bool:
         return await asyncio.to_thread(self.embedder.unload_model)
@@ -442,6 +460,41 @@ class _Server:
             "parameter_size": str(report.get("parameter_size") or ""),
             "quantization_level": variant.upper(),
         }
+
+
+def model_error(exc: Exception) -> ApiError:
+    """What a failed model call (or load) answers: 400, 422, 503 or 500 (logged)."""
+    if isinstance(exc, InputTooLongError):
+        return ApiError(400, str(exc), "context_length_exceeded")
+    if isinstance(exc, (InputTypeError, InvalidInputError)):
+        return ApiError(422, str(exc), "invalid_input")
+    if isinstance(
+        exc,
+        (
+            ModelLoadError,
+            ModelNotFoundError,
+            ModelConversionError,
+            WorkerDiedError,
+            BatcherClosedError,
+        ),
+    ):
+        return ApiError(503, f"model unavailable: {exc}", "model_unavailable", "server_error")
+    log.error("embedding failed", exc_info=exc)
+    return ApiError(
+        500, f"embedding failed: {type(exc).__name__}: {exc}", "model_error", "server_error"
+    )
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """The ASGI server stopped accepting requests: start the graceful-timeout clock.
+
+    ``lazyembed serve`` calls this when uvicorn begins its graceful shutdown, so the
+    lifespan's wait for the batcher ends when the graceful timeout does; without the
+    call, the lifespan allows the whole ``graceful_timeout`` from its own start.
+    """
+    srv: _Server = app.state.server
+    if srv.shutdown_began is None:
+        srv.shutdown_began = time.monotonic()
 
 
 def _canonical(name: str) -> str:
@@ -578,13 +631,19 @@ def create_app(
     should_close = owned if close_embedder is None else close_embedder
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         srv.batcher.reopen()  # no-op unless this app was started and stopped before
+        srv.shutdown_began = None
+        app.state.abandoned_work = False
         yield
-        # uvicorn runs this after in-flight requests finished (graceful shutdown).
-        await srv.batcher.aclose()
+        # uvicorn runs this after in-flight requests finished (graceful shutdown), or
+        # after it cancelled them at its graceful timeout: then no time is left, and a
+        # model call still running is answered to nobody, so it is not waited for.
+        finished = await srv.batcher.aclose(timeout=srv.graceful_remaining())
+        app.state.abandoned_work = not finished
         closer = getattr(srv.embedder, "close", None)
-        if should_close and callable(closer):
+        if should_close and callable(closer) and finished:
+            # (not after abandoning a call: closing would wait for it to finish)
             await asyncio.to_thread(closer)
 
     app = FastAPI(
@@ -659,13 +718,16 @@ def create_app(
             }
         )
 
-    async def ollama_load_or_unload(keep_alive: KeepAliveSeconds, request: Request) -> float:
-        """Ollama's idiom for an empty input: keep_alive 0 unloads, anything else loads."""
+    async def ollama_load_or_unload(keep_alive: KeepAliveSeconds) -> float:
+        """Ollama's idiom for an empty input: keep_alive 0 unloads, anything else loads.
+
+        Loads through the lifecycle with the request's lease (``warmup``), not by
+        embedding "": that is answered from the cache once seen, loading nothing.
+        """
         if keep_alive == 0:
             await srv.unload()
             return 0.0
-        result = await srv.embed([""], keep_alive, request)
-        return result.load_seconds
+        return await srv.warmup(keep_alive)
 
     @app.post(
         "/api/embed",
@@ -683,7 +745,7 @@ def create_app(
         keep_alive = parse_keep_alive(req.keep_alive)
         texts = _texts(req.input)
         if not texts:
-            load_seconds = await ollama_load_or_unload(keep_alive, request)
+            load_seconds = await ollama_load_or_unload(keep_alive)
             return JSONBytes(
                 {
                     "model": req.model or name,
@@ -720,7 +782,7 @@ def create_app(
         srv.check_model(req.model)
         keep_alive = parse_keep_alive(req.keep_alive)
         if not req.prompt:
-            await ollama_load_or_unload(keep_alive, request)
+            await ollama_load_or_unload(keep_alive)
             return JSONBytes({"embedding": []})
         srv.check_limits([req.prompt])
         result = await srv.embed([req.prompt], keep_alive, request)

@@ -8,20 +8,33 @@ model runs off the event loop and one batch at a time. While that batch runs, th
 one forms in the queue; a request that waited behind a running batch is taken at once.
 
 In the worker thread the batch is tokenised once (``count_tokens``: real counts for
-``usage`` and for ``truncate=false``), split into model calls of at most ``max_tokens``
-tokens (whole requests; a single larger request goes alone and the embedder chunks it)
-and grouped by keep-alive: requests asking for different keep-alives get one
-``embed_numpy`` call per distinct value, in order of arrival, so each lease reaches the
-lifecycle exactly as if the requests had come one by one (the longest live lease wins
-there; one request's 0 never cuts another's pin). Requests with the usual ``None`` share
-one call.
+``usage``), split into model calls of at most ``max_tokens`` tokens (whole requests; a
+single larger request goes alone and the embedder chunks it) and grouped by keep-alive:
+requests asking for different keep-alives get one ``embed_numpy`` call per distinct
+value, in order of arrival, so each lease reaches the lifecycle exactly as if the
+requests had come one by one (the longest live lease wins there; one request's 0 never
+cuts another's pin). Requests with the usual ``None`` share one call. ``count_tokens``
+truncates at the model's limit, so for a ``truncate=false`` request with a count at the
+limit the batcher recounts with a tokenizer of its own truncating one token later (loaded
+once): only a count above the limit is refused, an input that exactly fits is embedded.
 
 Results go back to each caller's future as a slice of the batch array, in input order.
 A request whose handler was cancelled, or whose client disconnected (polled with the
 request's ``is_disconnected`` when the batch is formed), is dropped before it reaches the
-model. An exception fails only the requests of that model call; an input-validation
-error in a shared call is retried request by request, so one bad request cannot fail its
+model; the disconnected one's caller gets ``ClientDisconnectedError`` (not a
+cancellation: its handler is alive and should end quietly, answering nobody). An
+exception fails only the requests of that model call; an input-validation error in a
+shared call is retried request by request, so one bad request cannot fail its
 neighbours. The collector never dies of an error.
+
+``warmup`` (Ollama's "load the model" idiom) goes around the queue: it loads through the
+lifecycle with the request's keep-alive in a thread of its own, so it neither waits
+behind a running batch nor is answered by the embedding cache.
+
+Shutdown: ``aclose(timeout)`` lets queued and running work finish for at most
+``timeout`` seconds (the server's remaining graceful time), then fails every request
+still unanswered with ``BatcherClosedError`` and returns without waiting for the running
+model call, which may finish in its thread while the process exits.
 
 Concurrency: the queue, the wake-up event and the counters are touched only from the
 event loop thread (no lock). The worker thread gets its own list of items and returns a
@@ -67,6 +80,12 @@ class EmbedderLike(Protocol):
 
     def count_tokens(self, texts: list[str]) -> list[int]: ...
 
+    def warmup(self, *, keep_alive: float | None = None) -> None: ...
+
+    def prepare(self) -> Any:
+        """Only ``.spec.tokenizer_path`` is used: to count ``truncate=false`` inputs."""
+        ...
+
     def unload_model(self) -> bool: ...
 
     def get_memory_usage(self) -> dict[str, Any]: ...
@@ -82,6 +101,14 @@ class InputTooLongError(InvalidInputError):
 
 class BatcherClosedError(LazyEmbedError, RuntimeError):
     """The server is shutting down and takes no new work."""
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while its request was queued: nobody is left to answer.
+
+    Not a LazyEmbedError and not a cancellation: the handler must catch it and send
+    nothing (the server records status 499), rather than log an error.
+    """
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,7 @@ class Batcher:
         self._on_load = on_load  # (seconds) per observed model load, from the worker
         self._on_drop = on_drop  # per request dropped before the model, on the loop
         self._queue: deque[_Item] = deque()
+        self._running: list[_Item] = []  # the batch in the worker thread (for aclose)
         self._queued_inputs = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -139,6 +167,7 @@ class Batcher:
         # One worker thread: the model runs one batch at a time, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lazyembed-batch")
         self._max_input_tokens: int | None = None
+        self._limit_tokenizer: Any = None  # truncates at limit + 1; worker thread only
         self.dropped = 0
         self.batches = 0
 
@@ -187,15 +216,44 @@ class Batcher:
         if self._loop is loop and not self._closing and not loop.is_closed():
             self._ensure_running(loop)
 
-    async def aclose(self) -> None:
-        """Finish everything queued, then stop; later submits raise BatcherClosedError."""
+    async def aclose(self, timeout: float | None = None) -> bool:
+        """Finish what is queued, then stop; later submits raise BatcherClosedError.
+
+        With ``timeout`` (seconds) it waits no longer: whatever is still queued or running
+        then fails with BatcherClosedError, and the running model call is left to finish
+        in its thread. True when everything finished, False when work was abandoned.
+        """
         self._closing = True
         if self._wakeup is not None:
             self._wakeup.set()
         task = self._task
+        finished = True
         if task is not None and self._loop is asyncio.get_running_loop() and not task.done():
-            await task
-        self._executor.shutdown(wait=False)
+            if timeout is None:
+                await task
+            else:
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout))
+                finished = bool(done)
+                if not finished:
+                    self._abandon(task)
+                    await asyncio.wait({task})  # cancelled: ends at once (the call is shielded)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return finished
+
+    def _abandon(self, collector: asyncio.Task[None]) -> None:
+        """Past the shutdown bound: fail every unanswered request, stop the collector."""
+        error = BatcherClosedError(
+            "the server is shutting down: the graceful timeout ended before this request "
+            "was embedded"
+        )
+        for item in [*self._queue, *self._running]:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._queue.clear()
+        self._queued_inputs = 0
+        self._running = []
+        collector.cancel()  # it waits on the running batch (shielded; that thread goes on)
+        log.warning("shutdown: not waiting for the model call still running")
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -261,7 +319,7 @@ class Batcher:
                 except Exception:
                     gone = False
                 if gone:
-                    item.future.cancel()
+                    item.future.set_exception(ClientDisconnectedError("client disconnected"))
                     self._dropped()
                     continue
             batch.append(item)
@@ -282,7 +340,11 @@ class Batcher:
         # Shielded: if this task is cancelled the batch still finishes in the thread and
         # its callers still get their vectors (nobody is left waiting forever).
         running.add_done_callback(lambda done: self._deliver_done(batch, done))
-        await asyncio.shield(running)
+        self._running = batch
+        try:
+            await asyncio.shield(running)
+        finally:
+            self._running = []
         self.batches += 1
 
     def _deliver_done(self, batch: list[_Item], done: asyncio.Future[list[_Outcome]]) -> None:
@@ -304,6 +366,21 @@ class Batcher:
             else:
                 item.future.set_result(outcome)
 
+    async def warmup(self, keep_alive: KeepAliveSeconds = None) -> float:
+        """Load the model now with a ``keep_alive`` lease; the seconds the load took.
+
+        Around the queue, in a thread of its own: it must not wait behind a running batch,
+        and the lifecycle already makes concurrent loads one load. 0.0 when already loaded.
+        """
+        if self._closing:
+            raise BatcherClosedError("the server is shutting down")
+        return await asyncio.to_thread(self._warmup, keep_alive)
+
+    def _warmup(self, keep_alive: KeepAliveSeconds) -> float:
+        loads_before = self._loads_if_cold()
+        self.embedder.warmup(keep_alive=keep_alive)
+        return self._load_seconds(loads_before)
+
     # ---- the worker thread --------------------------------------------------------------
 
     def _process(self, batch: list[_Item]) -> list[_Outcome]:
@@ -318,7 +395,10 @@ class Batcher:
             item.counts = counts[position : position + len(item.texts)]
             position += len(item.texts)
             if not item.truncate:
-                outcomes[index] = self._check_length(item)
+                try:
+                    outcomes[index] = self._check_length(item)
+                except Exception as exc:
+                    outcomes[index] = exc
         groups: dict[KeepAliveSeconds, list[int]] = {}
         for index, item in enumerate(batch):
             if outcomes[index] is None:
@@ -333,12 +413,24 @@ class Batcher:
         limit = self._max_input_tokens
         if limit is None:
             limit = self._max_input_tokens = self.embedder.get_max_tokens()
-        # count_tokens truncates, so a count at the limit may hide a longer input: refuse it.
-        for position, count in enumerate(item.counts):
-            if count >= limit:
+        # count_tokens truncates at the limit: a count below it fits for sure, a count at
+        # it may hide a longer input, so those are recounted truncating at limit + 1.
+        at_limit = [position for position, count in enumerate(item.counts) if count >= limit]
+        if not at_limit:
+            return None
+        tokenizer = self._limit_tokenizer
+        if tokenizer is None:
+            from lazyembed.runtime import load_tokenizer
+
+            path = str(self.embedder.prepare().spec.tokenizer_path)
+            tokenizer = self._limit_tokenizer = load_tokenizer(path, limit + 1)
+        texts = [item.texts[position] for position in at_limit]
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
+        for position, encoding in zip(at_limit, encodings, strict=True):
+            if len(encoding.ids) > limit:
                 return InputTooLongError(
-                    f"input {position} has at least {count} tokens, the model's limit is "
-                    f"{limit}; send shorter text or truncate: true"
+                    f"input {position} is longer than the model's limit of {limit} tokens; "
+                    "send shorter text or truncate: true"
                 )
         return None
 
