@@ -45,7 +45,7 @@ def profile(texts: Sequence[str], repeats: int, ort_profile: bool) -> dict[str, 
     import onnxruntime as ort
 
     from lazyembed import Embedder
-    from lazyembed.runtime import OnnxRuntime, plan_batches, session_options
+    from lazyembed.runtime import OnnxRuntime, padded_inputs, plan_batches, session_options
 
     embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
     prepared = embedder.prepare()
@@ -74,12 +74,7 @@ def profile(texts: Sequence[str], repeats: int, ort_profile: bool) -> dict[str, 
             t0 = time.perf_counter()
             rows = order[start:end]
             width = int(lengths[rows[-1]])
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for row, index in enumerate(rows):
-                token_ids = encodings[index].ids
-                ids[row, : len(token_ids)] = token_ids
-                mask[row, : len(token_ids)] = 1
+            ids, mask = padded_inputs(encodings, rows, width)
             t1 = time.perf_counter()
             hidden_states = session.run(
                 ["last_hidden_state"],
@@ -122,7 +117,7 @@ def _ort_operator_split(
     spec: Any, texts: Sequence[str], session_options: Any, ort: Any, plan_batches: Any
 ) -> dict[str, float]:
     """ONNX Runtime's session profiler: % of kernel time per operator type."""
-    from lazyembed.runtime import load_tokenizer
+    from lazyembed.runtime import load_tokenizer, padded_inputs
 
     options = session_options(spec.threads, pre_optimized=spec.pre_optimized)
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,12 +132,7 @@ def _ort_operator_split(
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         for start, end in plan_batches([lengths[i] for i in order], spec.batch_size):
             rows = order[start:end]
-            width = lengths[rows[-1]]
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for row, index in enumerate(rows):
-                ids[row, : lengths[index]] = encodings[index].ids
-                mask[row, : lengths[index]] = 1
+            ids, mask = padded_inputs(encodings, rows, lengths[rows[-1]])
             session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
         path = session.end_profiling()
         events = json.loads(Path(path).read_text(encoding="utf-8"))

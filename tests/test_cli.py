@@ -23,6 +23,19 @@ from lazyembed import cli
 TEXTS = ["The cat sits on the mat.", "A quick brown fox."]
 
 
+def wait_until_healthy(process: subprocess.Popen[str], url: str, limit: float = 120) -> None:
+    """Poll /healthz until the server answers; fail with its stderr if it exits first."""
+    deadline = time.monotonic() + limit
+    while True:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "server did not come up"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,15 +188,7 @@ def test_serve_status_unload_and_sigterm_drains(capsys: pytest.CaptureFixture[st
         env={**os.environ, "LAZYEMBED_IDLE_TIMEOUT": "1h"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "server did not come up"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(process, url)
 
         assert httpx.post(f"{url}/api/embed", json={"input": "warm up"}, timeout=60).is_success
         capsys.readouterr()
@@ -289,15 +294,7 @@ def test_sigterm_does_not_wait_for_a_model_call_past_the_graceful_timeout(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "server did not come up"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(process, url)
         answer: dict[str, Any] = {}
 
         def request() -> None:

@@ -124,6 +124,19 @@ def plan_batches(sorted_lengths: Sequence[int], batch_size: int) -> list[tuple[i
     return plan
 
 
+def padded_inputs(
+    encodings: Sequence[Any], rows: Sequence[int] | npt.NDArray[np.intp], width: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """input_ids and attention_mask of the chosen encodings, zero-padded to `width`."""
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for row, index in enumerate(rows):
+        token_ids = encodings[index].ids
+        ids[row, : len(token_ids)] = token_ids
+        mask[row, : len(token_ids)] = 1
+    return ids, mask
+
+
 class OnnxRuntime:
     """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run())."""
 
@@ -156,13 +169,7 @@ class OnnxRuntime:
         largest = 0
         for start, end in plan_batches(lengths[order].tolist(), self.spec.batch_size):
             rows = order[start:end]
-            width = int(lengths[rows[-1]])
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for row, index in enumerate(rows):
-                token_ids = encodings[index].ids
-                ids[row, : len(token_ids)] = token_ids
-                mask[row, : len(token_ids)] = 1
+            ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
             feeds = {"input_ids": ids, "attention_mask": mask}
             hidden = session.run(self._output_names, feeds, self._run_options)[0]
             out[rows] = self._pool(hidden, mask)
