@@ -15,7 +15,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,14 +410,24 @@ class WeakReferable(sqlite3.Connection):
     """A real connection a test can hold a weak reference to (sqlite3.Connection can't)."""
 
 
-def weak_referable_connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    return sqlite3.connect(
-        str(path),
-        timeout=busy_timeout,
-        isolation_level=None,
-        check_same_thread=False,
-        factory=WeakReferable,
-    )
+def connect_with(
+    factory: type[sqlite3.Connection],
+) -> Callable[[Path, float], sqlite3.Connection]:
+    """A stand-in for cache._connect opening the same kind of connection of `factory`."""
+
+    def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+        return sqlite3.connect(
+            str(path),
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=factory,
+        )
+
+    return connect
+
+
+weak_referable_connect = connect_with(WeakReferable)
 
 
 def conn_ref(cache: EmbeddingCache) -> weakref.ref[WeakReferable]:
@@ -749,14 +759,7 @@ class MalformedOnDemand(sqlite3.Connection):
         return super().execute(sql, *args)  # type: ignore[arg-type]
 
 
-def malformed_on_demand_connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    return sqlite3.connect(
-        str(path),
-        timeout=busy_timeout,
-        isolation_level=None,
-        check_same_thread=False,
-        factory=MalformedOnDemand,
-    )
+malformed_on_demand_connect = connect_with(MalformedOnDemand)
 
 
 def test_corruption_found_while_running_rebuilds_the_store(

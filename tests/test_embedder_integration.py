@@ -125,13 +125,20 @@ def test_variant_change_misses_the_shared_store(tmp_path: Path) -> None:
     assert not np.array_equal(vectors["fp32"], vectors["int8"])
 
 
-def test_max_seq_length_change_misses_the_shared_store(tmp_path: Path, model_dir: Path) -> None:
-    short = tmp_path / "short-model"
-    short.mkdir()
+def _model_with(folder: Path, model_dir: Path, name: str, content: Any) -> Path:
+    """A model folder linking to `model_dir`'s files, but with `name` replaced by JSON."""
+    folder.mkdir()
     for item in model_dir.iterdir():
-        if item.name != "sentence_bert_config.json":
-            (short / item.name).symlink_to(item)
-    (short / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+        if item.name != name:
+            (folder / item.name).symlink_to(item)
+    (folder / name).write_text(json.dumps(content), encoding="utf-8")
+    return folder
+
+
+def test_max_seq_length_change_misses_the_shared_store(tmp_path: Path, model_dir: Path) -> None:
+    short = _model_with(
+        tmp_path / "short-model", model_dir, "sentence_bert_config.json", {"max_seq_length": 128}
+    )
     store = tmp_path / "cache.sqlite3"
     text = "word " * 300
     results = []
@@ -147,14 +154,9 @@ def test_max_seq_length_change_misses_the_shared_store(tmp_path: Path, model_dir
 
 
 def test_a_changed_tokenizer_misses_the_shared_store(tmp_path: Path, model_dir: Path) -> None:
-    cased = tmp_path / "cased-model"
-    cased.mkdir()
-    for item in model_dir.iterdir():
-        if item.name != "tokenizer.json":
-            (cased / item.name).symlink_to(item)
     tokenizer = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     tokenizer["normalizer"]["lowercase"] = False  # same weights, other token ids
-    (cased / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    cased = _model_with(tmp_path / "cased-model", model_dir, "tokenizer.json", tokenizer)
     store = tmp_path / "cache.sqlite3"
     text = "Lowercasing Changes The Tokens"
     results, fingerprints = [], []

@@ -113,20 +113,14 @@ class FakeEmbedder:
             self.loaded, self.loads = True, self.loads + 1
         return np.stack([self.vector(t) for t in texts])
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [min(len(t.split()) + 2, self.max_tokens) for t in texts]
+    def count_tokens(self, texts: list[str], *, truncate: bool = True) -> list[int]:
+        cap = self.max_tokens if truncate else self.max_tokens + 1
+        return [min(len(t.split()) + 2, cap) for t in texts]
 
     def warmup(self, *, keep_alive: float | None = None) -> None:
         self.warmups.append(keep_alive)
         if not self.loaded:
             self.loaded, self.loads = True, self.loads + 1
-
-    def prepare(self) -> Any:
-        """Only the tokenizer path is used (recounting truncate=false inputs): the real one."""
-        from lazyembed.models.resolve import resolve_model
-
-        tokenizer = str(resolve_model(None).tokenizer)
-        return SimpleNamespace(spec=SimpleNamespace(tokenizer_path=tokenizer))
 
     def unload_model(self) -> bool:
         was, self.loaded = self.loaded, False

@@ -256,23 +256,29 @@ class Embedder:
         """None → the idle timeout; a duration → seconds; negative/"never" → pin (inf)."""
         return None if keep_alive is None else parse_keep_alive(keep_alive)
 
-    def count_tokens(self, texts: str | Iterable[str]) -> list[int]:
-        """Real token counts after truncation, including [CLS] and [SEP]."""
+    def count_tokens(self, texts: str | Iterable[str], *, truncate: bool = True) -> list[int]:
+        """Real token counts, including [CLS] and [SEP]: after truncation at the model's
+        limit, or (``truncate=False``) up to one past it, so that a count above
+        `get_max_tokens()` says the text is too long (one tokenisation serves both)."""
         items, _ = normalize_inputs(texts)
         encodings = self._counting_tokenizer().encode_batch(items, add_special_tokens=True)
-        return [len(e.ids) for e in encodings]
+        if not truncate:
+            return [len(e.ids) for e in encodings]
+        limit = self.prepare().info.max_seq_length
+        return [min(len(e.ids), limit) for e in encodings]
 
     def _counting_tokenizer(self) -> Tokenizer:
         """A tokenizer kept for counting only (~9 MB, loaded on the first count).
 
         Counting must not load or keep alive the model, so it cannot borrow the runtime's.
+        It truncates one token past the model's limit, so "too long" stays visible.
         """
         tokenizer = self._tokenizer
         if tokenizer is None:
             spec = self.prepare().spec
             with self._prepare_lock:
                 if self._tokenizer is None:
-                    self._tokenizer = load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
+                    self._tokenizer = load_tokenizer(spec.tokenizer_path, spec.max_seq_length + 1)
                 tokenizer = self._tokenizer
         return tokenizer
 

@@ -191,9 +191,6 @@ class OnnxRuntime:
             pooled /= np.maximum(norms, 1e-12)
         return pooled
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
-
     def close(self) -> None:
         """Drop the session; the caller returns the freed pages to the OS."""
         self._session = None

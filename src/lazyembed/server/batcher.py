@@ -14,9 +14,9 @@ requests asking for different keep-alives get one ``embed_numpy`` call per disti
 value, in order of arrival, so each lease reaches the lifecycle exactly as if the
 requests had come one by one (the longest live lease wins there; one request's 0 never
 cuts another's pin). Requests with the usual ``None`` share one call. ``count_tokens``
-truncates at the model's limit, so for a ``truncate=false`` request with a count at the
-limit the batcher recounts with a tokenizer of its own truncating one token later (loaded
-once): only a count above the limit is refused, an input that exactly fits is embedded.
+runs untruncated (up to one token past the model's limit): the same counts, capped at the
+limit, are the usage, and a count above the limit refuses a ``truncate=false`` input (an
+input that exactly fits is embedded).
 
 Results go back to each caller's future as a slice of the batch array, in input order.
 A request whose handler was cancelled, or whose client disconnected (polled with the
@@ -78,13 +78,9 @@ class EmbedderLike(Protocol):
 
     def embed_numpy(self, texts: list[str], *, keep_alive: float | None = None) -> FloatArray: ...
 
-    def count_tokens(self, texts: list[str]) -> list[int]: ...
+    def count_tokens(self, texts: list[str], *, truncate: bool = True) -> list[int]: ...
 
     def warmup(self, *, keep_alive: float | None = None) -> None: ...
-
-    def prepare(self) -> Any:
-        """Only ``.spec.tokenizer_path`` is used: to count ``truncate=false`` inputs."""
-        ...
 
     def unload_model(self) -> bool: ...
 
@@ -167,7 +163,6 @@ class Batcher:
         # One worker thread: the model runs one batch at a time, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lazyembed-batch")
         self._max_input_tokens: int | None = None
-        self._limit_tokenizer: Any = None  # truncates at limit + 1; worker thread only
         self.dropped = 0
         self.batches = 0
 
@@ -387,18 +382,19 @@ class Batcher:
         outcomes: list[_Outcome | None] = [None] * len(batch)
         texts = [text for item in batch for text in item.texts]
         try:
-            counts = self.embedder.count_tokens(texts)
+            # Untruncated (up to limit + 1): one tokenisation gives the usage counts and
+            # tells truncate=false requests whether an input is too long.
+            counts = self.embedder.count_tokens(texts, truncate=False)
+            limit = self._max_tokens()
         except Exception as exc:
             return [exc] * len(batch)
         position = 0
         for index, item in enumerate(batch):
-            item.counts = counts[position : position + len(item.texts)]
+            raw = counts[position : position + len(item.texts)]
             position += len(item.texts)
+            item.counts = [min(count, limit) for count in raw]
             if not item.truncate:
-                try:
-                    outcomes[index] = self._check_length(item)
-                except Exception as exc:
-                    outcomes[index] = exc
+                outcomes[index] = self._check_length(raw, limit)
         groups: dict[KeepAliveSeconds, list[int]] = {}
         for index, item in enumerate(batch):
             if outcomes[index] is None:
@@ -408,26 +404,17 @@ class Batcher:
                 self._call(batch, chunk, keep_alive, outcomes)
         return [o if o is not None else RuntimeError("request was not processed") for o in outcomes]
 
-    def _check_length(self, item: _Item) -> InputTooLongError | None:
-        """truncate=false: refuse inputs that do not fit, as Ollama does."""
+    def _max_tokens(self) -> int:
         limit = self._max_input_tokens
         if limit is None:
             limit = self._max_input_tokens = self.embedder.get_max_tokens()
-        # count_tokens truncates at the limit: a count below it fits for sure, a count at
-        # it may hide a longer input, so those are recounted truncating at limit + 1.
-        at_limit = [position for position, count in enumerate(item.counts) if count >= limit]
-        if not at_limit:
-            return None
-        tokenizer = self._limit_tokenizer
-        if tokenizer is None:
-            from lazyembed.runtime import load_tokenizer
+        return limit
 
-            path = str(self.embedder.prepare().spec.tokenizer_path)
-            tokenizer = self._limit_tokenizer = load_tokenizer(path, limit + 1)
-        texts = [item.texts[position] for position in at_limit]
-        encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
-        for position, encoding in zip(at_limit, encodings, strict=True):
-            if len(encoding.ids) > limit:
+    @staticmethod
+    def _check_length(raw_counts: list[int], limit: int) -> InputTooLongError | None:
+        """truncate=false: refuse inputs that do not fit, as Ollama does (exactly fits: ok)."""
+        for position, count in enumerate(raw_counts):
+            if count > limit:
                 return InputTooLongError(
                     f"input {position} is longer than the model's limit of {limit} tokens; "
                     "send shorter text or truncate: true"
