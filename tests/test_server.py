@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lazyembed import Embedder
-from lazyembed.errors import InvalidInputError, ModelLoadError
+from lazyembed.errors import ClientDisconnectedError, InvalidInputError, ModelLoadError
 from lazyembed.server import Batcher, InputTooLongError, create_app
 from lazyembed.server.app import begin_shutdown
-from lazyembed.server.batcher import BatcherClosedError, ClientDisconnectedError
+from lazyembed.server.batcher import BatcherClosedError
 
 TEXTS = ["The cat sits on the mat.", "A quick brown fox.", "Embeddings map text to vectors."]
 SERVED = "sentence-transformers/all-MiniLM-L6-v2"

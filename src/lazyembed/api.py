@@ -7,25 +7,22 @@ Embedder reads its settings from the config file and ``LAZYEMBED_*`` environment
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 from typing import Any, overload
 
+from lazyembed._fork import after_fork_in_child
 from lazyembed.embedder import Embedder, FloatArray, KeepAlive
 
 _default: Embedder | None = None
 _default_lock = threading.Lock()  # guards creation of _default only
 
 
+@after_fork_in_child
 def _new_lock_after_fork() -> None:
     """A child forked while another thread created the default Embedder must not hang."""
     global _default_lock
     _default_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def get_default_embedder() -> Embedder:

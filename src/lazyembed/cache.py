@@ -95,7 +95,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lazyembed.errors import ConfigError, InvalidInputError, LazyEmbedError
+from lazyembed._fork import after_fork_in_child
+from lazyembed.errors import CacheWarning, ConfigError, InvalidInputError
 
 __all__ = ["SCHEMA_VERSION", "CacheWarning", "EmbeddingCache"]
 
@@ -133,17 +134,10 @@ _INHERITED: list[sqlite3.Connection] = []
 _LIVE: weakref.WeakSet[EmbeddingCache] = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     for cache in list(_LIVE):
         cache._reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class CacheWarning(LazyEmbedError, UserWarning):
-    """The persistent cache had to move a bad file aside or fall back to memory only."""
 
 
 class _Corrupt(Exception):

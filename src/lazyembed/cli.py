@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lazyembed import __version__
-from lazyembed.errors import LazyEmbedError
+from lazyembed.errors import CLIError, LazyEmbedError
 
 if TYPE_CHECKING:
     import httpx
@@ -34,10 +34,6 @@ DEFAULT_URL = "http://127.0.0.1:11435"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 _PROGRESS_MIN_TEXTS = 1000  # files with fewer lines get no progress bar
-
-
-class CLIError(LazyEmbedError, RuntimeError):
-    """A user-facing failure of a command (bad arguments, server said no, ...)."""
 
 
 # ---- helpers ----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ itself.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import weakref
@@ -31,6 +30,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from lazyembed import memory
+from lazyembed._fork import after_fork_in_child
 from lazyembed.cache import EmbeddingCache
 from lazyembed.config import (
     Settings,
@@ -55,13 +55,10 @@ KeepAlive = float | int | str | None
 _LIVE: weakref.WeakSet[Embedder] = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     for embedder in list(_LIVE):
         embedder._prepare_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)

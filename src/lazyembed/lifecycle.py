@@ -85,7 +85,6 @@ import collections
 import enum
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -94,6 +93,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 from lazyembed import memory
+from lazyembed._fork import after_fork_in_child
 from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
 
 log = logging.getLogger("lazyembed")
@@ -121,13 +121,10 @@ _INHERITED: list[object] = []
 _LIVE: weakref.WeakSet[Lifecycle[Any]] = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     for lifecycle in list(_LIVE):
         lifecycle._reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def normalize_timeout(seconds: float | None, *, key: str = "idle_timeout") -> float | None:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import sys
 import threading
 from typing import overload
 
 import psutil
+
+from lazyembed._fork import after_fork_in_child
 
 MB = 2**20
 
@@ -40,13 +41,10 @@ _libc_checked = False
 _libc_lock = threading.Lock()  # guards the one-time glibc detection
 
 
+@after_fork_in_child
 def _reset_after_fork() -> None:
     global _process
     _process = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _proc() -> psutil.Process:

@@ -6,8 +6,9 @@ Needs the ``server`` extra (fastapi, uvicorn, prometheus_client, orjson).
 
 from __future__ import annotations
 
+from lazyembed.errors import InputTooLongError
 from lazyembed.server.app import ServerConfig, create_app
-from lazyembed.server.batcher import Batcher, BatchResult, EmbedderLike, InputTooLongError
+from lazyembed.server.batcher import Batcher, BatchResult, EmbedderLike
 
 __all__ = [
     "BatchResult",

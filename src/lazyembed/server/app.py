@@ -54,7 +54,9 @@ from starlette.requests import ClientDisconnect
 
 from lazyembed import __version__
 from lazyembed.errors import (
+    ClientDisconnectedError,
     ConfigError,
+    InputTooLongError,
     InputTypeError,
     InvalidInputError,
     LazyEmbedError,
@@ -67,9 +69,7 @@ from lazyembed.server.batcher import (
     Batcher,
     BatcherClosedError,
     BatchResult,
-    ClientDisconnectedError,
     EmbedderLike,
-    InputTooLongError,
     KeepAliveSeconds,
 )
 from lazyembed.server.metrics import CONTENT_TYPE, ServerMetrics

@@ -55,7 +55,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lazyembed.errors import InputTypeError, InvalidInputError, LazyEmbedError
+from lazyembed.errors import (
+    ClientDisconnectedError,
+    ClosedError,
+    InputTooLongError,
+    InputTypeError,
+    InvalidInputError,
+)
 
 log = logging.getLogger("lazyembed.server")
 
@@ -91,20 +97,8 @@ class EmbedderLike(Protocol):
     def get_max_tokens(self) -> int: ...
 
 
-class InputTooLongError(InvalidInputError):
-    """An input exceeds the model's context and the request said ``truncate: false``."""
-
-
-class BatcherClosedError(LazyEmbedError, RuntimeError):
+class BatcherClosedError(ClosedError):
     """The server is shutting down and takes no new work."""
-
-
-class ClientDisconnectedError(Exception):
-    """The client went away while its request was queued: nobody is left to answer.
-
-    Not a LazyEmbedError and not a cancellation: the handler must catch it and send
-    nothing (the server records status 499), rather than log an error.
-    """
 
 
 @dataclass(frozen=True)
