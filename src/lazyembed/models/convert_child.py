@@ -10,10 +10,11 @@ with it; the parent only verifies the cached files. It costs an interpreter star
 (~0.1 s) on a conversion of ~1.5 s that happens once per model and version.
 
 Errors: a conversion error in the child comes back as `ModelConversionError` with the
-child's message; a child killed by a signal (the OOM killer) is a `ModelConversionError`
-too (retrying in the parent would risk killing the application). When the child cannot
-run at all (no usable ``sys.executable``, as in some embedded interpreters, or lazyembed
-not importable there), the conversion runs in this process instead, with a warning.
+child's message (`ModelCacheError` when a damaged cached file cannot be removed); a
+child killed by a signal (the OOM killer) is a `ModelConversionError` too (retrying in
+the parent would risk killing the application). When the child cannot run at all (no
+usable ``sys.executable``, as in some embedded interpreters, or lazyembed not importable
+there), the conversion runs in this process instead, with a warning.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lazyembed.errors import ModelConversionError
+from lazyembed.errors import ModelCacheError, ModelConversionError
 from lazyembed.models.convert import ConvertedModel, Variant, ensure_onnx, find_converted
 
 logger = logging.getLogger("lazyembed")
 
 #: Exit status of a child that met a ModelConversionError (its message is on stderr).
 CONVERSION_ERROR_EXIT = 3
+#: Exit status of a child that met a ModelCacheError (its message is on stderr).
+CACHE_ERROR_EXIT = 4
 
 
 def ensure_onnx_in_child(
@@ -78,6 +81,8 @@ def ensure_onnx_in_child(
     except OSError as exc:
         return _convert_here(model_dir, variant, cache_dir, f"cannot start a child: {exc}")
     message = _last_line(child.stderr)
+    if child.returncode == CACHE_ERROR_EXIT:
+        raise ModelCacheError(message or f"the cached model of {model_dir} is damaged")
     if child.returncode == CONVERSION_ERROR_EXIT:
         raise ModelConversionError(message or f"converting {model_dir} failed")
     if child.returncode < 0:
@@ -123,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_onnx(args.model_dir, variant=args.variant, cache_dir=args.cache_dir)
     except ModelConversionError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
-        return CONVERSION_ERROR_EXIT
+        return CACHE_ERROR_EXIT if isinstance(exc, ModelCacheError) else CONVERSION_ERROR_EXIT
     return 0
 
 

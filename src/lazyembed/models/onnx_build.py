@@ -1,0 +1,150 @@
+"""From the built graph to the files the cache stores: quantize, optimize, externalize.
+
+The graph is optimized once by ONNX Runtime (``ORT_ENABLE_EXTENDED``) and saved, so later
+processes load it with optimizations disabled, as a small graph file plus one external
+data file of weights that ONNX Runtime memory-maps (``<stem>.onnx`` and
+``<stem>.onnx.data``). Everything is written into a fresh private work directory; the
+store (``onnx_store.py``) moves the results into the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lazyembed.models.bert_graph import GraphKind, build_onnx_model
+from lazyembed.models.onnx_store import Variant, data_path
+
+if TYPE_CHECKING:
+    import onnx
+
+#: Tensors smaller than this stay inside the graph file.
+_EXTERNAL_MIN_BYTES = 1024
+
+
+def _optimize(src: Path, dest: Path) -> None:
+    """Let ONNX Runtime optimize ``src`` once and save the result to ``dest``.
+
+    ORT_ENABLE_EXTENDED, not ALL: ALL adds layout transforms that may be specific to the
+    CPU the file was written on, and for this graph it produced the same nodes anyway.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(dest)
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    sess = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    del sess
+
+
+def _quantize(src: Path, dest: Path) -> None:
+    """Dynamic int8 quantization of the MatMul weights (per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        quantize_dynamic(
+            str(src),
+            str(dest),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+        )
+
+
+class _DropQuantizerRecords(logging.Filter):
+    """Drops records logged from inside onnxruntime.quantization (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace(os.sep, "/")
+        return "/onnxruntime/quantization/" not in path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Keep the quantizer's ``logging.warning`` off the application's root logger.
+
+    It warns on the root logger (advice to pre-process, which does not apply to a graph
+    built here), and ``logging.warning`` on a root without handlers would also call
+    ``basicConfig()`` for the application. While quantizing (seconds, rare, under the
+    conversion lock) a filter drops the quantizer's own records, and a NullHandler stands
+    in only when the root has no handler at all.
+    """
+    root = logging.getLogger()
+    drop = _DropQuantizerRecords()
+    guard = logging.NullHandler() if not root.handlers else None
+    root.addFilter(drop)
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+def _mark_external(model: onnx.ModelProto, location: str) -> None:
+    """Point every large initializer at ``location`` (a name beside the graph file).
+
+    Not ``onnx.save_model(location=...)``: that refuses to run when a file of that name
+    exists in the *current working directory* (onnx checks the bare relative name), which
+    is the cache directory for the conversion child, where the damaged file being
+    replaced sits.
+    """
+    from onnx.external_data_helper import set_external_data
+
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= _EXTERNAL_MIN_BYTES:
+            set_external_data(tensor, location)
+
+
+def _externalize(src: Path, dest: Path) -> Path:
+    """Re-save ``src`` as a small graph file plus one data file holding every weight.
+
+    ONNX Runtime memory-maps external data instead of parsing and copying it: a session
+    is created in ~10 ms instead of ~120 ms, and only the weight pages actually touched
+    count in RSS (most of the 47 MB word-embedding table never is). The pages belong to
+    the file, so unloading unmaps them and the kernel can drop them under pressure.
+    """
+    import onnx
+
+    data = data_path(dest)
+    if data.exists():  # onnx appends to an existing data file
+        raise FileExistsError(f"{data} exists in the private work directory")
+    model = onnx.load(str(src))
+    _mark_external(model, data.name)
+    onnx.save_model(model, str(dest))  # writes the marked tensors to dest's directory
+    return data
+
+
+def build_into(
+    model_dir: Path, variant: Variant, graph_kind: GraphKind, work: Path, name: str
+) -> tuple[Path, Path]:
+    """Build, (quantize,) optimize, externalize; return (graph, data) inside ``work``."""
+    import onnx
+
+    raw = work / "raw.onnx"
+    model = build_onnx_model(model_dir, graph=graph_kind)
+    onnx.save(model, str(raw))
+    del model
+    if variant == "int8":
+        quantized = work / "quantized.onnx"
+        _quantize(raw, quantized)
+        raw = quantized
+    optimized = work / "optimized.onnx"
+    _optimize(raw, optimized)
+    graph = work / name
+    data = _externalize(optimized, graph)
+    data.chmod(0o644)  # onnx creates it 0600, which would hide the cache from other users
+    for path in (data, graph):
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    return graph, data
