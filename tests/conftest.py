@@ -14,12 +14,16 @@ from pathlib import Path
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="lazyembed-tests-"))
-os.environ["LAZYEMBED_CACHE_DIR"] = str(_SESSION_DIR / "cache")
-os.environ["XDG_CONFIG_HOME"] = str(_SESSION_DIR / "config")
-os.environ["XDG_DATA_HOME"] = str(_SESSION_DIR / "data")
-os.environ.pop("LAZYEMBED_CONFIG", None)
-for _key in [k for k in os.environ if k.startswith("LAZYEMBED_") and k != "LAZYEMBED_CACHE_DIR"]:
-    del os.environ[_key]
+_KEPT = "LAZYEMBED_MODEL_CACHE_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported: a private cache, config and data dir."""
+    os.environ[_KEPT] = str(_SESSION_DIR / "cache")
+    os.environ["XDG_CONFIG_HOME"] = str(_SESSION_DIR / "config")
+    os.environ["XDG_DATA_HOME"] = str(_SESSION_DIR / "data")
+    for key in [k for k in os.environ if k.startswith("LAZYEMBED_") and k != _KEPT]:
+        del os.environ[key]
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from lazyembed.config import KeepAlive, parse_duration, parse_keep_alive
 from lazyembed.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from lazyembed.lifecycle import _INHERITED, Lifecycle, State
 
@@ -117,12 +118,24 @@ def make(
     }
     if clock is not None:
         options["clock"] = clock
+    if "idle_timeout" in kwargs:
+        kwargs["idle_timeout"] = dur(kwargs["idle_timeout"])  # type: ignore[arg-type]
     options.update(kwargs)
     return Lifecycle(loader, **options)  # type: ignore[arg-type]
 
 
+def ka(value: float | str | None) -> KeepAlive:
+    """A keep-alive as a caller would write it (None = default, negative = pin)."""
+    return parse_keep_alive(value)
+
+
+def dur(value: float | str | None) -> KeepAlive:
+    """An idle timeout as a caller would write it (None or negative = never)."""
+    return KeepAlive.FOREVER if value is None else parse_duration(value, key="idle_timeout")
+
+
 def use(lc: Lifecycle[FakeModel], keep_alive: float | None = None) -> FakeModel:
-    with lc.acquire(keep_alive) as model:
+    with lc.acquire(ka(keep_alive)) as model:
         model.use()
         return model
 
@@ -147,9 +160,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def test_first_use_loads_and_measures(mem: FakeMemory, clock: FakeClock) -> None:
     loader = Loader(mem)
     lc = make(loader, mem, clock)
-    assert lc.status()["state"] == "unloaded" and lc.status()["idle_seconds"] is None
+    assert lc.status().state is State.UNLOADED and lc.status().idle_seconds is None
     model = use(lc)
-    status = lc.status()
+    status = lc.status().as_dict()
     assert loader.calls == 1 and not model.closed
     assert status["state"] == "loaded" and status["model_loaded"] is True
     assert status["model_mb"] == 50.0 and status["loads"] == 1 and status["in_flight"] == 0
@@ -157,9 +170,9 @@ def test_first_use_loads_and_measures(mem: FakeMemory, clock: FakeClock) -> None
         ("load", "first_use", 50.0)
     ]
     assert use(lc) is model and loader.calls == 1  # reused, not reloaded
-    assert lc.peek() is model and lc.status()["loads"] == 1
+    assert lc.peek() is model and lc.status().loads == 1
     clock.advance(7)
-    assert lc.status()["idle_seconds"] == 7.0
+    assert lc.status().idle_seconds == 7.0
 
 
 def test_unload_measures_returned_memory_and_reload_is_transparent(mem: FakeMemory) -> None:
@@ -167,7 +180,7 @@ def test_unload_measures_returned_memory_and_reload_is_transparent(mem: FakeMemo
     lc = make(loader, mem)
     first = use(lc)
     assert lc.unload() is True and first.closed
-    status = lc.status()
+    status = lc.status().as_dict()
     assert status["state"] == "unloaded" and status["model_mb"] == 0.0
     assert status["last_unload"]["reason"] == "explicit"
     assert status["last_unload"]["returned_mb"] == 50.0
@@ -177,7 +190,7 @@ def test_unload_measures_returned_memory_and_reload_is_transparent(mem: FakeMemo
     assert lc.peek() is None and loader.calls == 1  # peeking never loads
     second = use(lc)
     assert second is not first and not second.closed
-    kinds = [(e["kind"], e["reason"]) for e in lc.status()["events"]]
+    kinds = [(e["kind"], e["reason"]) for e in lc.status().events]
     assert kinds == [("load", "first_use"), ("unload", "explicit"), ("load", "reload")]
 
 
@@ -197,14 +210,14 @@ def test_single_flight_eight_threads_one_load(mem: FakeMemory) -> None:
     threads = [threading.Thread(target=call) for _ in range(8)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: lc.status()["waiting"] == 7)
-    assert lc.status()["state"] == "loading"
+    assert wait_until(lambda: lc.status().waiting == 7)
+    assert lc.status().state is State.LOADING
     loader.gate.set()
     for t in threads:
         t.join(10)
     assert not errors and len(got) == 8
     assert loader.calls == 1 and all(m is got[0] for m in got)
-    assert lc.status()["loads"] == 1
+    assert lc.status().loads == 1
 
 
 def test_failed_load_raises_same_error_to_all_waiters_then_retries(mem: FakeMemory) -> None:
@@ -224,19 +237,19 @@ def test_failed_load_raises_same_error_to_all_waiters_then_retries(mem: FakeMemo
     threads = [threading.Thread(target=call) for _ in range(8)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: lc.status()["waiting"] == 7)
+    assert wait_until(lambda: lc.status().waiting == 7)
     loader.gate.set()
     for t in threads:
         t.join(10)
     assert len(errors) == 8 and loader.calls == 1
     assert all(e is errors[0] for e in errors)  # the same instance for every waiter
     assert isinstance(errors[0], ModelLoadError) and errors[0].__cause__ is cause
-    status = lc.status()
+    status = lc.status().as_dict()
     assert status["state"] == "unloaded" and status["in_flight"] == 0 and status["loads"] == 0
     assert [(e["kind"], e["reason"]) for e in status["events"]] == [("load_failed", "first_use")]
     loader.fail = None
     model = use(lc)
-    assert loader.calls == 2 and not model.closed and lc.status()["loads"] == 1
+    assert loader.calls == 2 and not model.closed and lc.status().loads == 1
 
 
 def test_lazyembed_errors_from_the_loader_are_not_wrapped(mem: FakeMemory) -> None:
@@ -277,11 +290,11 @@ def test_unload_waits_for_calls_in_flight_and_new_callers_queue(mem: FakeMemory)
     assert inside.wait(10)
     u = threading.Thread(target=lambda: results.append(lc.unload()))
     u.start()
-    assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+    assert wait_until(lambda: lc.status().unload_waiting == 1)
     late: list[FakeModel] = []
     c = threading.Thread(target=lambda: late.append(use(lc)))
     c.start()
-    assert wait_until(lambda: lc.status()["waiting"] == 1)  # queued behind the unload
+    assert wait_until(lambda: lc.status().waiting == 1)  # queued behind the unload
     assert not results and not holder[0].closed and state_of(lc) is State.LOADED
     leave.set()
     for t in (a, u, c):
@@ -299,11 +312,11 @@ def test_unload_during_a_load_lets_the_waiters_in_first(mem: FakeMemory) -> None
     callers = [threading.Thread(target=lambda: got.append(use(lc))) for _ in range(3)]
     for t in callers:
         t.start()
-    assert wait_until(lambda: lc.status()["waiting"] == 2)
+    assert wait_until(lambda: lc.status().waiting == 2)
     results: list[bool] = []
     u = threading.Thread(target=lambda: results.append(lc.unload()))
     u.start()
-    assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+    assert wait_until(lambda: lc.status().unload_waiting == 1)
     loader.gate.set()
     for t in [*callers, u]:
         t.join(10)
@@ -321,7 +334,7 @@ def test_stress_threads_with_random_unloads_never_see_a_closed_model(mem: FakeMe
         rng = random.Random(seed)
         for _ in range(200):
             try:
-                with lc.acquire(rng.choice([None, None, 0.0, 0.002, -1.0])) as model:
+                with lc.acquire(ka(rng.choice([None, None, 0.0, 0.002, -1.0]))) as model:
                     model.use()
                     time.sleep(rng.choice([0, 0, 0, 0.0002]))
                     model.use()
@@ -346,7 +359,7 @@ def test_stress_threads_with_random_unloads_never_see_a_closed_model(mem: FakeMe
     stop.set()
     unloader.join(10)
     assert not errors, errors[:3]
-    status = lc.status()
+    status = lc.status().as_dict()
     assert status["in_flight"] == 0 and status["waiting"] == 0
     assert status["unloads"] >= 1
     assert status["loads"] == status["unloads"] + int(status["model_loaded"]) == loader.calls
@@ -365,29 +378,33 @@ def test_default_lease_counts_from_when_the_call_finished(
         clock.advance(100)  # a long call: no unload while it runs
         assert lc.poll() is None
         model.use()
-    assert lc.status()["unload_in_s"] == 60.0
+    assert lc.status().unload_in_s == 60.0
     clock.advance(59.9)
     assert lc.poll() is None and state_of(lc) is State.LOADED
     clock.advance(0.1)
     assert lc.poll() == "idle" and state_of(lc) is State.UNLOADED
-    assert lc.status()["last_unload"]["reason"] == "idle"
-    assert lc.status()["unload_in_s"] is None
+    assert lc.status().last_unload["reason"] == "idle"
+    assert lc.status().unload_in_s is None
 
 
 def test_idle_timeout_zero_unloads_after_each_call(mem: FakeMemory, clock: FakeClock) -> None:
     loader = Loader(mem)
     lc = make(loader, mem, clock, idle_timeout=0)
+    use(lc)  # the lease expired as the call ended: unloaded before use() returned
+    assert state_of(lc) is State.UNLOADED and lc.status().last_unload["reason"] == "idle"
     use(lc)
-    assert lc.poll() == "idle"
-    use(lc)
-    assert lc.poll() == "idle" and loader.calls == 2
+    assert state_of(lc) is State.UNLOADED and loader.calls == 2
+    assert lc.poll() is None
 
 
 def test_keep_alive_zero_unloads_when_nothing_else_holds(mem: FakeMemory, clock: FakeClock) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=None)
-    use(lc, keep_alive=0)
-    assert lc.status()["unload_in_s"] == 0.0
-    assert lc.poll() == "keep_alive"
+    model = use(lc, keep_alive=0)
+    # Unloaded before the call returned: never "loaded" (nor "unloading") afterwards.
+    assert model.closed and state_of(lc) is State.UNLOADED
+    assert lc.status().model_loaded is False and lc.is_loaded is False
+    assert lc.status().last_unload["reason"] == "keep_alive"
+    assert lc.poll() is None
 
 
 def test_keep_alive_zero_does_not_cut_the_default_lease(mem: FakeMemory, clock: FakeClock) -> None:
@@ -421,8 +438,8 @@ def test_one_callers_zero_never_cuts_another_callers_hour(
 
 def test_concurrent_callers_longest_lease_wins(mem: FakeMemory, clock: FakeClock) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=None)
-    with lc.acquire(keep_alive=3600):
-        with lc.acquire(keep_alive=0):
+    with lc.acquire(ka(3600)):
+        with lc.acquire(ka(0)):
             pass
         assert lc.poll() is None  # in flight
     assert lc.poll() is None
@@ -436,9 +453,9 @@ def test_pin_holds_until_an_explicit_unload_which_clears_it(
     lc = make(Loader(mem), mem, clock, idle_timeout=1)
     use(lc, keep_alive=-1)
     clock.advance(10**9)
-    assert lc.poll() is None and lc.status()["pinned"] is True
-    assert lc.status()["unload_in_s"] is None
-    assert lc.unload() is True and lc.status()["pinned"] is False
+    assert lc.poll() is None and lc.status().pinned is True
+    assert lc.status().unload_in_s is None
+    assert lc.unload() is True and lc.status().pinned is False
     use(lc)  # the pin is gone: the idle timeout applies again
     clock.advance(1)
     assert lc.poll() == "idle"
@@ -446,11 +463,11 @@ def test_pin_holds_until_an_explicit_unload_which_clears_it(
 
 def test_never_timeout_never_unloads(mem: FakeMemory, clock: FakeClock) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=-1)
-    assert lc.idle_timeout is None
+    assert lc.idle_timeout is KeepAlive.FOREVER
     use(lc)
     clock.advance(10**9)
     assert lc.poll() is None
-    status = lc.status()
+    status = lc.status().as_dict()
     assert status["idle_timeout_s"] is None and status["unload_in_s"] is None
 
 
@@ -464,8 +481,9 @@ def test_under_never_the_default_lease_holds_against_another_callers_zero(
     clock.advance(3600)
     assert lc.poll() is None and state_of(lc) is State.LOADED
     assert lc.unload() is True  # an explicit unload still ends it
-    use(lc, keep_alive=0)  # no default lease now: the 0 alone decides
-    assert lc.poll() == "keep_alive"
+    use(lc, keep_alive=0)  # no default lease now: the 0 alone decides, at once
+    assert state_of(lc) is State.UNLOADED
+    assert lc.status().last_unload["reason"] == "keep_alive"
 
 
 def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeClock) -> None:
@@ -473,10 +491,10 @@ def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeC
     use(lc)
     clock.advance(20 * 60)
     assert lc.poll() is None
-    lc.set_idle_timeout(10)
-    assert lc.status()["unload_in_s"] == 0.0
+    lc.set_idle_timeout(dur(10))
+    assert lc.status().unload_in_s == 0.0
     assert lc.poll() == "idle"
-    lc.set_idle_timeout(None)
+    lc.set_idle_timeout(dur(None))
     use(lc)
     clock.advance(10**9)
     assert lc.poll() is None
@@ -485,11 +503,11 @@ def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeC
 def test_bad_keep_alive_and_timeout_values(mem: FakeMemory) -> None:
     lc = make(Loader(mem), mem)
     with pytest.raises(ConfigError, match="keep_alive"):
-        lc.acquire(keep_alive=float("nan"))
+        lc.acquire(ka(float("nan")))
     with pytest.raises(ConfigError, match="idle_timeout"):
-        lc.set_idle_timeout(float("nan"))
+        lc.set_idle_timeout(dur(float("nan")))
     with pytest.raises(ConfigError, match="idle_timeout"):
-        lc.set_idle_timeout("10m")  # type: ignore[arg-type]  # parse first (config.py)
+        lc.set_idle_timeout(KeepAlive.DEFAULT)  # "default" is a per-call keep-alive only
 
 
 def test_periodic_check_unloads_with_its_reason_and_sleeps_while_unloaded(
@@ -513,7 +531,7 @@ def test_periodic_check_unloads_with_its_reason_and_sleeps_while_unloaded(
     assert lc.poll() == "pressure" and state_of(lc) is State.UNLOADED
     clock.advance(100)
     assert lc.poll() is None and len(calls) == 2
-    assert lc.status()["last_unload"]["reason"] == "pressure"
+    assert lc.status().last_unload["reason"] == "pressure"
 
 
 # ---- the watcher thread (real clock) ----------------------------------------------------
@@ -523,7 +541,7 @@ def test_watcher_unloads_after_a_real_one_second_timeout(mem: FakeMemory) -> Non
     lc = make(Loader(mem), mem, idle_timeout=1.0, watcher=True)
     use(lc)
     assert wait_until(lambda: state_of(lc) is State.UNLOADED, timeout=10)
-    assert lc.status()["last_unload"]["reason"] == "idle"
+    assert lc.status().last_unload["reason"] == "idle"
     lc.close()
 
 
@@ -531,10 +549,10 @@ def test_watcher_has_no_wakeups_while_unloaded_never_or_pinned(mem: FakeMemory) 
     lc = make(Loader(mem), mem, idle_timeout=0.05, watcher=True)
     use(lc)
     assert wait_until(lambda: state_of(lc) is State.UNLOADED)
-    assert wait_until(lambda: lc.status()["watcher_wakeups"] >= 1)  # settled after unload
-    woken = lc.status()["watcher_wakeups"]
+    assert wait_until(lambda: lc.status().watcher_wakeups >= 1)  # settled after unload
+    woken = lc.status().watcher_wakeups
     time.sleep(0.3)
-    assert lc.status()["watcher_wakeups"] == woken
+    assert lc.status().watcher_wakeups == woken
     assert lc._watch_until == float("inf")  # sleeping with no timeout at all
     lc.close()
 
@@ -543,7 +561,7 @@ def test_watcher_has_no_wakeups_while_unloaded_never_or_pinned(mem: FakeMemory) 
         use(never)
     use(never, keep_alive=-1)
     time.sleep(0.3)
-    assert never.status()["watcher_wakeups"] == 0 and state_of(never) is State.LOADED
+    assert never.status().watcher_wakeups == 0 and state_of(never) is State.LOADED
     never.close()
 
 
@@ -552,18 +570,18 @@ def test_steady_calls_do_not_wake_the_watcher(mem: FakeMemory) -> None:
     use(lc)
     inf = float("inf")
     assert wait_until(lambda: float("-inf") < lc._watch_until < inf)  # asleep, timed
-    woken = lc.status()["watcher_wakeups"]
+    woken = lc.status().watcher_wakeups
     for _ in range(500):
         use(lc)
     use(lc, keep_alive=0)  # not earlier than the default lease: nothing to re-plan
     use(lc, keep_alive=-1)  # a pin only makes the deadline later
     time.sleep(0.2)
-    assert lc.status()["watcher_wakeups"] == woken
+    assert lc.status().watcher_wakeups == woken
     lc.unload()
     use(lc)
-    lc.set_idle_timeout(0)  # due at once: the watcher is woken and unloads
+    lc.set_idle_timeout(dur(0))  # due at once: the watcher is woken and unloads
     assert wait_until(lambda: state_of(lc) is State.UNLOADED)
-    assert lc.status()["last_unload"]["reason"] == "idle"
+    assert lc.status().last_unload["reason"] == "idle"
     lc.close()
 
 
@@ -603,7 +621,7 @@ def test_events_are_bounded_and_logged(mem: FakeMemory, caplog: pytest.LogCaptur
         for _ in range(3):
             use(lc)
             lc.unload()
-    events = lc.status()["events"]
+    events = lc.status().events
     assert len(events) == 3
     assert [e["kind"] for e in events] == ["unload", "load", "unload"]
     assert all(isinstance(e["time"], float) and e["ms"] >= 0 for e in events)
@@ -622,7 +640,7 @@ def test_fork_child_starts_unloaded_and_loads_its_own(mem: FakeMemory) -> None:
     if pid == 0:  # the child: report through the pipe, never return into pytest
         code = 1
         try:
-            status = lc.status()
+            status = lc.status().as_dict()
             child_model = use(lc)
             report = {
                 "state": status["state"],
@@ -687,7 +705,7 @@ def test_a_failing_memory_probe_never_strands_the_lifecycle(
     assert lc.unload() is True  # probes 3 and 4: around the unload
     assert state_of(lc) is State.UNLOADED
     use(lc)  # and it loads again
-    status = lc.status()
+    status = lc.status().as_dict()
     assert status["loads"] == 2 and status["unloads"] == 1
     if fail_on & {3, 4}:
         assert status["last_unload"]["returned_mb"] == 0.0  # not measured, not invented
@@ -721,9 +739,9 @@ def test_an_interrupted_unload_releases_the_callers_queued_behind_it(mem: FakeMe
     def queue_then_interrupt() -> None:
         # Once the unload waits for the busy call, a late caller queues behind it; then
         # Ctrl-C reaches the main thread, inside unload()'s wait.
-        assert wait_until(lambda: lc.status()["unload_waiting"] == 1)
+        assert wait_until(lambda: lc.status().unload_waiting == 1)
         late_caller.start()
-        assert wait_until(lambda: lc.status()["waiting"] == 1)
+        assert wait_until(lambda: lc.status().waiting == 1)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     helper = threading.Thread(target=queue_then_interrupt)

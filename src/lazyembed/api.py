@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any, overload
 
 from lazyembed._fork import after_fork_in_child
-from lazyembed.embedder import Embedder, FloatArray, KeepAlive
+from lazyembed.config import KeepAliveLike
+from lazyembed.embedder import Embedder, FloatArray
 
 _default: Embedder | None = None
 _default_lock = threading.Lock()  # guards creation of _default only
@@ -39,22 +40,22 @@ def get_default_embedder() -> Embedder:
 
 @overload
 def embed(  # type: ignore[overload-overlap]  # a str is also an Iterable[str]
-    texts: str, *, keep_alive: KeepAlive = None
+    texts: str, *, keep_alive: KeepAliveLike = None
 ) -> list[float]: ...
 
 
 @overload
-def embed(texts: Iterable[str], *, keep_alive: KeepAlive = None) -> list[list[float]]: ...
+def embed(texts: Iterable[str], *, keep_alive: KeepAliveLike = None) -> list[list[float]]: ...
 
 
 def embed(
-    texts: str | Iterable[str], *, keep_alive: KeepAlive = None
+    texts: str | Iterable[str], *, keep_alive: KeepAliveLike = None
 ) -> list[float] | list[list[float]]:
     """Embed one text (→ 384 floats) or a list of texts (→ a list of vectors)."""
     return get_default_embedder().embed(texts, keep_alive=keep_alive)
 
 
-def embed_numpy(texts: str | Iterable[str], *, keep_alive: KeepAlive = None) -> FloatArray:
+def embed_numpy(texts: str | Iterable[str], *, keep_alive: KeepAliveLike = None) -> FloatArray:
     """Embed texts into a float32 array of shape (n, 384)."""
     return get_default_embedder().embed_numpy(texts, keep_alive=keep_alive)
 
@@ -70,7 +71,7 @@ def get_memory_usage() -> dict[str, Any]:
     return get_default_embedder().get_memory_usage()
 
 
-def set_idle_timeout(value: float | int | str | None) -> None:
+def set_idle_timeout(value: KeepAliveLike) -> None:
     """Change the default Embedder's idle timeout ("30m", 90, 0, "never")."""
     get_default_embedder().set_idle_timeout(value)
 

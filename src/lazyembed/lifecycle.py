@@ -1,88 +1,17 @@
 """The lifecycle of one loaded thing: load on first use, unload when idle, never mid-call.
 
-States: UNLOADED → LOADING → LOADED → UNLOADING → UNLOADED. Knows nothing of ONNX: it
-holds whatever ``loader()`` returns (anything with ``close()``), so it is testable with a
-fake loader and a fake clock, and can later hold a worker process instead.
-
-Using the thing
-    ``with lifecycle.acquire(keep_alive=None) as thing:`` is the only way in. It counts
-    the call in flight. If UNLOADED, the first caller loads (outside the lock) and every
-    concurrent caller waits for that same load (single flight). A failed load leaves
-    UNLOADED and raises the same exception instance to the loading caller and to every
-    waiter of that load: lazyembed's own errors (ModelNotFoundError, ...) as they are,
-    anything else wrapped once in ModelLoadError (``__cause__`` = the original). The
-    next call tries again. Nobody ever receives None or a closed thing.
-
-Unloading
-    Every unload — explicit, idle, keep_alive, pressure — happens only at in_flight == 0.
-    ``unload()`` waits for calls in flight to finish; callers arriving meanwhile queue
-    behind it and then load again (callers that joined a load in progress count as in
-    flight from the moment they join, so that load serves them first). close() runs on
-    the unloaded object outside the lock, then ``release_memory()`` (gc + malloc_trim),
-    with RSS measured before and after. Calling ``unload()`` from inside an ``acquire()``
-    block of the same thread would wait for itself forever: don't.
-
-Keep-alive rule (leases; the longest live lease wins)
-    Every call, when it FINISHES, leaves a lease:
-      * keep_alive None   → refreshes the default lease, which expires at
-                            last_default_done + idle_timeout, evaluated against the
-                            CURRENT idle_timeout (so shortening it takes effect at once);
-                            with idle_timeout None ("never") it never expires, so
-                            it holds the model like a pin (another call's 0 cannot
-                            cut it; ``unload()`` can);
-      * keep_alive k ≥ 0  → an explicit lease expiring at done + k (0: expires at once);
-      * keep_alive < 0/inf → a pin: no deadline until an explicit unload.
-    The model unloads when every lease has expired and nothing is in flight, i.e. at
-    max(live lease expiries). One caller's 0 therefore never cuts another caller's 1h,
-    and a 0 unloads at once only when no other lease holds the model. Only the running
-    maximum of the explicit expiries needs storing. Every unload clears all leases.
-    Reason recorded: "keep_alive" if the latest-expiring lease was explicit, else "idle".
-
-The watcher
-    One daemon thread per Lifecycle, started at the first load, sleeping on a Condition
-    until the next deadline (or the next periodic check). Unloaded, in flight, pinned or
-    idle_timeout "never" → it waits with no timeout: zero wake-ups. Leases only grow, so
-    a watcher asleep towards a finite time is never late; a finishing call notifies it
-    only when it sleeps without timeout and a deadline now exists (set_idle_timeout
-    always notifies). A steady stream of calls costs one wake-up per idle period, not
-    one per call. It holds only a weak reference to the Lifecycle; when the Lifecycle is
-    garbage-collected the thread exits. ``poll()`` runs the same check synchronously
-    (tests with a fake clock build the Lifecycle with ``watcher=False`` and call it).
-    The optional ``periodic_check`` hook (e.g. memory pressure) runs every
-    ``check_interval`` seconds while LOADED and idle, on the same watcher; returning a
-    reason string unloads with that reason if nothing is in flight at that moment
-    (otherwise it is asked again next interval). It never runs while unloaded.
-
-Fork
-    In a forked child every Lifecycle starts UNLOADED with fresh locks and no watcher
-    (one starts at the next load); an object the parent had loaded is NOT closed — ONNX
-    Runtime sessions inherited across fork crash in pthread_join when destroyed — but
-    parked in the module-level ``_INHERITED`` list forever. A "fork" unload event is
-    recorded.
-
-Events (``status()["events"]``, a ring of ``max_events``, each also logged on "lazyembed")
-    kind "load" (reason "first_use" until the first success, then "reload"),
-    "load_failed" (plus "error"), "unload" (reason "explicit", "idle", "keep_alive",
-    "fork", or what ``periodic_check`` returned, e.g. "pressure"); with time (wall
-    clock), ms, and mb (RSS added by a load, returned by an unload).
-
-Locks (who holds what)
-    ``_lock`` (one threading.Lock per Lifecycle) guards every mutable field: state, the
-    loaded object, in_flight, unload_waiting, leases, idle_timeout, counters, events,
-    the watcher's bookkeeping. Two Conditions share it: ``_changed`` (state transitions;
-    in_flight reaching 0 while an unload waits) and ``_wake`` (the watcher's sleep).
-    Never held while calling ``loader()``, ``close()``, ``release_memory()``, the memory
-    probe, ``periodic_check`` or logging. Per call: one lock round trip in ``acquire``
-    and one in release, plus one clock() call at release.
-
-Memory figures are process RSS deltas (the injectable ``memory_probe``), so loads that
-overlap with other allocations in the process (another Lifecycle loading) blur them.
+States UNLOADED → LOADING → LOADED → UNLOADING → UNLOADED. It holds whatever
+``loader()`` returns (anything with ``close()``) and knows nothing of ONNX, so it is
+testable with a fake loader and a fake clock (tests/test_lifecycle.py is its
+specification). ``with lifecycle.acquire(keep_alive) as thing:`` is the only way in;
+loads are single-flight, unloads happen only at zero calls in flight, and the longest
+live keep-alive lease wins. docs/ARCHITECTURE.md ("Lifecycle") describes the states,
+the lease rule, the watcher thread, fork handling and who holds which lock.
 """
 
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import math
 import threading
@@ -94,19 +23,15 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
+from lazyembed.config.durations import KeepAlive
+from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
 from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
+from lazyembed.report import LifecycleStatus, State
 
 log = logging.getLogger("lazyembed")
 
 _INF = math.inf
 _NEG_INF = -math.inf
-
-
-class State(enum.Enum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
 
 
 class Closeable(Protocol):
@@ -127,18 +52,11 @@ def _after_fork_in_child() -> None:
         lifecycle._reset_after_fork()
 
 
-def normalize_timeout(seconds: float | None, *, key: str = "idle_timeout") -> float | None:
-    """None, negative or inf → None (never); NaN is an error; else float seconds."""
-    if seconds is None:
-        return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ConfigError(f"invalid {key}={seconds!r} from argument: expected seconds or None")
-    value = float(seconds)
-    if math.isnan(value):
-        raise ConfigError(f"invalid {key}={seconds!r} from argument: NaN is not a duration")
-    if value < 0 or value == _INF:
-        return None
-    return value
+def _idle_seconds(idle_timeout: KeepAlive) -> float | None:
+    """The private form of an idle timeout: seconds, or None for never."""
+    if idle_timeout.is_default:
+        raise ConfigError("idle_timeout cannot be 'default'; give a duration or 'never'")
+    return None if idle_timeout.is_forever else idle_timeout.seconds
 
 
 class _Attempt:
@@ -189,6 +107,8 @@ class _Call(Generic[T]):
     __slots__ = ("_keep_alive", "_lifecycle")
 
     def __init__(self, lifecycle: Lifecycle[T], keep_alive: float | None) -> None:
+        # Private encoding, inside this module only: None = the default lease,
+        # inf = a pin, else seconds (from the KeepAlive that acquire() was given).
         self._lifecycle = lifecycle
         self._keep_alive = keep_alive
 
@@ -220,14 +140,24 @@ class _Call(Generic[T]):
                 lease = now + keep_alive
                 if lease > lc._explicit_until:
                     lc._explicit_until = lease
-            if not lc._in_flight:
-                if lc._unload_waiting:
-                    lc._changed.notify_all()
-                elif lc._watch_until == _INF and lc._wake_target() < _INF:
+            if lc._in_flight:
+                return
+            if lc._unload_waiting:
+                lc._changed.notify_all()
+                return
+            if lc._state is _LOADED and lc._deadline()[0] <= now:
+                # Every lease has expired already (keep_alive=0, idle_timeout 0): unload
+                # before the call returns, so the caller never sees it still loaded.
+                reason = lc._deadline()[1]
+                lc._begin_unload_locked(reason)
+            else:
+                if lc._watch_until == _INF and lc._wake_target() < _INF:
                     # Leases only grow, so a watcher asleep towards a finite time is
                     # never late; one asleep without timeout (it planned while calls
                     # were in flight, or there was no deadline) must re-plan.
                     lc._wake.notify()
+                return
+        lc._finish_unload(reason)
 
 
 class Lifecycle(Generic[T]):
@@ -237,7 +167,7 @@ class Lifecycle(Generic[T]):
         self,
         loader: Callable[[], T],
         *,
-        idle_timeout: float | None = 1800.0,
+        idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT,
         max_events: int = 64,
         clock: Callable[[], float] = time.monotonic,
         memory_probe: Callable[[], int] = memory.process_rss_bytes,
@@ -270,7 +200,7 @@ class Lifecycle(Generic[T]):
         self._unload_waiting = 0  # unload() calls waiting; new callers queue behind them
         self._waiting = 0  # callers waiting for a load or an unload to finish
         self._attempt: _Attempt | None = None
-        self._idle_timeout = normalize_timeout(idle_timeout)
+        self._idle_timeout = _idle_seconds(idle_timeout)  # None = never
         self._last_done: float | None = None  # any call (for idle_seconds)
         self._default_done: float | None = None  # the default lease
         self._explicit_until = _NEG_INF  # latest explicit lease expiry
@@ -297,19 +227,12 @@ class Lifecycle(Generic[T]):
 
     # ---- using the thing ---------------------------------------------------------------
 
-    def acquire(self, keep_alive: float | None = None) -> _Call[T]:
-        """Context manager yielding the loaded thing; see the keep-alive rule above.
-
-        keep_alive: None = the idle timeout applies; seconds ≥ 0; negative or inf = pin.
-        """
-        if keep_alive is not None:
-            if keep_alive != keep_alive:
-                raise ConfigError(f"invalid keep_alive={keep_alive!r} from argument: NaN")
-            if keep_alive < 0:
-                keep_alive = _INF
-        else:
+    def acquire(self, keep_alive: KeepAlive = KeepAlive.DEFAULT) -> _Call[T]:
+        """Context manager yielding the loaded thing; see the keep-alive rule above."""
+        kind = keep_alive.kind
+        if kind == "default":
             return self._default_call
-        return _Call(self, keep_alive)
+        return _Call(self, _INF if kind == "forever" else keep_alive.seconds)
 
     def _enter_slow(self) -> T:
         joined: _Attempt | None = None
@@ -516,9 +439,9 @@ class Lifecycle(Generic[T]):
         self._finish_unload(reason)
         return True
 
-    def set_idle_timeout(self, seconds: float | None) -> None:
-        """Seconds (0 = unload after each call), or None/negative = never. Applies at once."""
-        value = normalize_timeout(seconds)
+    def set_idle_timeout(self, idle_timeout: KeepAlive) -> None:
+        """Seconds (0 = unload after each call) or FOREVER (never). Applies at once."""
+        value = _idle_seconds(idle_timeout)
         with self._lock:
             self._idle_timeout = value
             self._wake.notify()
@@ -533,8 +456,14 @@ class Lifecycle(Generic[T]):
             return self._obj if self._state is _LOADED else None
 
     @property
-    def idle_timeout(self) -> float | None:
-        return self._idle_timeout
+    def idle_timeout(self) -> KeepAlive:
+        seconds = self._idle_timeout
+        return KeepAlive.FOREVER if seconds is None else KeepAlive.after(seconds)
+
+    @property
+    def is_loaded(self) -> bool:
+        """Cheap (one attribute read, no lock): LOADED now. UNLOADING is not loaded."""
+        return self._state is _LOADED
 
     @property
     def state(self) -> State:
@@ -570,8 +499,8 @@ class Lifecycle(Generic[T]):
             thread.join(timeout=5.0)
         self.unload("explicit")
 
-    def status(self) -> dict[str, Any]:
-        """A snapshot of state, memory figures, leases, counters and recent events."""
+    def status(self, *, events: bool = True) -> LifecycleStatus:
+        """A consistent snapshot: state, memory, leases, counters, recent events."""
         with self._lock:
             now = self._clock()
             loaded = self._state is State.LOADED
@@ -583,29 +512,26 @@ class Lifecycle(Generic[T]):
             idle: float | None = None
             if self._last_done is not None:
                 idle = 0.0 if self._in_flight else max(0.0, now - self._last_done)
-            return {
-                "state": self._state.value,
-                "model_loaded": loaded,
-                "model_mb": round(self._model_mb, 2) if loaded else 0.0,
-                "idle_seconds": idle,
-                "idle_timeout_s": self._idle_timeout,
-                "unload_in_s": unload_in,
-                "pinned": self._pinned,
-                "in_flight": self._in_flight,
-                "waiting": self._waiting,
-                "unload_waiting": self._unload_waiting,
-                "loads": self._loads,
-                "unloads": self._unloads,
-                "load_failures": self._load_failures,
-                "loads_by_reason": dict(self._by_reason["load"]),
-                "unloads_by_reason": dict(self._by_reason["unload"]),
-                "last_load_ms": None
-                if self._last_load_ms is None
-                else round(self._last_load_ms, 2),
-                "last_unload": None if self._last_unload is None else dict(self._last_unload),
-                "watcher_wakeups": self._wakeups,
-                "events": [dict(e) for e in self._events],
-            }
+            return LifecycleStatus(
+                state=self._state,
+                model_mb=round(self._model_mb, 2) if loaded else 0.0,
+                idle_seconds=idle,
+                idle_timeout=self.idle_timeout,
+                unload_in_s=unload_in,
+                pinned=self._pinned,
+                in_flight=self._in_flight,
+                waiting=self._waiting,
+                unload_waiting=self._unload_waiting,
+                loads=self._loads,
+                unloads=self._unloads,
+                load_failures=self._load_failures,
+                loads_by_reason=dict(self._by_reason["load"]),
+                unloads_by_reason=dict(self._by_reason["unload"]),
+                last_load_ms=None if self._last_load_ms is None else round(self._last_load_ms, 2),
+                last_unload=None if self._last_unload is None else dict(self._last_unload),
+                watcher_wakeups=self._wakeups,
+                events=tuple(dict(e) for e in self._events) if events else (),
+            )
 
     # ---- deadlines and the watcher -----------------------------------------------------
 

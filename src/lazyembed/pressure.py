@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyembed import memory
+from lazyembed.config.settings import PressureSettings
 
 __all__ = [
     "PressureMonitor",
@@ -275,6 +276,9 @@ def _log_off_once() -> None:
     )
 
 
+_DEFAULTS = PressureSettings()  # the defaults live in the settings, once
+
+
 class PressureMonitor:
     """The watcher's ``periodic_check``: returns "pressure" or None (see the module doc).
 
@@ -288,9 +292,9 @@ class PressureMonitor:
     def __init__(
         self,
         *,
-        psi_avg10: float | None = 10.0,
-        min_available_mb: float | None = 256.0,
-        cgroup_fraction: float | None = 0.95,
+        psi_avg10: float | None = _DEFAULTS.psi_avg10,
+        min_available_mb: float | None = _DEFAULTS.min_available_mb,
+        cgroup_fraction: float | None = _DEFAULTS.cgroup_fraction,
         sources: PressureSources | None = None,
     ) -> None:
         self.psi_avg10 = psi_avg10
@@ -307,13 +311,13 @@ class PressureMonitor:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, sources: PressureSources | None = None
+        cls, settings: PressureSettings, sources: PressureSources | None = None
     ) -> PressureMonitor:
-        """Build from a Settings-like object (``pressure_psi_avg10``, ...)."""
+        """Build from the pressure group of the settings."""
         return cls(
-            psi_avg10=getattr(settings, "pressure_psi_avg10", 10.0),
-            min_available_mb=getattr(settings, "pressure_min_available_mb", 256.0),
-            cgroup_fraction=getattr(settings, "pressure_cgroup_fraction", 0.95),
+            psi_avg10=settings.psi_avg10,
+            min_available_mb=settings.min_available_mb,
+            cgroup_fraction=settings.cgroup_fraction,
             sources=sources,
         )
 

@@ -1,29 +1,12 @@
-"""All settings of lazyembed in one frozen `Settings`, and the duration parser.
+"""Every setting of lazyembed, grouped by concern, each default defined once.
 
 Precedence, lowest to highest: defaults ← TOML file ← ``LAZYEMBED_<KEY>`` environment ←
-keyword arguments of `load_settings` (``None`` there means "not given").
-
-The file is ``$LAZYEMBED_CONFIG`` if set (then it must exist), else
-``platformdirs.user_config_dir("lazyembed")/config.toml`` (a missing default file is fine).
-It holds top-level keys named like the fields below, e.g.::
-
-    idle_timeout = "10m"
-    variant = "int8"
-    pressure_unload = true
-
-Every invalid value raises `ConfigError` naming the key, the value and its source
-("argument", "env LAZYEMBED_IDLE_TIMEOUT", "file /path/config.toml"). Unknown keys in the
-file or the arguments are errors too (a typo should not be silently ignored); unknown
-``LAZYEMBED_*`` environment variables are only logged, because the environment is shared
-with other tools. An environment variable set to the empty string counts as not set.
-
-Durations (`parse_duration`): a number of seconds, or a string such as "90s", "30m",
-"1h30m", "500ms", "2d"; "0" is zero. "Never" is spelled "never", "inf", "infinity",
-"forever", any negative number or duration ("-1", "-5m"), or the float ``math.inf`` —
-the setting then holds ``None``. Rejected: NaN, booleans, empty strings, unknown units
-("-5x"), and anything longer than one year (surely a unit mistake). Per-call keep-alive
-uses `parse_keep_alive`, which maps "never"/negative to ``math.inf`` (= pin) so that
-``None`` can keep meaning "not given, use the idle timeout".
+keyword arguments of `load_settings` (``None`` there means "not given"). Keys are flat
+names (``idle_timeout``, ``cache_memory_mb``, ``port``); a TOML file may also group them
+in tables named after the groups (``[cache] memory_mb = 64``). `KEYS` is the table of
+every key: its group, its field and its parser. Renamed keys keep working with a
+`DeprecationWarning` (`RENAMED`). Every invalid value raises `ConfigError` naming the
+key, the value and its source.
 """
 
 from __future__ import annotations
@@ -32,8 +15,8 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +24,7 @@ from typing import Any, Literal
 
 import platformdirs
 
+from lazyembed.config.durations import KeepAlive, parse_duration, parse_positive_seconds
 from lazyembed.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -53,13 +37,12 @@ log = logging.getLogger("lazyembed")
 APP_NAME = "lazyembed"
 ENV_PREFIX = "LAZYEMBED_"
 CONFIG_ENV = "LAZYEMBED_CONFIG"
-MAX_DURATION_S = 365 * 24 * 3600.0  # one year: anything longer is a unit mistake
 
 Variant = Literal["fp32", "int8"]
 Isolation = Literal["none", "process"]
 
 
-def _default_cache_dir() -> Path:
+def _default_model_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / APP_NAME
@@ -74,110 +57,97 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting of the project; build it with `load_settings`, not directly."""
+DEFAULT_IDLE_TIMEOUT = KeepAlive.after(1800.0)
 
-    model: str | None = None
-    cache_dir: Path = field(default_factory=_default_cache_dir)
-    allow_download: bool = False
-    variant: Variant = "fp32"
-    batch_size: int = 32
-    intra_op_threads: int | None = None  # None → CPUs this process may run on
-    idle_timeout: float | None = 1800.0  # seconds; None = never unload when idle
-    max_events: int = 64
-    cache_memory_mb: float = 32.0  # 0 disables the in-memory LRU
-    cache_persistent: bool = False
-    cache_path: Path | None = None  # None → default_cache_path()
-    cache_max_mb: float = 512.0
-    pressure_unload: bool = False
-    pressure_check_interval: float = 5.0
-    pressure_psi_avg10: float = 10.0
-    pressure_min_available_mb: float = 256.0
-    pressure_cgroup_fraction: float = 0.95
-    isolation: Isolation = "none"
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The embedding cache (vectors by text), not the converted-model cache."""
+
+    memory_mb: float = 32.0  # 0 disables the in-memory LRU
+    persistent: bool = False
+    path: Path | None = None  # None → default_cache_path()
+    max_mb: float = 512.0
+
+
+@dataclass(frozen=True)
+class PressureSettings:
+    """Unloading the model when the machine runs short of memory (off by default)."""
+
+    unload: bool = False
+    check_interval: float = 5.0
+    psi_avg10: float = 10.0
+    min_available_mb: float = 256.0
+    cgroup_fraction: float = 0.95
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`lazyembed serve` and the CLI's client commands."""
+
     host: str = "127.0.0.1"
     port: int = 11435
+    url: str | None = None  # where client commands find a server; None → http://host:port
     api_key: str | None = None
     max_inputs_per_request: int = 2048
     max_chars_per_input: int = 100_000
     max_body_bytes: int = 16 * 2**20
     batch_wait_ms: float = 2.0
-    batch_max_size: int = 64
+    batch_max_inputs: int = 64
     batch_max_tokens: int = 16384
+    graceful_timeout: float = 30.0
+
+    @property
+    def client_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
 
 
-# ---- durations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the project; build it with `load_settings`, not directly."""
 
-_NEVER_WORDS = frozenset({"never", "inf", "+inf", "infinity", "forever"})
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_RE = re.compile(rf"([+-]?)((?:{_NUMBER}(?:ms|s|m|h|d))+)")
-_PART_RE = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
-
-
-def _fail(key: str, value: object, source: str, why: str) -> ConfigError:
-    return ConfigError(f"invalid {key}={value!r} from {source}: {why}")
-
-
-def _duration_seconds(value: object, key: str, source: str) -> float:
-    """Seconds, with ``math.inf`` for never (negative or a never-word)."""
-    if isinstance(value, bool):
-        raise _fail(key, value, source, "expected a duration, not a boolean")
-    if isinstance(value, (int, float)):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int beyond any float
-            raise _fail(key, value, source, "absurdly large; use 'never' for no timeout") from None
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        if text in _NEVER_WORDS:
-            return math.inf
-        try:
-            seconds = float(text)
-        except ValueError:
-            match = _DURATION_RE.fullmatch(text)
-            if match is None:
-                raise _fail(
-                    key, value, source, 'expected seconds or a duration like "90s", "30m", "1h"'
-                ) from None
-            total = sum(
-                float(n) * _UNIT_SECONDS[unit] for n, unit in _PART_RE.findall(match.group(2))
-            )
-            seconds = -total if match.group(1) == "-" else total
-        if seconds == math.inf:  # digits beyond any float: a typo, not "never"
-            raise _fail(key, value, source, "absurdly large; use 'never' for no timeout")
-    else:
-        raise _fail(key, value, source, f"expected a duration, not {type(value).__name__}")
-    if math.isnan(seconds):
-        raise _fail(key, value, source, "NaN is not a duration")
-    if seconds < 0 or seconds == math.inf:
-        return math.inf
-    if seconds > MAX_DURATION_S:
-        raise _fail(key, value, source, "longer than one year; use 'never' for no timeout")
-    return seconds
+    model: str | None = None
+    model_cache_dir: Path = field(default_factory=_default_model_cache_dir)
+    allow_download: bool = False
+    variant: Variant = "fp32"
+    encode_batch_size: int = 32  # texts per ONNX run
+    intra_op_threads: int | None = None  # None → CPUs this process may run on
+    idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT
+    max_events: int = 64
+    isolation: Isolation = "none"
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    pressure: PressureSettings = field(default_factory=PressureSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
-def parse_duration(value: object, *, key: str, source: str) -> float | None:
-    """Seconds ≥ 0, or None for never (negative, "never", "inf"). See the module docstring."""
-    seconds = _duration_seconds(value, key, source)
-    return None if seconds == math.inf else seconds
+def _deprecated_flat_name(self: Settings, name: str) -> Any:
+    """Old flat names (``settings.cache_memory_mb``, ``settings.host``) still read, with
+    a DeprecationWarning. Attached after the class so that mypy keeps checking our code."""
+    key = RENAMED.get(name, name)
+    spec = KEYS.get(key)
+    if spec is None or (spec.group is None and key == name):
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    warnings.warn(
+        f"Settings.{name} is deprecated; use Settings.{spec.path}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return spec.read(self)
 
 
-def parse_keep_alive(
-    value: object, *, key: str = "keep_alive", source: str = "argument"
-) -> float | None:
-    """A per-call keep-alive for `Lifecycle.acquire`: None = not given (the idle timeout
-    applies), 0 = unload after the call, seconds > 0, or ``math.inf`` = pin (negative or
-    "never")."""
-    if value is None:
-        return None
-    return _duration_seconds(value, key, source)
+Settings.__getattr__ = _deprecated_flat_name  # type: ignore[attr-defined]
 
 
 # ---- field parsers --------------------------------------------------------------------
 
 Parser = Callable[[object, str, str], Any]
+
+
+def _fail(key: str, value: object, source: str, why: str) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"invalid {key}={shown} from {source}: {why}")
 
 
 def _parse_bool(value: object, key: str, source: str) -> bool:
@@ -268,6 +238,21 @@ def _string(*, empty_ok: bool) -> Parser:
     return parse
 
 
+def _secret(value: object, key: str, source: str) -> str:
+    """A key compared byte for byte: surrounding whitespace is surely a paste mistake."""
+    text = _string(empty_ok=False)(value, key, source)
+    if text != text.strip():
+        raise _fail(key, "<hidden>", source, "has leading or trailing whitespace")
+    return str(text)
+
+
+def _url(value: object, key: str, source: str) -> str:
+    text = str(_string(empty_ok=False)(value, key, source)).strip().rstrip("/")
+    if not text.startswith(("http://", "https://")):
+        raise _fail(key, value, source, "expected an http:// or https:// URL")
+    return text
+
+
 def _path(value: object, key: str, source: str) -> Path:
     if isinstance(value, Path):
         return value.expanduser()
@@ -276,58 +261,139 @@ def _path(value: object, key: str, source: str) -> Path:
     raise _fail(key, value, source, "expected a path")
 
 
-def _idle_timeout(value: object, key: str, source: str) -> float | None:
+def _duration(value: object, key: str, source: str) -> KeepAlive:
     return parse_duration(value, key=key, source=source)
 
 
-def _positive_duration(value: object, key: str, source: str) -> float:
-    seconds = parse_duration(value, key=key, source=source)
-    if seconds is None or seconds <= 0:
-        raise _fail(key, value, source, "must be a positive duration")
-    return seconds
+def _positive_seconds(value: object, key: str, source: str) -> float:
+    return parse_positive_seconds(value, key=key, source=source)
 
 
-_PARSERS: dict[str, Parser] = {
-    "model": _string(empty_ok=False),
-    "cache_dir": _path,
-    "allow_download": _parse_bool,
-    "variant": _choice("fp32", "int8"),
-    "batch_size": _int(1, 4096),
-    "intra_op_threads": _int(1, 1024, optional="auto"),
-    "idle_timeout": _idle_timeout,
-    "max_events": _int(1, 100_000),
-    "cache_memory_mb": _float(0.0),
-    "cache_persistent": _parse_bool,
-    "cache_path": _path,
-    "cache_max_mb": _float(0.0, lo_open=True),  # the store is always bounded
-    "pressure_unload": _parse_bool,
-    "pressure_check_interval": _positive_duration,
-    "pressure_psi_avg10": _float(0.0, 100.0, lo_open=True),  # 0 would mean always
-    "pressure_min_available_mb": _float(0.0),
-    "pressure_cgroup_fraction": _float(0.0, 1.0, lo_open=True),
-    "isolation": _choice("none", "process"),
-    "host": _string(empty_ok=False),
-    "port": _int(1, 65535),
-    "api_key": _string(empty_ok=False),
-    "max_inputs_per_request": _int(1),
-    "max_chars_per_input": _int(1),
-    "max_body_bytes": _int(1),
-    "batch_wait_ms": _float(0.0, 60_000.0),
-    "batch_max_size": _int(1),
-    "batch_max_tokens": _int(1),
+# ---- the key table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    """One flat setting key: which group and field it fills, and how it is parsed."""
+
+    name: str
+    group: str | None  # None = a top-level field of Settings
+    field: str
+    parse: Parser
+
+    @property
+    def path(self) -> str:
+        return self.field if self.group is None else f"{self.group}.{self.field}"
+
+    def read(self, settings: Settings) -> Any:
+        holder = settings if self.group is None else getattr(settings, self.group)
+        return getattr(holder, self.field)
+
+
+def _keys() -> dict[str, Key]:
+    top: dict[str, Parser] = {
+        "model": _string(empty_ok=False),
+        "model_cache_dir": _path,
+        "allow_download": _parse_bool,
+        "variant": _choice("fp32", "int8"),
+        "encode_batch_size": _int(1, 4096),
+        "intra_op_threads": _int(1, 1024, optional="auto"),
+        "idle_timeout": _duration,
+        "max_events": _int(1, 100_000),
+        "isolation": _choice("none", "process"),
+    }
+    grouped: dict[str, dict[str, tuple[str, Parser]]] = {
+        "cache": {
+            "cache_memory_mb": ("memory_mb", _float(0.0)),
+            "cache_persistent": ("persistent", _parse_bool),
+            "cache_path": ("path", _path),
+            "cache_max_mb": ("max_mb", _float(0.0, lo_open=True)),  # always bounded
+        },
+        "pressure": {
+            "pressure_unload": ("unload", _parse_bool),
+            "pressure_check_interval": ("check_interval", _positive_seconds),
+            "pressure_psi_avg10": ("psi_avg10", _float(0.0, 100.0, lo_open=True)),
+            "pressure_min_available_mb": ("min_available_mb", _float(0.0)),
+            "pressure_cgroup_fraction": ("cgroup_fraction", _float(0.0, 1.0, lo_open=True)),
+        },
+        "server": {
+            "host": ("host", _string(empty_ok=False)),
+            "port": ("port", _int(1, 65535)),
+            "url": ("url", _url),
+            "api_key": ("api_key", _secret),
+            "max_inputs_per_request": ("max_inputs_per_request", _int(1)),
+            "max_chars_per_input": ("max_chars_per_input", _int(1)),
+            "max_body_bytes": ("max_body_bytes", _int(1)),
+            "server_batch_wait_ms": ("batch_wait_ms", _float(0.0, 60_000.0)),
+            "server_batch_max_inputs": ("batch_max_inputs", _int(1)),
+            "server_batch_max_tokens": ("batch_max_tokens", _int(1)),
+            "graceful_timeout": ("graceful_timeout", _positive_seconds),
+        },
+    }
+    table = {name: Key(name, None, name, parse) for name, parse in top.items()}
+    for group, members in grouped.items():
+        for name, (field_name, parse) in members.items():
+            table[name] = Key(name, group, field_name, parse)
+    return table
+
+
+KEYS: dict[str, Key] = _keys()
+
+#: Old key → new key. The old one still works, with a DeprecationWarning.
+RENAMED: dict[str, str] = {
+    "cache_dir": "model_cache_dir",
+    "batch_size": "encode_batch_size",
+    "batch_wait_ms": "server_batch_wait_ms",
+    "batch_max_size": "server_batch_max_inputs",
+    "batch_max_tokens": "server_batch_max_tokens",
 }
-_FIELDS = {f.name for f in dataclasses.fields(Settings)}
-assert set(_PARSERS) == _FIELDS, "every Settings field needs a parser"
+_GROUPS = {"cache": CacheSettings, "pressure": PressureSettings, "server": ServerSettings}
+
+
+def _check_table() -> None:
+    expected = {f.name for f in dataclasses.fields(Settings) if f.name not in _GROUPS}
+    for group, cls in _GROUPS.items():
+        expected |= {f"{group}.{f.name}" for f in dataclasses.fields(cls)}
+    assert {k.path for k in KEYS.values()} == expected, "every setting needs one key"
+
+
+_check_table()
 
 
 def _apply(values: dict[str, Any], raw: Mapping[str, object], source: str) -> None:
-    for key, value in raw.items():
-        parser = _PARSERS.get(key)
-        if parser is None:
+    for name, value in raw.items():
+        key = KEYS.get(name)
+        if key is None and name in RENAMED:
+            new = RENAMED[name]
+            message = f"setting {name!r} (from {source}) is deprecated; use {new!r}"
+            if source == "argument":  # a developer's call: the usual Python warning
+                warnings.warn(message, DeprecationWarning, stacklevel=4)
+            else:  # a user's file or environment: DeprecationWarning would be hidden
+                log.warning("%s", message)
+            key = KEYS[new]
+        if key is None:
             raise ConfigError(
-                f"unknown setting {key!r} from {source}; known: {', '.join(sorted(_PARSERS))}"
+                f"unknown setting {name!r} from {source}; known: {', '.join(sorted(KEYS))}"
             )
-        values[key] = parser(value, key, source)
+        values[key.name] = key.parse(value, key.name, source)
+
+
+def _flatten_file(data: dict[str, object], source: str) -> dict[str, object]:
+    """Top-level keys as they are; ``[cache] memory_mb`` tables → ``cache_memory_mb``."""
+    flat: dict[str, object] = {}
+    for name, value in data.items():
+        if name in _GROUPS and isinstance(value, dict):
+            for member, inner in value.items():
+                key = next(
+                    (k.name for k in KEYS.values() if k.group == name and k.field == member),
+                    None,
+                )
+                if key is None:
+                    raise ConfigError(f"unknown setting {member!r} in table [{name}] from {source}")
+                flat[key] = inner
+        else:
+            flat[name] = value
+    return flat
 
 
 def _read_file(path: Path) -> dict[str, object]:
@@ -337,9 +403,13 @@ def _read_file(path: Path) -> dict[str, object]:
             data: dict[str, object] = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {source}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source} is not UTF-8 text (TOML must be): {exc.reason}") from exc
+    except IsADirectoryError:
+        raise ConfigError(f"{source} is a directory, not a config file") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc}") from exc
-    return data
+        raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    return _flatten_file(data, source)
 
 
 def config_file() -> tuple[Path, bool]:
@@ -350,26 +420,40 @@ def config_file() -> tuple[Path, bool]:
     return default_config_file(), False
 
 
+def _build(values: Mapping[str, Any]) -> Settings:
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    for name, value in values.items():
+        key = KEYS[name]
+        if key.group is None:
+            top[key.field] = value
+        else:
+            groups[key.group][key.field] = value
+    if groups["cache"].get("path") is None:
+        groups["cache"]["path"] = default_cache_path()
+    for name, cls in _GROUPS.items():
+        top[name] = cls(**groups[name])
+    return Settings(**top)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Defaults ← TOML file ← LAZYEMBED_* env ← keyword arguments (None = not given)."""
     values: dict[str, Any] = {}
     path, required = config_file()
+    if required and not path.exists():
+        raise ConfigError(f"{CONFIG_ENV}={str(path)!r}: no such config file")
     if required or path.is_file():
-        if required and not path.is_file():
-            raise ConfigError(f"{CONFIG_ENV}={str(path)!r}: no such config file")
         _apply(values, _read_file(path), f"file {path}")
     for name, raw in sorted(os.environ.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or raw == "":
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if key in _PARSERS:
+        if key in KEYS or key in RENAMED:
             _apply(values, {key: raw}, f"env {name}")
         else:
             log.warning("ignoring unknown environment variable %s", name)
     _apply(values, {k: v for k, v in overrides.items() if v is not None}, "argument")
-    if values.get("cache_path") is None:
-        values["cache_path"] = default_cache_path()
-    return Settings(**values)
+    return _build(values)
 
 
 def effective_threads(settings: Settings) -> int:
@@ -383,4 +467,4 @@ def effective_threads(settings: Settings) -> int:
 
 def effective_cache_path(settings: Settings) -> Path:
     """The SQLite cache file (settings built without `load_settings` may hold None)."""
-    return settings.cache_path or default_cache_path()
+    return settings.cache.path or default_cache_path()
