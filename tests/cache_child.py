@@ -1,4 +1,4 @@
-"""Child process for tests/test_cache.py: writes to a cache store and reports as it goes.
+"""Child process of the cache tests: writes to a cache store and reports as it goes.
 
 Usage: python cache_child.py PATH FINGERPRINT PREFIX COUNT SHARED BATCH [--forever]
 
