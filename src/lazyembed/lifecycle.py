@@ -27,6 +27,7 @@ from lazyembed.config.durations import KeepAlive
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
 from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
 from lazyembed.report import LifecycleStatus, State
+from lazyembed.watcher import Shared, on_collected, watch
 
 log = logging.getLogger("lazyembed")
 
@@ -67,33 +68,6 @@ class _Attempt:
     def __init__(self) -> None:
         self.done = False
         self.error: BaseException | None = None
-
-
-class _Shared:
-    """What the watcher thread and the GC finalizer need, without a ref to the Lifecycle."""
-
-    __slots__ = ("changed", "dead", "generation", "lock", "wake")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-        self.wake = threading.Condition(self.lock)
-        self.generation = 0  # a watcher whose generation differs exits
-        self.dead = False  # the Lifecycle was garbage-collected
-
-
-def _on_collected(shared: _Shared) -> None:
-    """Finalizer: tell the watcher its Lifecycle is gone.
-
-    Non-blocking: if the lock is held, its holder is the watcher itself dropping the
-    last reference, and it checks ``dead`` before it sleeps.
-    """
-    shared.dead = True
-    if shared.lock.acquire(blocking=False):
-        try:
-            shared.wake.notify_all()
-        finally:
-            shared.lock.release()
 
 
 class _Call(Generic[T]):
@@ -188,7 +162,7 @@ class Lifecycle(Generic[T]):
         self._check_interval = float(check_interval)
         self.name = name
 
-        self._shared = _Shared()
+        self._shared = Shared()
         self._lock = self._shared.lock
         self._changed = self._shared.changed
         self._wake = self._shared.wake
@@ -223,7 +197,7 @@ class Lifecycle(Generic[T]):
 
         self._default_call: _Call[T] = _Call(self, None)
         _LIVE.add(self)
-        weakref.finalize(self, _on_collected, self._shared)
+        weakref.finalize(self, on_collected, self._shared)
 
     # ---- using the thing ---------------------------------------------------------------
 
@@ -588,7 +562,7 @@ class Lifecycle(Generic[T]):
 
     def _new_watcher(self) -> threading.Thread:
         return threading.Thread(
-            target=_watch,
+            target=watch,
             args=(weakref.ref(self), self._shared, self._shared.generation),
             name=f"lazyembed-watcher-{self.name}",
             daemon=True,
@@ -630,43 +604,3 @@ class Lifecycle(Generic[T]):
             }
             self._record("unload", "fork", 0.0, 0.0)
             log.info("%s: forked child starts unloaded (parent's copy left untouched)", self.name)
-
-
-def _watch(ref: weakref.ref[Lifecycle[Any]], shared: _Shared, generation: int) -> None:
-    """The watcher thread: sleep until the next deadline, act, repeat.
-
-    Holds a strong reference to the Lifecycle only while deciding or acting, never while
-    sleeping, so an abandoned Lifecycle can be collected (and this thread then exits).
-    """
-    try:
-        while True:
-            lifecycle = ref()
-            if lifecycle is None or shared.generation != generation:
-                return
-            with lifecycle._lock:
-                now = lifecycle._clock()
-                action, reason = lifecycle._plan_locked(now)
-                if action == "unload":
-                    lifecycle._begin_unload_locked(reason)
-                elif action == "wait":
-                    until = lifecycle._wake_target()
-                    lifecycle._watch_until = until
-                    timeout = None if until == _INF else max(0.0, until - now)
-                    wake = lifecycle._wake
-                    del lifecycle  # may run the finalizer here (it then only sets dead)
-                    if shared.dead or shared.generation != generation:
-                        return
-                    wake.wait(timeout)
-                    lifecycle = ref()
-                    if lifecycle is None:
-                        return
-                    lifecycle._watch_until = _NEG_INF
-                    lifecycle._wakeups += 1
-                    continue
-            if action == "unload":
-                lifecycle._finish_unload(reason)
-            else:
-                lifecycle._run_check()
-            del lifecycle
-    except Exception:  # pragma: no cover - a bug; the next load starts a new watcher
-        log.exception("lazyembed lifecycle watcher died")
