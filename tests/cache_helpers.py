@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,11 @@ from cache_child import DIM
 from lazyembed.cache import SCHEMA_VERSION, EmbeddingCache
 
 CHILD = Path(__file__).with_name("cache_child.py")
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    """Run cache_child.py with `args` (see its docstring), its stdout a text pipe."""
+    return subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, text=True)
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:

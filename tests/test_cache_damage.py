@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import warnings
 from pathlib import Path
 
 import pytest
 
-from cache_helpers import assert_same, integrity, texts, vectors
+import lazyembed.cache.sqlite_store as store_module
+from cache_child import vector_for
+from cache_helpers import (
+    MalformedOnDemand,
+    assert_same,
+    integrity,
+    malformed_on_demand_connect,
+    spawn,
+    texts,
+    vectors,
+)
 from lazyembed.cache import CacheWarning, EmbeddingCache
 
 
@@ -148,3 +159,67 @@ def test_healthy_store_shrunk_or_shared_is_never_taken_for_damaged(tmp_path: Pat
         assert all(v is not None for v in mine.get_many([*texts(20, "mine"), "after"]))
     assert mine.stats()["moved_aside"] == [] and theirs.stats()["moved_aside"] == []
     assert sorted(p.name for p in tmp_path.iterdir() if ".db." in p.name) == []
+
+
+def test_store_damaged_again_and_again_degrades_after_a_few_rebuilds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that keeps corrupting files: a bounded number of files moved aside."""
+    monkeypatch.setattr(store_module, "_connect", malformed_on_demand_connect)
+    monkeypatch.setattr(MalformedOnDemand, "broken", True)
+    path = tmp_path / "c.db"
+    cache = EmbeddingCache("fp", memory_bytes=1 << 20, sqlite_path=path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for round_ in range(6):
+            assert cache.get_many([f"t-{round_}"]) == [None]  # never raises
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4 and all("malformed" in m for m in messages)
+    assert "memory only" in messages[-1]
+    stats = cache.stats()
+    assert stats["degraded"] is True and len(stats["moved_aside"]) == 3
+    cache.put_many(["a"], vectors(1))
+    assert_same(cache.get_many(["a"])[0], vectors(1)[0])  # memory still serves
+
+
+def test_another_process_keeps_every_entry_put_after_the_file_was_deleted(
+    tmp_path: Path,
+) -> None:
+    """A writing process whose store is deleted under it: from its first write to the new
+    file on, every entry it reported committed is there (then SIGKILL, mid-write)."""
+    path = tmp_path / "c.db"
+    child = spawn(str(path), "fp", "k", "0", "0", "5", "--forever")
+    assert child.stdout is not None
+    committed: list[str] = []
+    reader: EmbeddingCache | None = None
+    lines_after = -1  # lines read since one was seen in the new file
+    try:
+        for line in child.stdout:
+            batch = line.split()[1:]
+            committed += batch
+            if len(committed) == 5 * 10:
+                os.unlink(path)
+            elif len(committed) > 5 * 10 and lines_after < 0:
+                if reader is None and path.exists():
+                    reader = EmbeddingCache("fp", memory_bytes=0, sqlite_path=path)
+                if reader is not None and all(v is not None for v in reader.get_many(batch)):
+                    lines_after = 0
+            elif lines_after >= 0:
+                lines_after += 1
+            if lines_after >= 10 or len(committed) > 5 * 5000:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+        child.stdout.close()
+        child.wait(timeout=30)
+    assert lines_after >= 10, "the child never wrote to a new file"
+    for line in rest.splitlines():
+        if line.startswith("done "):
+            committed += line.split()[1:]
+    assert integrity(path) == "ok"
+    got = new_process_view(path).get_many(committed)
+    first = next(i for i, vector in enumerate(got) if vector is not None)
+    assert first >= 5 * 10  # what was put before the deletion went with the file
+    for text, vector in zip(committed[first:], got[first:], strict=True):
+        assert_same(vector, vector_for(text))

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import warnings
 import weakref
@@ -19,20 +17,16 @@ import pytest
 import lazyembed.cache.sqlite_store as store_module
 from cache_child import vector_for
 from cache_helpers import (
-    CHILD,
     WeakReferable,
     assert_same,
     is_open,
+    spawn,
     texts,
     vectors,
     weak_referable_connect,
 )
 from lazyembed.cache import EmbeddingCache
 from lazyembed.cache.sqlite_store import SQLiteStore
-
-
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, text=True)
 
 
 def test_two_processes_write_the_same_store(tmp_path: Path) -> None:
