@@ -21,7 +21,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lazyembed import Embedder
+from lazyembed.config import KeepAlive, ServerSettings
 from lazyembed.errors import ClientDisconnectedError, InvalidInputError, ModelLoadError
+from lazyembed.report import LifecycleStatus, MemoryReport, State
 from lazyembed.server import Batcher, InputTooLongError, create_app
 from lazyembed.server.app import begin_shutdown
 from lazyembed.server.batcher import BatcherClosedError
@@ -81,8 +83,8 @@ class FakeEmbedder:
     def __init__(self, max_tokens: int = 256) -> None:
         self.settings = SimpleNamespace()
         self.max_tokens = max_tokens
-        self.calls: list[tuple[list[str], float | None]] = []
-        self.warmups: list[float | None] = []
+        self.calls: list[tuple[list[str], KeepAlive]] = []
+        self.warmups: list[KeepAlive] = []
         self.loaded = False
         self.loads = 0
         self.gate: threading.Event | None = None
@@ -100,7 +102,7 @@ class FakeEmbedder:
         normalized: np.ndarray = vector / np.linalg.norm(vector)
         return normalized
 
-    def embed_numpy(self, texts: list[str], *, keep_alive: float | None = None) -> np.ndarray:
+    def embed_numpy(self, texts: list[str], *, keep_alive: KeepAlive) -> np.ndarray:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
@@ -117,7 +119,7 @@ class FakeEmbedder:
         cap = self.max_tokens if truncate else self.max_tokens + 1
         return [min(len(t.split()) + 2, cap) for t in texts]
 
-    def warmup(self, *, keep_alive: float | None = None) -> None:
+    def warmup(self, *, keep_alive: KeepAlive) -> None:
         self.warmups.append(keep_alive)
         if not self.loaded:
             self.loaded, self.loads = True, self.loads + 1
@@ -126,15 +128,51 @@ class FakeEmbedder:
         was, self.loaded = self.loaded, False
         return was
 
-    def get_memory_usage(self) -> dict[str, Any]:
-        return {"state": "loaded" if self.loaded else "unloaded", "model_loaded": self.loaded,
-                "loads": self.loads, "last_load_ms": 1.0}  # fmt: skip
+    def memory_report(self, *, events: bool = True) -> MemoryReport:
+        return fake_report(self.loaded, self.loads)
 
     def get_embedding_dimension(self) -> int:
         return 384
 
     def get_max_tokens(self) -> int:
         return self.max_tokens
+
+
+def fake_report(loaded: bool, loads: int) -> MemoryReport:
+    """A typed memory report with the figures a fake has (the rest zero)."""
+    status = LifecycleStatus(
+        state=State.LOADED if loaded else State.UNLOADED,
+        model_mb=1.0 if loaded else 0.0,
+        idle_seconds=None,
+        idle_timeout=KeepAlive.FOREVER,
+        unload_in_s=None,
+        pinned=False,
+        in_flight=0,
+        waiting=0,
+        unload_waiting=0,
+        loads=loads,
+        unloads=0,
+        load_failures=0,
+        loads_by_reason={"first_use": loads} if loads else {},
+        unloads_by_reason={},
+        last_load_ms=1.0,
+        last_unload=None,
+        watcher_wakeups=0,
+        events=(),
+    )
+    return MemoryReport(SERVED, status, status.model_mb, 100.0, None, "none")
+
+
+def make_batcher(embedder: Any, **knobs: Any) -> Batcher:
+    """A batcher with the server's default knobs (from ServerSettings) unless given."""
+    defaults = ServerSettings()
+    options: dict[str, Any] = {
+        "max_inputs": defaults.batch_max_inputs,
+        "max_tokens": defaults.batch_max_tokens,
+        "wait_ms": defaults.batch_wait_ms,
+    }
+    options.update(knobs)
+    return Batcher(embedder, **options)
 
 
 def run(coro: Any) -> Any:
@@ -151,7 +189,7 @@ async def _wait_entered(fake: FakeEmbedder) -> None:
 def test_batcher_coalesces_waiting_requests_in_order() -> None:
     fake = FakeEmbedder()
     fake.gate = threading.Event()
-    batcher = Batcher(fake, max_size=64, wait_ms=0)
+    batcher = make_batcher(fake, max_inputs=64, wait_ms=0)
 
     async def main() -> list[Any]:
         first = asyncio.ensure_future(batcher.submit(["first"]))
@@ -175,7 +213,7 @@ def test_batcher_coalesces_waiting_requests_in_order() -> None:
 def test_batcher_respects_max_size_and_max_tokens() -> None:
     fake = FakeEmbedder()
     fake.gate = threading.Event()
-    batcher = Batcher(fake, max_size=4, max_tokens=12, wait_ms=0)
+    batcher = make_batcher(fake, max_inputs=4, max_tokens=12, wait_ms=0)
 
     async def main() -> None:
         first = asyncio.ensure_future(batcher.submit(["x"]))
@@ -196,7 +234,7 @@ def test_batcher_respects_max_size_and_max_tokens() -> None:
 
 def test_batcher_waits_for_more_but_not_past_max_size() -> None:
     fake = FakeEmbedder()
-    batcher = Batcher(fake, max_size=4, wait_ms=600_000)  # only a full batch can go
+    batcher = make_batcher(fake, max_inputs=4, wait_ms=600_000)  # only a full batch can go
 
     async def main() -> None:
         await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(4)))
@@ -209,16 +247,16 @@ def test_batcher_waits_for_more_but_not_past_max_size() -> None:
 def test_batcher_groups_keep_alive_values() -> None:
     fake = FakeEmbedder()
     fake.gate = threading.Event()
-    batcher = Batcher(fake, wait_ms=0)
+    batcher = make_batcher(fake, wait_ms=0)
 
     async def main() -> None:
         first = asyncio.ensure_future(batcher.submit(["first"]))
         await _wait_entered(fake)
         jobs = [
             batcher.submit(["a"]),
-            batcher.submit(["b"], keep_alive=0.0),
+            batcher.submit(["b"], keep_alive=KeepAlive.after(0)),
             batcher.submit(["c"]),
-            batcher.submit(["d"], keep_alive=-1.0),
+            batcher.submit(["d"], keep_alive=KeepAlive.FOREVER),
         ]
         rest = [asyncio.ensure_future(j) for j in jobs]
         await asyncio.sleep(0)
@@ -227,13 +265,17 @@ def test_batcher_groups_keep_alive_values() -> None:
         await batcher.aclose()
 
     run(main())
-    assert fake.calls[1:] == [(["a", "c"], None), (["b"], 0.0), (["d"], -1.0)]
+    assert fake.calls[1:] == [
+        (["a", "c"], KeepAlive.DEFAULT),
+        (["b"], KeepAlive.after(0)),
+        (["d"], KeepAlive.FOREVER),
+    ]
 
 
 def test_batcher_isolates_a_bad_request_and_survives_model_errors() -> None:
     fake = FakeEmbedder()
     fake.gate = threading.Event()
-    batcher = Batcher(fake, wait_ms=0)
+    batcher = make_batcher(fake, wait_ms=0)
 
     async def main() -> list[Any]:
         first = asyncio.ensure_future(batcher.submit(["first"]))
@@ -261,9 +303,9 @@ def test_batcher_isolates_a_bad_request_and_survives_model_errors() -> None:
 def test_batcher_drops_disconnected_and_cancelled_requests() -> None:
     fake = FakeEmbedder()
     fake.gate = threading.Event()
-    batcher = Batcher(fake, wait_ms=0)
+    batcher = make_batcher(fake, wait_ms=0)
 
-    async def gone() -> bool:
+    async def gone(started: bool) -> bool:
         return True
 
     async def main() -> None:
@@ -281,13 +323,13 @@ def test_batcher_drops_disconnected_and_cancelled_requests() -> None:
         await batcher.aclose()
 
     run(main())
-    assert fake.calls[1:] == [(["kept"], None)]
+    assert fake.calls[1:] == [(["kept"], KeepAlive.DEFAULT)]
     assert batcher.dropped == 2
 
 
 def test_batcher_truncate_false_refuses_only_the_long_request() -> None:
     fake = FakeEmbedder(max_tokens=8)
-    batcher = Batcher(fake, wait_ms=50)
+    batcher = make_batcher(fake, wait_ms=50)
 
     async def main() -> list[Any]:
         long_text = " ".join(["word"] * 20)
@@ -305,7 +347,7 @@ def test_batcher_close_is_bounded_and_fails_what_is_left() -> None:
     """Past the timeout aclose fails queued and running requests and does not wait."""
     fake = FakeEmbedder()
     fake.gate = threading.Event()  # the running call cannot finish before the test says
-    batcher = Batcher(fake, wait_ms=0)
+    batcher = make_batcher(fake, wait_ms=0)
 
     async def main() -> list[Any]:
         running = asyncio.ensure_future(batcher.submit(["running"]))
@@ -328,7 +370,7 @@ def test_batcher_close_is_bounded_and_fails_what_is_left() -> None:
 
 def test_batcher_close_within_the_timeout_answers_everything() -> None:
     fake = FakeEmbedder()
-    batcher = Batcher(fake, wait_ms=0)
+    batcher = make_batcher(fake, wait_ms=0)
 
     async def main() -> list[Any]:
         jobs = [asyncio.ensure_future(batcher.submit([f"t{i}"])) for i in range(3)]
@@ -350,11 +392,12 @@ def test_graceful_remaining_counts_from_begin_shutdown() -> None:
     assert 0.0 <= srv.graceful_remaining() <= 30.0
     srv.shutdown_began -= 31  # the graceful timeout has passed
     assert srv.graceful_remaining() == 0.0
-    assert create_app(FakeEmbedder()).state.server.graceful_remaining() is None
+    default = ServerSettings().graceful_timeout  # the one default, in the settings
+    assert create_app(FakeEmbedder()).state.server.graceful_remaining() == default
 
 
 def test_batcher_after_close_refuses_new_work() -> None:
-    batcher = Batcher(FakeEmbedder(), wait_ms=0)
+    batcher = make_batcher(FakeEmbedder(), wait_ms=0)
 
     async def main() -> None:
         await batcher.submit(["x"])

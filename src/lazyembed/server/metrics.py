@@ -3,20 +3,20 @@
 A per-app registry (not prometheus_client's global one) lets several apps live in one
 process (tests) without "duplicated timeseries" errors. Request, batch and input figures
 are counted as they happen; the model's state, memory and load/unload counters are read
-from the embedder's measured report at scrape time by a custom collector, so they can
-never drift from what the lifecycle itself counted.
+from the embedder's typed memory report at scrape time by a custom collector, so they
+can never drift from what the lifecycle itself counted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lazyembed.report import MemoryReport
 from lazyembed.server.batcher import EmbedderLike
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,7 +28,7 @@ _LOAD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
 
 
 class _EmbedderCollector(Collector):
-    """Reads ``get_memory_usage()`` when scraped (it measures RSS/USS, so not per request)."""
+    """Reads the typed memory report when scraped (it measures RSS/USS: not per request)."""
 
     def __init__(self, embedder: EmbedderLike) -> None:
         self._embedder = embedder
@@ -37,30 +37,32 @@ class _EmbedderCollector(Collector):
         return []  # dynamic: nothing to check at registration time
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._embedder.get_memory_usage())
+        yield from self._families(self._embedder.memory_report(events=False))
 
-    def _families(self, report: dict[str, Any]) -> Iterator[Metric]:
+    @staticmethod
+    def _families(report: MemoryReport) -> Iterator[Metric]:
+        lifecycle = report.lifecycle
         yield _gauge(
-            "lazyembed_model_loaded", "1 while the model is in memory.", report.get("model_loaded")
+            "lazyembed_model_loaded", "1 while the model is in memory.", report.model_loaded
         )
         yield _gauge(
             "lazyembed_model_bytes",
             "Measured bytes the loaded model adds to the process (0 when unloaded).",
-            _mb_to_bytes(report.get("model_mb")),
+            report.model_mb * _MB,
         )
         yield _gauge(
             "lazyembed_process_rss_bytes",
             "Resident set size of the server process.",
-            _mb_to_bytes(report.get("process_rss_mb")),
+            report.process_rss_mb * _MB,
         )
         yield _gauge(
             "lazyembed_process_uss_bytes",
             "Unique set size of the server process.",
-            _mb_to_bytes(report.get("process_uss_mb")),
+            (report.process_uss_mb or 0.0) * _MB,
         )
-        yield _gauge("lazyembed_in_flight", "Model calls in progress.", report.get("in_flight"))
-        unload_in = report.get("unload_in_s")
-        if isinstance(unload_in, (int, float)) and math.isfinite(unload_in):
+        yield _gauge("lazyembed_in_flight", "Model calls in progress.", lifecycle.in_flight)
+        unload_in = report.unload_in_s
+        if unload_in is not None and math.isfinite(unload_in):
             yield _gauge(
                 "lazyembed_unload_in_seconds",
                 "Seconds until the idle unload (absent while pinned, busy or unloaded).",
@@ -69,30 +71,23 @@ class _EmbedderCollector(Collector):
         yield _by_reason(
             "lazyembed_model_loads",
             "Model loads by reason (first_use, reload, ...).",
-            report.get("loads_by_reason"),
+            lifecycle.loads_by_reason,
         )
         yield _by_reason(
             "lazyembed_model_unloads",
             "Model unloads by reason (idle, keep_alive, explicit, pressure, ...).",
-            report.get("unloads_by_reason"),
+            lifecycle.unloads_by_reason,
         )
 
 
-def _gauge(name: str, documentation: str, value: object) -> GaugeMetricFamily:
-    number = float(value) if isinstance(value, (int, float)) else 0.0
-    return GaugeMetricFamily(name, documentation, value=number)
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
 
 
-def _mb_to_bytes(value: object) -> float:
-    return float(value) * _MB if isinstance(value, (int, float)) else 0.0
-
-
-def _by_reason(name: str, documentation: str, value: object) -> Metric:
+def _by_reason(name: str, documentation: str, counts: Mapping[str, int]) -> Metric:
     family = CounterMetricFamily(name, documentation, labels=["reason"])
-    if isinstance(value, dict):
-        for reason, count in sorted(value.items()):
-            if isinstance(count, (int, float)):
-                family.add_metric([str(reason)], float(count))
+    for reason, count in sorted(counts.items()):
+        family.add_metric([str(reason)], float(count))
     return family
 
 

@@ -1,0 +1,146 @@
+"""The guard: API key, early Content-Length check, per-request metrics, last-resort errors.
+
+Pure ASGI (cheap): it refuses before routing what must be refused, and times everything.
+The embedding endpoints (``fast_routes``, POST only) are called from here directly: they
+take a bare ``Request`` and raise errors that `errors.error_response` answers, so
+FastAPI's routing, dependency solving and exception middleware would only add cost.
+They stay registered with FastAPI too, for the OpenAPI schema.
+
+A client that went away gets nothing (status 499, nginx's "client closed request",
+nothing logged); any other exception escaping a handler is answered from the error table
+if the response has not started.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from lazyembed.errors import ClientDisconnectedError
+from lazyembed.server.errors import ApiError, describe_errors, error_response
+from lazyembed.server.metrics import ServerMetrics
+from lazyembed.server.wire import ASGIApp, Message, Receive, Scope, Send
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+OPEN_PATHS = frozenset({"/", "/healthz"})  # liveness probes: answered without the API key
+DISCONNECTED = 499
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body larger than {limit} bytes", "body_too_large")
+
+
+class GuardMiddleware:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        max_body_bytes: int,
+        metrics: ServerMetrics,
+        endpoints: frozenset[str],
+        fast_routes: dict[str, Handler] | None = None,
+    ) -> None:
+        self.app = app
+        # Compared as the client's token is: without surrounding whitespace.
+        self.expected = api_key.strip().encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self.fast_routes = fast_routes or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path: str = scope["path"]
+        status = 0  # 0: no response started
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is not None:
+                await error_response(path, refusal)(scope, receive, send_status)
+            elif scope["method"] == "POST" and (handler := self.fast_routes.get(path)):
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        except ClientDisconnectedError:
+            status = DISCONNECTED  # nobody to answer, nothing to log
+        except Exception as exc:
+            if status:
+                raise  # the response has started: nothing else can be sent
+            await error_response(path, exc)(scope, receive, send_status)
+        finally:
+            endpoint = path if path in self.endpoints else "other"
+            self.metrics.observe_request(endpoint, status or 500, time.perf_counter() - start)
+
+    def _refusal(self, scope: Scope, path: str) -> ApiError | None:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if self.expected is not None and path not in OPEN_PATHS:
+            authorization = next((v for k, v in headers if k == b"authorization"), b"")
+            scheme, _, token = authorization.strip().partition(b" ")
+            # compare_digest: the time taken does not reveal how much of the key matched.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
+                return ApiError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_body_bytes
+            except ValueError:
+                return ApiError(400, "invalid Content-Length header", "invalid_request")
+            if too_large:
+                return body_too_large(self.max_body_bytes)
+        return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (chunked bodies too)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected while sending the body", "disconnected") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[M], limit: int) -> M:
+    """The body parsed into ``model`` (strict, one pass): 400 if not JSON, 422 if invalid."""
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            message = f"malformed JSON body: {errors[0]['msg']}"
+            raise ApiError(400, message, "invalid_json") from None
+        raise ApiError(422, describe_errors(list(errors)), "invalid_request") from None

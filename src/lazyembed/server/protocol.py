@@ -1,0 +1,39 @@
+"""uvicorn's httptools protocol, answering clients that half-close after their request.
+
+``nc -N`` and some scripts send a request, then ``shutdown(SHUT_WR)``. uvicorn's own
+protocol lets asyncio close the connection at that EOF, so the answer is lost. This one
+keeps the write side open while a request is in progress (the answer is sent, then the
+connection closed), and tells the app through the scope extension
+``lazyembed.half_closed`` (a callable), so that a long request can still stop between
+chunks: an EOF from a client that really left looks the same on the wire.
+
+``lazyembed serve`` passes it to uvicorn: ``uvicorn.Config(app, http=HalfCloseProtocol)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class HalfCloseProtocol(HttpToolsProtocol):
+    """See the module docstring."""
+
+    half_closed = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        scope = cast(dict[str, Any], self.scope)
+        scope.setdefault("extensions", {})["lazyembed.half_closed"] = self._is_half_closed
+
+    def _is_half_closed(self) -> bool:
+        return self.half_closed
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return False  # idle: let asyncio close the connection, as uvicorn does
+        self.half_closed = True
+        cycle.keep_alive = False  # close once the answer is sent
+        return True  # keep the transport open for writing
