@@ -83,6 +83,11 @@ class WorkerTimeoutError(WorkerDiedError, TimeoutError):
     """The isolated worker did not answer in time (stopped or hung); it is ended."""
 
 
+class WorkerError(LazyEmbedError, RuntimeError):
+    """The isolated worker failed a call with an error that could not be sent back as
+    itself (the message names its type); the worker keeps running."""
+
+
 class ModelBusyError(LazyEmbedError, RuntimeError):
     """No room for another model within the memory budget before ``load_timeout``.
 
