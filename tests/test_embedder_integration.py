@@ -179,10 +179,13 @@ def uncached() -> Iterator[Embedder]:
     e.close()
 
 
-def test_keep_alive_zero_unloads_after_the_call(uncached: Embedder) -> None:
+def test_keep_alive_zero_unloads_before_the_call_returns(uncached: Embedder) -> None:
     uncached.embed("brief", keep_alive=0)
-    assert _wait_for(lambda: uncached.get_memory_usage()["state"] == "unloaded")
-    assert uncached.get_memory_usage()["last_unload"]["reason"] == "keep_alive"
+    usage = uncached.get_memory_usage()  # at once: no wait, no "unloading" in between
+    assert usage["model_loaded"] is False and usage["state"] == "unloaded"
+    assert usage["last_unload"]["reason"] == "keep_alive" and not uncached.is_loaded
+    report = uncached.memory_report(events=False)
+    assert report.model_loaded is False and report.lifecycle.events == ()
 
 
 def test_a_pin_survives_another_callers_zero(uncached: Embedder) -> None:

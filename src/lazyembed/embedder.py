@@ -33,6 +33,8 @@ from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
 from lazyembed.cache import EmbeddingCache
 from lazyembed.config import (
+    KeepAlive,
+    KeepAliveLike,
     Settings,
     effective_cache_path,
     effective_threads,
@@ -40,17 +42,19 @@ from lazyembed.config import (
     parse_duration,
     parse_keep_alive,
 )
+from lazyembed.errors import InputTypeError, InvalidInputError
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
 from lazyembed.models.convert_child import ensure_onnx_in_child
 from lazyembed.models.info import ModelInfo, read_model_info
+from lazyembed.models.prompts import Prompts, read_prompts
 from lazyembed.models.resolve import ResolvedModel, canonical_spec, resolve_model
 from lazyembed.pressure import PressureMonitor
+from lazyembed.report import MemoryReport
 from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runtime, load_tokenizer
 
 FloatArray = npt.NDArray[np.float32]
-KeepAlive = float | int | str | None
 
 _LIVE: weakref.WeakSet[Embedder] = weakref.WeakSet()
 
@@ -71,6 +75,7 @@ class PreparedModel:
     spec: RuntimeSpec
     fingerprint: str
     cache: EmbeddingCache | None
+    prompts: Prompts
 
 
 class Embedder:
@@ -95,7 +100,7 @@ class Embedder:
         self._tokenizer: Tokenizer | None = None
         # Pressure checks ride on the lifecycle's watcher, only while the model is loaded.
         self._pressure = (
-            PressureMonitor.from_settings(settings) if settings.pressure_unload else None
+            PressureMonitor.from_settings(settings.pressure) if settings.pressure.unload else None
         )
         self._lifecycle: Lifecycle[LoadedModel] = Lifecycle(
             self._load,
@@ -103,7 +108,7 @@ class Embedder:
             max_events=settings.max_events,
             clock=clock or time.monotonic,
             periodic_check=self._pressure.check if self._pressure is not None else None,
-            check_interval=settings.pressure_check_interval,
+            check_interval=settings.pressure.check_interval,
         )
         _LIVE.add(self)
 
@@ -126,7 +131,7 @@ class Embedder:
         # A first conversion runs in a child process: its imports and ~500 MB peak must
         # not stay in this (long-running) process.
         converted = ensure_onnx_in_child(
-            resolved.directory, variant=settings.variant, cache_dir=Path(settings.cache_dir)
+            resolved.directory, variant=settings.variant, cache_dir=Path(settings.model_cache_dir)
         )
         spec = RuntimeSpec(
             onnx_path=str(converted.path),
@@ -134,7 +139,7 @@ class Embedder:
             max_seq_length=info.max_seq_length,
             dimension=info.dimension,
             threads=effective_threads(settings),
-            batch_size=settings.batch_size,
+            batch_size=settings.encode_batch_size,
             normalize=info.normalize,
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
@@ -143,15 +148,17 @@ class Embedder:
             f"{converted.fingerprint};{info.fingerprint_part()};tokenizer={tokenizer_sha[:24]}"
         )
         cache = None
-        if settings.cache_memory_mb > 0 or settings.cache_persistent:
+        wanted = settings.cache
+        if wanted.memory_mb > 0 or wanted.persistent:
             cache = EmbeddingCache(
                 fingerprint,
-                memory_bytes=int(settings.cache_memory_mb * 2**20),
-                sqlite_path=effective_cache_path(settings) if settings.cache_persistent else None,
-                sqlite_max_bytes=int(settings.cache_max_mb * 2**20),
+                memory_bytes=int(wanted.memory_mb * 2**20),
+                sqlite_path=effective_cache_path(settings) if wanted.persistent else None,
+                sqlite_max_bytes=int(wanted.max_mb * 2**20),
                 dim=info.dimension,
             )
-        return PreparedModel(resolved, info, converted, spec, fingerprint, cache)
+        prompts = read_prompts(resolved.directory)
+        return PreparedModel(resolved, info, converted, spec, fingerprint, cache, prompts)
 
     def _load(self) -> LoadedModel:
         """The lifecycle's loader: session + tokenizer + one warm-up inference.
@@ -170,20 +177,43 @@ class Embedder:
 
     @overload
     def embed(  # type: ignore[overload-overlap]  # a str is also an Iterable[str]
-        self, texts: str, *, keep_alive: KeepAlive = None
+        self,
+        texts: str,
+        *,
+        keep_alive: KeepAliveLike = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> list[float]: ...
 
     @overload
-    def embed(self, texts: Iterable[str], *, keep_alive: KeepAlive = None) -> list[list[float]]: ...
+    def embed(
+        self,
+        texts: Iterable[str],
+        *,
+        keep_alive: KeepAliveLike = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ) -> list[list[float]]: ...
 
     def embed(
-        self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
+        self,
+        texts: str | Iterable[str],
+        *,
+        keep_alive: KeepAliveLike = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> list[float] | list[list[float]]:
-        """One text → one vector (list of 384 floats); a list of texts → a list of vectors."""
+        """One text → one vector (a list of floats); a list of texts → a list of vectors.
+
+        ``prompt_name`` picks one of the model's prompts, ``prompt`` gives the text to
+        prepend; with neither, the model's ``default_prompt_name`` applies (if any).
+        """
         seconds = self._keep_alive_seconds(keep_alive)  # a bad value fails even on a hit
         if isinstance(texts, str):  # the hot single-text path: no list, no stack
             text = check_text(texts)
             prepared = self._prepared or self.prepare()
+            if prompt_name is not None or prompt is not None or prepared.prompts.default_name:
+                text = prepared.prompts.text_for(prompt_name, prompt) + text
             cache = prepared.cache
             if cache is None:
                 plain: list[float] = self._encode([text], seconds).vectors[0].tolist()
@@ -197,7 +227,7 @@ class Embedder:
             result: list[float] = fresh[0].tolist()
             return result
         items, single = normalize_inputs(texts)
-        vectors = self._embed(items, seconds)
+        vectors = self._embed(self._with_prompt(items, prompt_name, prompt), seconds)
         if single:
             one: list[float] = vectors[0].tolist()
             return one
@@ -205,23 +235,68 @@ class Embedder:
         return many
 
     def embed_numpy(
-        self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
+        self,
+        texts: str | Iterable[str],
+        *,
+        keep_alive: KeepAliveLike = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> FloatArray:
         """Vectors as one float32 array of shape (n, dim), for bulk use."""
         seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
-        return self._embed(items, seconds)
+        return self._embed(self._with_prompt(items, prompt_name, prompt), seconds)
 
     def embed_with_usage(
-        self, texts: str | Iterable[str], *, keep_alive: KeepAlive = None
+        self,
+        texts: str | Iterable[str],
+        *,
+        keep_alive: KeepAliveLike = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> tuple[FloatArray, list[int]]:
         """Vectors plus each input's real token count (for servers that report usage)."""
         seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
+        items = self._with_prompt(items, prompt_name, prompt)
         vectors = self._embed(items, seconds)
         return vectors, self.count_tokens(items)
 
-    def _embed(self, items: list[str], keep_alive: float | None) -> FloatArray:
+    def embed_query(
+        self, texts: str | Iterable[str], *, keep_alive: KeepAliveLike = None
+    ) -> list[float] | list[list[float]]:
+        """Embed search queries with the model's ``query`` prompt, when it has one."""
+        name = self.prompts.name_for("query")
+        return self.embed(texts, keep_alive=keep_alive, prompt_name=name)
+
+    def embed_documents(
+        self, texts: Iterable[str], *, keep_alive: KeepAliveLike = None
+    ) -> list[list[float]]:
+        """Embed documents with the model's ``document``/``passage`` prompt, if any."""
+        if isinstance(texts, str):
+            raise InputTypeError("embed_documents takes a list of texts; use embed_query/embed")
+        name = self.prompts.name_for("document")
+        return self.embed(texts, keep_alive=keep_alive, prompt_name=name)
+
+    @property
+    def prompts(self) -> Prompts:
+        """The model's prompts (from config_sentence_transformers.json; may be empty)."""
+        return self.prepare().prompts
+
+    def _with_prompt(
+        self, items: list[str], prompt_name: str | None, prompt: str | None
+    ) -> list[str]:
+        """Prepend the prompt a call asked for (or the model's default) to every text.
+
+        The prompt is then part of each text, so of its embedding-cache key too.
+        """
+        prompts = (self._prepared or self.prepare()).prompts
+        if prompt_name is None and prompt is None and not prompts.default_name:
+            return items
+        prefix = prompts.text_for(prompt_name, prompt)
+        return [prefix + item for item in items] if prefix else items
+
+    def _embed(self, items: list[str], keep_alive: KeepAlive) -> FloatArray:
         prepared = self._prepared or self.prepare()
         cache = prepared.cache
         if cache is None:
@@ -243,22 +318,23 @@ class Embedder:
             out[i] = fresh[unique[items[i]]] if vector is None else vector
         return out
 
-    def _encode(self, items: list[str], keep_alive: float | None) -> EncodeResult:
-        """keep_alive in lifecycle seconds (already parsed: `_keep_alive_seconds`)."""
+    def _encode(self, items: list[str], keep_alive: KeepAlive) -> EncodeResult:
         with self._lifecycle.acquire(keep_alive=keep_alive) as runtime:
             return runtime.encode(items)
 
     @staticmethod
-    def _keep_alive_seconds(keep_alive: KeepAlive) -> float | None:
-        """None → the idle timeout; a duration → seconds; negative/"never" → pin (inf)."""
-        return None if keep_alive is None else parse_keep_alive(keep_alive)
+    def _keep_alive_seconds(keep_alive: KeepAliveLike) -> KeepAlive:
+        """The edge: None → DEFAULT (the idle timeout); a duration; "never"/negative → pin."""
+        return parse_keep_alive(keep_alive)
 
     def count_tokens(self, texts: str | Iterable[str], *, truncate: bool = True) -> list[int]:
         """Real token counts, including [CLS] and [SEP]: after truncation at the model's
         limit, or (``truncate=False``) up to one past it, so that a count above
         `get_max_tokens()` says the text is too long (one tokenisation serves both)."""
+        from lazyembed.runtime import encode_truncated  # the runtime's own cut-then-tokenize
+
         items, _ = normalize_inputs(texts)
-        encodings = self._counting_tokenizer().encode_batch(items, add_special_tokens=True)
+        encodings = encode_truncated(self._counting_tokenizer(), items)
         if not truncate:
             return [len(e.ids) for e in encodings]
         limit = self.prepare().info.max_seq_length
@@ -285,7 +361,7 @@ class Embedder:
         """Free the model now (waits for calls in flight). True if a model was loaded."""
         return self._lifecycle.unload("explicit")
 
-    def warmup(self, *, keep_alive: KeepAlive = None) -> None:
+    def warmup(self, *, keep_alive: KeepAliveLike = None) -> None:
         """Load the model now instead of at the first embed(), leaving a keep_alive lease.
 
         Goes straight to the lifecycle, never through the cache: Ollama's "load (or pin)
@@ -294,41 +370,46 @@ class Embedder:
         with self._lifecycle.acquire(keep_alive=self._keep_alive_seconds(keep_alive)):
             pass
 
-    def set_idle_timeout(self, value: float | int | str | None) -> None:
+    def set_idle_timeout(self, value: KeepAliveLike) -> None:
         """Change the idle timeout at run time ("30m", 90, 0, "never"/negative/None)."""
-        if value is None:
-            seconds = None
-        else:
-            seconds = parse_duration(value, key="idle_timeout", source="argument")
-        self._lifecycle.set_idle_timeout(seconds)
+        timeout = KeepAlive.FOREVER if value is None else parse_duration(value, key="idle_timeout")
+        self._lifecycle.set_idle_timeout(timeout)
 
     @property
     def is_loaded(self) -> bool:
-        return bool(self._lifecycle.status()["model_loaded"])
+        """Cheap: the model is LOADED now (loading or unloading is not loaded)."""
+        return self._lifecycle.is_loaded
 
-    def get_memory_usage(self) -> dict[str, Any]:
-        """Measured figures (psutil), never estimates; see README for each key."""
-        report = self._lifecycle.status()
-        report["process_rss_mb"] = memory.to_mb(memory.process_rss_bytes())
-        report["process_uss_mb"] = memory.to_mb(memory.process_uss_bytes())
+    def memory_report(self, *, events: bool = True) -> MemoryReport:
+        """Measured figures (psutil), never estimates, as a typed report."""
+        status = self._lifecycle.status(events=events)
         prepared = self._prepared
-        if prepared is not None and prepared.cache is not None:
-            report["cache"] = prepared.cache.stats()
-        if self._pressure is not None:
-            report["pressure"] = self._pressure.status()
-        report["isolation"] = self.settings.isolation
+        model_mb = status.model_mb
+        worker: dict[str, Any] | None = None
         if self.settings.isolation == "process":
-            worker = self._lifecycle.peek()
-            memory_info = getattr(worker, "memory_info", None)
-            report["worker"] = memory_info() if callable(memory_info) else None
+            loaded = self._lifecycle.peek()
+            memory_info = getattr(loaded, "memory_info", None)
+            worker = memory_info() if callable(memory_info) else None
             # The model lives in the worker: this process's RSS barely moves at a load.
             # What the model takes is the worker's own memory (USS, all of which leaves
             # when the worker exits), measured now.
-            if report["model_loaded"] and report["worker"]:
-                uss = report["worker"].get("worker_uss_mb")
-                if uss is not None:
-                    report["model_mb"] = uss
-        return report
+            if status.model_loaded and worker and worker.get("worker_uss_mb") is not None:
+                model_mb = float(worker["worker_uss_mb"])
+        return MemoryReport(
+            model=self.model_name,
+            lifecycle=status,
+            model_mb=model_mb,
+            process_rss_mb=memory.to_mb(memory.process_rss_bytes()),
+            process_uss_mb=memory.to_mb(memory.process_uss_bytes()),
+            isolation=self.settings.isolation,
+            cache=prepared.cache.stats() if prepared and prepared.cache else None,
+            pressure=self._pressure.status() if self._pressure is not None else None,
+            worker=worker,
+        )
+
+    def get_memory_usage(self) -> dict[str, Any]:
+        """Measured figures (psutil), never estimates; see README for each key."""
+        return self.memory_report().as_dict()
 
     def get_embedding_dimension(self) -> int:
         return self.prepare().info.dimension
@@ -362,3 +443,47 @@ class Embedder:
         prepared = self._prepared
         if prepared is not None and prepared.cache is not None:
             prepared.cache.close()
+
+    def encode(
+        self,
+        sentences: str | Iterable[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> FloatArray | list[FloatArray]:
+        """sentence-transformers' ``SentenceTransformer.encode``, for drop-in use.
+
+        A str gives a 1-D array, a list a 2-D float32 array (``convert_to_numpy=False``: a
+        list of 1-D arrays). ``normalize_embeddings=True`` L2-normalises. ``batch_size``
+        and ``show_progress_bar`` are accepted and ignored (the batch size is a setting).
+        Keywords: ``keep_alive`` and ``device="cpu"``; tensors would need torch, which
+        lazyembed never imports.
+        """
+        if convert_to_tensor:
+            raise InvalidInputError(
+                "encode(convert_to_tensor=True) needs torch, which lazyembed does not use: "
+                "keep convert_to_numpy=True and call torch.from_numpy() on the result"
+            )
+        keep_alive = kwargs.pop("keep_alive", None)
+        if kwargs.pop("device", None) not in (None, "cpu"):
+            raise InvalidInputError("lazyembed runs on the CPU only: pass device='cpu' or None")
+        if kwargs:
+            raise InvalidInputError(f"encode() does not support the argument(s) {sorted(kwargs)}")
+        if isinstance(sentences, (list, tuple)) and not sentences:  # as ST: nothing in, none out
+            empty = np.empty((0, self.get_embedding_dimension()), dtype=np.float32)
+            return empty if convert_to_numpy else []
+        vectors = self.embed_numpy(
+            sentences, keep_alive=keep_alive, prompt_name=prompt_name, prompt=prompt
+        )
+        if normalize_embeddings:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
+        if isinstance(sentences, str):
+            one: FloatArray = vectors[0]
+            return one
+        return vectors if convert_to_numpy else list(vectors)
