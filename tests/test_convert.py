@@ -6,8 +6,6 @@ import importlib.util
 import json
 import logging
 import math
-import multiprocessing
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,8 +133,9 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
+def cache_dir(session_dir: Path) -> Path:
+    """The session's conversion cache (conftest.py): one real conversion per session."""
+    return session_dir / "cache"
 
 
 @pytest.fixture(scope="session")
@@ -257,150 +256,6 @@ def test_missing_weights_is_a_conversion_error(tmp_path: Path) -> None:
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelConversionError, match=r"model\.safetensors"):
         ensure_onnx(d, cache_dir=tmp_path / "cache")
-
-
-# ---------------------------------------------------------------- the cache
-
-
-def _fake_conversion(cache: Path, stem: str, model: ConvertedModel, **changes: str) -> list[Path]:
-    """Files that look like another conversion of `model`'s weights, with `changes`."""
-    manifest = json.loads(model.path.with_suffix(".json").read_text())
-    manifest.update(file=f"{stem}.onnx", data_file=f"{stem}.onnx.data", **changes)
-    files = [cache / f"{stem}.json", cache / f"{stem}.onnx", cache / f"{stem}.onnx.data"]
-    files[0].write_text(json.dumps(manifest))
-    files[1].write_bytes(b"graph")
-    files[2].write_bytes(b"weights" * 1000)
-    return files
-
-
-def test_a_conversion_removes_only_strictly_older_ones_of_the_same_model(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    model = _tiny_bert(tmp_path / "tiny", prefix="")
-    cache = tmp_path / "cache"
-    first = ensure_onnx(model, cache_dir=cache)
-    newest = first.path.with_suffix(".json")
-    first.path.unlink()  # force a rebuild of the current version below
-    older_converter = _fake_conversion(cache, "bert-fp32-old1", first, converter_version="1")
-    older_ort = _fake_conversion(cache, "bert-fp32-old2", first, onnxruntime_version="1.2.0")
-    newer = _fake_conversion(cache, "bert-fp32-new", first, converter_version="99")
-    other_weights = _fake_conversion(
-        cache, "bert-fp32-other", first, converter_version="1", weights_sha256="0" * 64
-    )
-    other_variant = _fake_conversion(
-        cache, "bert-int8-old", first, converter_version="1", variant="int8"
-    )
-    (cache / "bert-fp32-junk.json").write_text("not json")
-
-    with caplog.at_level(logging.INFO, logger="lazyembed"):
-        rebuilt = ensure_onnx(model, cache_dir=cache)
-
-    assert rebuilt.converted and rebuilt.path == first.path and newest.is_file()
-    assert not any(f.exists() for f in older_converter + older_ort)
-    assert all(f.exists() for f in newer + other_weights + other_variant)
-    assert (cache / "bert-fp32-junk.json").exists()
-    assert sum("removed superseded conversion" in r.message for r in caplog.records) == 2
-
-
-@needs_model
-def test_second_call_is_a_cache_hit(fp32: ConvertedModel, model_dir: Path, cache_dir: Path) -> None:
-    before = fp32.path.stat().st_mtime_ns
-    again = ensure_onnx(model_dir, variant="fp32", cache_dir=cache_dir)
-    assert again.converted is False
-    assert again.path == fp32.path
-    assert again.fingerprint == fp32.fingerprint
-    assert again.path.stat().st_mtime_ns == before
-    manifest = json.loads(fp32.path.with_suffix(".json").read_text())
-    assert manifest["size"] == fp32.path.stat().st_size
-    index = json.loads((cache_dir / "hash-index.json").read_text())
-    assert fp32.weights_sha256 in index["entries"].values()
-
-
-def _fresh_copy(fp32: ConvertedModel, model_dir: Path, tmp_path: Path) -> ConvertedModel:
-    """Seed a private cache dir from the session's converted model (saves a conversion)."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for src in (fp32.path, fp32.data_path, fp32.path.with_suffix(".json")):
-        (cache / src.name).write_bytes(src.read_bytes())
-    seeded = ensure_onnx(model_dir, variant="fp32", cache_dir=cache)
-    assert seeded.converted is False
-    return seeded
-
-
-def _target_file(model: ConvertedModel, which: str) -> Path:
-    return model.path if which == "graph" else model.data_path
-
-
-@needs_model
-@pytest.mark.parametrize("which", ["graph", "data"])
-def test_truncated_model_is_rebuilt(
-    fp32: ConvertedModel, model_dir: Path, tmp_path: Path, which: str
-) -> None:
-    seeded = _fresh_copy(fp32, model_dir, tmp_path)
-    target = _target_file(seeded, which)
-    with target.open("r+b") as f:
-        f.truncate(target.stat().st_size // 2)
-    rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
-    assert rebuilt.converted is True
-    assert rebuilt.path.read_bytes() == fp32.path.read_bytes()
-    assert rebuilt.data_path.read_bytes() == fp32.data_path.read_bytes()
-
-
-@needs_model
-@pytest.mark.parametrize("which", ["graph", "data"])
-def test_garbage_model_is_rebuilt(
-    fp32: ConvertedModel, model_dir: Path, tmp_path: Path, which: str
-) -> None:
-    seeded = _fresh_copy(fp32, model_dir, tmp_path)
-    target = _target_file(seeded, which)
-    size = target.stat().st_size
-    target.write_bytes(os.urandom(1024) * (size // 1024) + b"x" * (size % 1024))
-    assert target.stat().st_size == size  # same size: only the hash can tell
-    rebuilt = ensure_onnx(model_dir, variant="fp32", cache_dir=seeded.path.parent)
-    assert rebuilt.converted is True
-    _assert_close(_run(str(rebuilt.path), _IDS, _MASK), _run(str(fp32.path), _IDS, _MASK))
-
-
-@needs_model
-def test_weights_live_in_an_external_data_file(fp32: ConvertedModel) -> None:
-    import onnx
-
-    graph = onnx.load(str(fp32.path), load_external_data=False)
-    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    assert len(external) >= 30  # every weight matrix of 6 layers, plus embeddings
-    assert fp32.path.stat().st_size < 1_000_000 < 80_000_000 < fp32.data_path.stat().st_size
-
-
-def _convert_in_child(model_dir: str, cache_dir: str, queue: Any) -> None:
-    result = ensure_onnx(Path(model_dir), variant="fp32", cache_dir=Path(cache_dir))
-    queue.put((result.converted, str(result.path)))
-
-
-@needs_model
-@pytest.mark.slow
-def test_concurrent_conversion_in_two_processes(
-    model_dir: Path, fp32: ConvertedModel, tmp_path: Path
-) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    cache = tmp_path / "cache"
-    procs = [
-        ctx.Process(target=_convert_in_child, args=(str(model_dir), str(cache), queue))
-        for _ in range(2)
-    ]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=240) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert sorted(converted for converted, _ in results) == [False, True]
-    assert len({path for _, path in results}) == 1
-    onnx_files = sorted(f.name for f in cache.iterdir() if f.suffix == ".onnx")
-    assert onnx_files == [fp32.path.name]
-    leftovers = [f.name for f in cache.iterdir() if f.name.startswith(".")]
-    assert leftovers == []
-    assert (cache / fp32.path.name).read_bytes() == fp32.path.read_bytes()
 
 
 # ---------------------------------------------------------------- int8
