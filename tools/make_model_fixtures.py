@@ -1,0 +1,736 @@
+"""Write tests/fixtures/models/: tiny random-weight sentence-transformers models and their vectors.
+
+lazyembed must serve any BERT or XLM-RoBERTa sentence-transformers model exactly as
+sentence-transformers computes it, and tests must not download anything. So this script
+builds small models (fixed seeds, tokenizers trained here on text CPython ships), saves
+them with sentence-transformers, rewrites some into the classic on-disk layout of most
+hub models, and records sentence-transformers' own vectors for a fixed list of texts.
+It needs torch, so it runs in its own venv and never in CI:
+
+    python3 -m venv .venv-ref
+    .venv-ref/bin/pip install torch==2.13.0        # CPU build; never plain `torch`
+    .venv-ref/bin/pip install sentence-transformers transformers sentencepiece protobuf
+    .venv-ref/bin/python tools/make_model_fixtures.py
+
+sentencepiece only supplies the nmt_nfkc normalisation table that real XLM-R tokenizers
+carry (the Unigram vocabulary itself is trained with `tokenizers`). Each fixture folder
+gets a reference.json; tests/fixtures/models/manifest.json lists every fixture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import io
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+    XLMRobertaTokenizer,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+OUT = FIXTURES / "models"
+VOCABULARIES = OUT / "vocabularies.json"
+CPYTHON_TEST = (
+    Path(sys.base_prefix)
+    / "lib"
+    / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    / "test"
+)
+
+INITIALIZER_RANGE = 0.2  # larger than BERT's 0.02 so that vectors of different texts differ clearly
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3 as in XLM-R; <mask> is appended last
+PROMPTS = {"query": "query: ", "document": "passage: "}
+POOLING_FLAGS = {  # classic 1_Pooling/config.json key for each sentence-transformers pooling mode
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One fixture: model shape, pooling, tokenizer options and on-disk layout."""
+
+    name: str
+    arch: str  # "bert" | "xlm-roberta"
+    layout: str  # "st6" (what model.save() writes) | "classic" (hub form)
+    pooling: str
+    normalize: bool
+    max_seq_length: int | None = 128  # None: absent everywhere (classic only)
+    hidden: int = 32
+    heads: int = 2
+    intermediate: int = 64
+    seed: int = 13
+    cased_tokenizer: bool = False
+    do_lower_case: bool = (
+        False  # sentence_bert_config.json's flag (lowercases before the tokenizer)
+    )
+    include_prompt: bool = True
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    tokenizer_model_max_length: int | None = None  # classic: tokenizer_config's own value
+
+
+SPECS = [
+    Spec(
+        "bert-mean-norm", "bert", "st6", "mean", True, hidden=48, heads=4, intermediate=96, seed=1
+    ),
+    Spec(
+        "bert-classic-mean-norm",
+        "bert",
+        "classic",
+        "mean",
+        True,
+        hidden=48,
+        heads=4,
+        intermediate=96,
+        seed=1,
+        tokenizer_model_max_length=512,
+    ),
+    Spec("bert-cls", "bert", "st6", "cls", False, seed=2),
+    Spec(
+        "bert-classic-max", "bert", "classic", "max", False, seed=3, tokenizer_model_max_length=512
+    ),
+    Spec("bert-mean-sqrt-len", "bert", "st6", "mean_sqrt_len_tokens", False, seed=4),
+    Spec(
+        "bert-classic-weightedmean-norm",
+        "bert",
+        "classic",
+        "weightedmean",
+        True,
+        seed=5,
+        tokenizer_model_max_length=512,
+    ),
+    Spec("bert-lasttoken", "bert", "st6", "lasttoken", False, seed=6),
+    Spec(
+        "bert-classic-prompts",
+        "bert",
+        "classic",
+        "mean",
+        True,
+        seed=7,
+        prompts=PROMPTS,
+        tokenizer_model_max_length=512,
+    ),
+    Spec(
+        "bert-default-prompt",
+        "bert",
+        "st6",
+        "mean",
+        True,
+        seed=8,
+        prompts=PROMPTS,
+        default_prompt_name="query",
+    ),
+    Spec(
+        "bert-classic-exclude-prompt",
+        "bert",
+        "classic",
+        "mean",
+        True,
+        seed=9,
+        prompts=PROMPTS,
+        include_prompt=False,
+        tokenizer_model_max_length=512,
+    ),
+    Spec(
+        "bert-classic-cased-lowercase",
+        "bert",
+        "classic",
+        "cls",
+        True,
+        seed=10,
+        cased_tokenizer=True,
+        do_lower_case=True,
+        tokenizer_model_max_length=512,
+    ),
+    Spec("bert-short", "bert", "st6", "mean", False, max_seq_length=16, seed=11),
+    Spec(
+        "bert-classic-no-seq-length", "bert", "classic", "mean", True, max_seq_length=None, seed=12
+    ),
+    Spec("xlmr-mean-norm", "xlm-roberta", "st6", "mean", True, heads=4, seed=21),
+    Spec(
+        "xlmr-classic-cls",
+        "xlm-roberta",
+        "classic",
+        "cls",
+        False,
+        heads=4,
+        seed=22,
+        tokenizer_model_max_length=512,
+    ),
+]
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def corpus() -> tuple[list[str], list[str]]:
+    """The fidelity corpus' texts and their case labels."""
+    data = json.loads((FIXTURES / "reference_corpus.json").read_text(encoding="utf-8"))
+    return list(data["texts"]), list(data["cases"])
+
+
+def reference_texts() -> list[str]:
+    """The fixed texts every fixture is encoded on: edge cases, non-ASCII, short and long."""
+    texts, cases = corpus()
+    picked: list[str] = []
+    wanted = {
+        "empty": 1,
+        "whitespace": 4,
+        "emoji": 3,
+        "single-word": 3,
+        "mixed-case": 2,
+        "punctuation": 2,
+        "control": 2,
+        "non-ascii": 7,
+        "sentence-5-9": 2,
+        "sentence-10-19": 2,
+        "sentence-20-39": 1,
+        "sentence-40-60": 1,
+        "long": 2,
+    }
+    for text, case in zip(texts, cases, strict=True):
+        if wanted.get(case, 0) > 0:
+            wanted[case] -= 1
+            # Long texts are cut to a prefix that is still far over every max_seq_length.
+            picked.append(text[:1500] if case == "long" else text)
+    picked += [
+        "Café, naïve, résumé, Ångström, Œuvre, façade — ÉCOLE",
+        "two  spaces,   three spaces and a trailing space ",
+        "  leading spaces",
+        "".join(c if c == " " else chr(ord(c) + 0xFEE0) for c in "fullwidth ABC 123")
+        + " and the ligature \ufb01",
+    ]
+    return picked
+
+
+def bert_training_texts() -> list[str]:
+    return corpus()[0]
+
+
+def xlmr_training_texts() -> list[str]:
+    """Non-ASCII-heavy real text: CPython's CJK and encoding test prose, then the corpus."""
+    out: list[str] = []
+    for path in sorted((CPYTHON_TEST / "cjkencodings").glob("*-utf8.txt")):
+        out += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for name, encoding in (("module_iso_8859_1.py", "iso-8859-1"), ("module_koi8_r.py", "koi8-r")):
+        out += (CPYTHON_TEST / "encoded_modules" / name).read_text(encoding=encoding).splitlines()
+    return out + corpus()[0]
+
+
+# ----------------------------------------------------------------------- tokenizers
+
+
+def train_bert_vocab(cased: bool) -> list[str]:
+    """A WordPiece vocabulary (800 pieces, 200 characters) trained on the corpus, MiniLM-style."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=not cased)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=800, special_tokens=BERT_SPECIALS, limit_alphabet=200, show_progress=False
+    )
+    tok.train_from_iterator(bert_training_texts(), trainer)
+    # WordPiece ids carry no meaning and the trainer numbers pieces in hash order: number them here.
+    return BERT_SPECIALS + sorted(set(tok.get_vocab()) - set(BERT_SPECIALS))
+
+
+def train_xlmr_vocab(charsmap: bytes) -> list[tuple[str, float]]:
+    """A Unigram vocabulary trained like XLM-R's: nmt_nfkc, Metaspace, <s> <pad> </s> <unk> 0..3."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Precompiled(charsmap)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+        ]
+    )
+    trainer = trainers.UnigramTrainer(
+        vocab_size=1000,
+        special_tokens=XLMR_SPECIALS,
+        unk_token="<unk>",
+        max_piece_length=8,
+        show_progress=False,
+    )
+    tok.train_from_iterator(xlmr_training_texts(), trainer)
+    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    assert [p for p, _ in vocab[:4]] == XLMR_SPECIALS, vocab[:4]
+    return [*vocab, ("<mask>", 0.0)]
+
+
+def vocabularies(charsmap: bytes, retrain: bool) -> dict[str, Any]:
+    """The trained vocabularies, kept in VOCABULARIES once trained.
+
+    The `tokenizers` trainers break ties in hash order, so each training run gives a slightly
+    different vocabulary; keeping the first one makes every later run rebuild the same fixtures.
+    """
+    if VOCABULARIES.is_file() and not retrain:
+        return dict(json.loads(VOCABULARIES.read_text(encoding="utf-8")))
+    vocabs = {
+        "bert-uncased": train_bert_vocab(cased=False),
+        "bert-cased": train_bert_vocab(cased=True),
+        "xlm-roberta": train_xlmr_vocab(charsmap),
+    }
+    VOCABULARIES.parent.mkdir(parents=True, exist_ok=True)
+    write_reference(VOCABULARIES, vocabs)
+    return vocabs
+
+
+def bert_tokenizer(pieces: list[str], cased: bool, max_length: int | None) -> BertTokenizer:
+    kwargs: dict[str, Any] = {} if max_length is None else {"model_max_length": max_length}
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    return BertTokenizer(vocab=vocab, do_lower_case=not cased, **kwargs)
+
+
+def xlmr_tokenizer(
+    pieces: list[list[Any]], charsmap: bytes, max_length: int | None
+) -> XLMRobertaTokenizer:
+    kwargs: dict[str, Any] = {} if max_length is None else {"model_max_length": max_length}
+    vocab = [(str(piece), float(score)) for piece, score in pieces]
+    tokenizer = XLMRobertaTokenizer(vocab=vocab, _spm_precompiled_charsmap=charsmap, **kwargs)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in [*XLMR_SPECIALS, "<mask>"]]
+    assert ids == [0, 1, 2, 3, len(vocab) - 1], ids
+    return tokenizer
+
+
+def nmt_nfkc_charsmap() -> bytes:
+    """SentencePiece's nmt_nfkc normalisation table, the one XLM-R's tokenizer.json embeds."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a tiny model only to get the normalisation table"] * 20),
+        model_writer=buffer,
+        vocab_size=20,
+        model_type="unigram",
+        normalization_rule_name="nmt_nfkc",
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(buffer.getvalue())
+    return bytes(proto.normalizer_spec.precompiled_charsmap)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_hf_model(spec: Spec, vocab_size: int) -> torch.nn.Module:
+    torch.manual_seed(spec.seed)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        num_hidden_layers=2,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.intermediate,
+        max_position_embeddings=130,
+        initializer_range=INITIALIZER_RANGE,
+    )
+    if spec.arch == "bert":
+        return BertModel(BertConfig(pad_token_id=0, **common))
+    config = XLMRobertaConfig(
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common
+    )
+    return XLMRobertaModel(config)
+
+
+def build_st_model(spec: Spec, hf_dir: Path) -> SentenceTransformer:
+    kwargs: dict[str, Any] = {"do_lower_case": spec.do_lower_case}
+    if spec.max_seq_length is not None:
+        kwargs["max_seq_length"] = spec.max_seq_length
+    transformer = Transformer(str(hf_dir), **kwargs)
+    dim = transformer.get_embedding_dimension()
+    modules: list[torch.nn.Module] = [
+        transformer,
+        Pooling(dim, pooling_mode=spec.pooling, include_prompt=spec.include_prompt),
+    ]
+    if spec.normalize:
+        modules.append(Normalize())
+    return SentenceTransformer(
+        modules=modules,
+        device="cpu",
+        prompts=dict(spec.prompts),
+        default_prompt_name=spec.default_prompt_name,
+    )
+
+
+def build_fixture(
+    spec: Spec, folder: Path, work: Path, charsmap: bytes, vocabs: dict[str, Any]
+) -> None:
+    """Save the model as sentence-transformers does, then (classic) rewrite it into the hub form."""
+    length = spec.max_seq_length
+    if spec.arch == "bert":
+        cased = spec.cased_tokenizer
+        tokenizer: Any = bert_tokenizer(
+            vocabs["bert-cased" if cased else "bert-uncased"], cased, length
+        )
+    else:
+        tokenizer = xlmr_tokenizer(vocabs["xlm-roberta"], charsmap, length)
+    hf_dir = work / spec.name
+    build_hf_model(spec, len(tokenizer)).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    model = build_st_model(spec, hf_dir)
+    texts = reference_texts()
+    intended = model.encode(texts, convert_to_numpy=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    if spec.layout == "classic":
+        write_classic_layout(spec, folder, tokenizer)
+    # The folder must load back into the very model that was built (sentence-transformers 6.2
+    # does not save do_lower_case, so such a model is only checked in the classic layout).
+    reloaded = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+    if not np.array_equal(intended, reloaded):
+        raise SystemExit(
+            f"{spec.name}: the saved folder gives other vectors than the model built "
+            f"(max diff {np.abs(intended - reloaded).max()})"
+        )
+
+
+# -------------------------------------------------------------------- classic layout
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_classic_layout(spec: Spec, folder: Path, tokenizer: Any) -> None:
+    """Rewrite the module configs and tokenizer files into the form most hub models have."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if spec.normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    write_json(folder / "modules.json", modules)
+    shutil.rmtree(folder / "2_Normalize", ignore_errors=True)  # hub repos have no empty folder
+
+    bert_config: dict[str, Any] = {"do_lower_case": spec.do_lower_case}
+    if spec.max_seq_length is not None:
+        bert_config = {"max_seq_length": spec.max_seq_length, **bert_config}
+    write_json(folder / "sentence_bert_config.json", bert_config)
+
+    dim = json.loads((folder / "config.json").read_text())["hidden_size"]
+    pooling: dict[str, Any] = {"word_embedding_dimension": dim}
+    pooling.update({flag: mode == spec.pooling for mode, flag in POOLING_FLAGS.items()})
+    pooling["include_prompt"] = spec.include_prompt
+    write_json(folder / "1_Pooling" / "config.json", pooling)
+
+    st_config: dict[str, Any] = {
+        "__version__": {
+            "sentence_transformers": "2.2.2",
+            "transformers": "4.28.1",
+            "pytorch": "2.0.0",
+        }
+    }
+    if spec.prompts:
+        st_config.update(
+            prompts=dict(spec.prompts),
+            default_prompt_name=spec.default_prompt_name,
+            similarity_fn_name="cosine",
+        )
+    write_json(folder / "config_sentence_transformers.json", st_config)
+    if spec.arch == "bert":
+        classic_bert_tokenizer_files(spec, folder, tokenizer)
+    else:
+        classic_xlmr_tokenizer_files(spec, folder)
+
+
+def classic_tokenizer_config(
+    spec: Spec, specials: dict[str, str], extra: dict[str, Any]
+) -> dict[str, Any]:
+    config: dict[str, Any] = {**extra, **specials, "clean_up_tokenization_spaces": True}
+    if spec.tokenizer_model_max_length is not None:
+        config["model_max_length"] = spec.tokenizer_model_max_length
+    return config
+
+
+def classic_bert_tokenizer_files(spec: Spec, folder: Path, tokenizer: Any) -> None:
+    specials = {
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
+    extra = {
+        "do_lower_case": not spec.cased_tokenizer,
+        "tokenize_chinese_chars": True,
+        "strip_accents": None,
+        "tokenizer_class": "BertTokenizer",
+    }
+    write_json(folder / "tokenizer_config.json", classic_tokenizer_config(spec, specials, extra))
+    write_json(folder / "special_tokens_map.json", specials)
+    # sentence-transformers bakes do_lower_case's Lowercase into the tokenizer.json it saves; a hub
+    # folder has the tokenizer's own normaliser only, and the flag in sentence_bert_config.json.
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    if data["normalizer"]["type"] == "Sequence":
+        (data["normalizer"],) = [
+            n for n in data["normalizer"]["normalizers"] if n["type"] != "Lowercase"
+        ]
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    (folder / "vocab.txt").write_text("".join(f"{piece}\n" for piece, _ in vocab), encoding="utf-8")
+    # MiniLM's tokenizer.json truncates and pads to 128; sentence-transformers overrides both.
+    data["truncation"] = {
+        "direction": "Right",
+        "max_length": 128,
+        "strategy": "LongestFirst",
+        "stride": 0,
+    }
+    data["padding"] = {
+        "strategy": {"Fixed": 128},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    write_json(folder / "tokenizer.json", data)
+
+
+def classic_xlmr_tokenizer_files(spec: Spec, folder: Path) -> None:
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
+    extra = {"tokenizer_class": "XLMRobertaTokenizer"}
+    write_json(folder / "tokenizer_config.json", classic_tokenizer_config(spec, specials, extra))
+    write_json(folder / "special_tokens_map.json", specials)
+    # XLM-R's hub tokenizer.json: Precompiled, then runs of spaces collapsed; Metaspace alone.
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    precompiled = copy.deepcopy(data["normalizer"])
+    assert precompiled["type"] == "Precompiled", precompiled
+    data["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            precompiled,
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+        ],
+    }
+    data["pre_tokenizer"] = {
+        "type": "Metaspace",
+        "replacement": "▁",
+        "prepend_scheme": "always",
+        "split": True,
+    }
+    write_json(folder / "tokenizer.json", data)
+
+
+# ------------------------------------------------------------------------ reference
+
+
+def write_reference(path: Path, ref: dict[str, Any]) -> None:
+    """One key a line: the metadata stays readable, the arrays stay compact."""
+    lines = [
+        f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
+        for k, v in ref.items()
+    ]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+
+
+def as_lists(vectors: np.ndarray) -> list[list[float]]:
+    """float32 values written with 9 significant digits, which round-trip exactly."""
+    return [[float(f"{x:.9g}") for x in row] for row in vectors.astype(np.float32)]
+
+
+def versions() -> dict[str, str]:
+    names = (
+        "sentence-transformers",
+        "transformers",
+        "torch",
+        "tokenizers",
+        "numpy",
+        "sentencepiece",
+    )
+    out = {name: importlib.metadata.version(name) for name in names}
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def st_input_ids(
+    model: SentenceTransformer, texts: list[str], prompt: str | None
+) -> list[list[int]]:
+    ids = []
+    for text in texts:
+        features = model.preprocess([text], prompt=prompt) if prompt else model.preprocess([text])
+        ids.append([int(i) for i in features["input_ids"][0].tolist()])
+    return ids
+
+
+def raw_tokenizer_ids(spec: Spec, folder: Path, max_len: int, texts: list[str]) -> list[list[int]]:
+    """What tokenizer.json alone gives (plus the Lowercase step sentence-transformers adds)."""
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if spec.do_lower_case:
+        tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), tok.normalizer])
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_len)
+    return [enc.ids for enc in tok.encode_batch(texts)]
+
+
+def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
+    model = SentenceTransformer(str(folder), device="cpu")
+    vectors = model.encode(texts, convert_to_numpy=True)
+    max_len = int(model.max_seq_length)
+    ref: dict[str, Any] = {
+        "name": spec.name,
+        "layout": spec.layout,
+        "architecture": spec.arch,
+        "dimension": int(model.get_embedding_dimension()),
+        "pooling": spec.pooling,
+        "normalize": spec.normalize,
+        "max_seq_length": max_len,
+        "max_seq_length_in_sentence_bert_config": spec.layout == "classic"
+        and spec.max_seq_length is not None,
+        "do_lower_case": spec.do_lower_case,
+        "include_prompt": spec.include_prompt,
+        "prompts": dict(spec.prompts),
+        "default_prompt_name": spec.default_prompt_name,
+        "hidden_size": spec.hidden,
+        "vocab_size": len(model.tokenizer),
+        "versions": versions(),
+        "encode": 'SentenceTransformer(folder, device="cpu").encode(texts, convert_to_numpy=True)',
+        "texts": texts,
+        "vectors": as_lists(vectors),
+    }
+    applied = spec.prompts.get(spec.default_prompt_name or "")
+    ref["input_ids"] = st_input_ids(model, texts, applied)
+    raw = raw_tokenizer_ids(spec, folder, max_len, [(applied or "") + t for t in texts])
+    ref["tokenizer_json_differs"] = [
+        i for i, (a, b) in enumerate(zip(raw, ref["input_ids"], strict=True)) if a != b
+    ]
+    if spec.prompts:
+        ref["prompt_vectors"] = {
+            name: as_lists(model.encode(texts, prompt_name=name, convert_to_numpy=True))
+            for name in spec.prompts
+        }
+        ref["prompt_input_ids"] = {
+            name: st_input_ids(model, texts, p) for name, p in spec.prompts.items()
+        }
+    return ref
+
+
+def summary(ref: dict[str, Any]) -> str:
+    vectors = np.array(ref["vectors"])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    off = cos[~np.eye(len(cos), dtype=bool)]
+    return (
+        f"{ref['name']:32} dim={ref['dimension']:3} seq={ref['max_seq_length']:4} "
+        f"cos(other texts) mean={off.mean():.3f} max={off.max():.4f} "
+        f"tokenizer.json differs on {ref['tokenizer_json_differs']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="fixture names to rebuild (default: all)")
+    parser.add_argument(
+        "--retrain-tokenizers",
+        action="store_true",
+        help=f"train new vocabularies instead of reusing {VOCABULARIES.relative_to(ROOT)}",
+    )
+    args = parser.parse_args()
+    torch.use_deterministic_algorithms(True)
+    charsmap = nmt_nfkc_charsmap()
+    vocabs = vocabularies(charsmap, args.retrain_tokenizers)
+    texts = reference_texts()
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in SPECS:
+            if args.only and spec.name not in args.only:
+                continue
+            folder = OUT / spec.name
+            build_fixture(spec, folder, Path(tmp), charsmap, vocabs)
+            ref = reference(spec, folder, texts)
+            write_reference(folder / "reference.json", ref)
+            print(summary(ref), flush=True)
+    manifest_keys = (
+        "name",
+        "layout",
+        "architecture",
+        "dimension",
+        "pooling",
+        "normalize",
+        "max_seq_length",
+        "max_seq_length_in_sentence_bert_config",
+        "do_lower_case",
+        "include_prompt",
+        "prompts",
+        "default_prompt_name",
+        "hidden_size",
+        "vocab_size",
+        "tokenizer_json_differs",
+    )
+    fixtures = []
+    for spec in SPECS:
+        if not (OUT / spec.name / "reference.json").is_file():
+            continue
+        ref = json.loads((OUT / spec.name / "reference.json").read_text(encoding="utf-8"))
+        fixtures.append(
+            {
+                "path": spec.name,
+                **{k: ref[k] for k in manifest_keys},
+                "spec": {
+                    k: v
+                    for k, v in asdict(spec).items()
+                    if k in ("seed", "heads", "intermediate", "cased_tokenizer")
+                },
+            }
+        )
+    write_json(
+        OUT / "manifest.json",
+        {
+            "about": "Random-weight sentence-transformers models and sentence-transformers' "
+            "own vectors; built by tools/make_model_fixtures.py (see its docstring).",
+            "versions": versions(),
+            "texts": len(texts),
+            "fixtures": fixtures,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
