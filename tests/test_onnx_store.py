@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,26 @@ def test_concurrent_conversion_in_two_processes(
     leftovers = [f.name for f in cache.iterdir() if f.name.startswith(".")]
     assert leftovers == []
     assert (cache / pristine.path.name).read_bytes() == pristine.path.read_bytes()
+
+
+def test_a_cache_hit_imports_neither_onnx_nor_onnxruntime(
+    pristine: ConvertedModel, model_dir: Path
+) -> None:
+    import onnxruntime
+
+    cache = pristine.path.parent
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from lazyembed.models.convert import find_converted\n"
+        f"hit = find_converted(Path({str(model_dir)!r}), cache_dir=Path({str(cache)!r}))\n"
+        "loaded = ['onnx' in sys.modules, 'onnxruntime' in sys.modules]\n"
+        "print(json.dumps([hit.fingerprint, *loaded]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    fingerprint, onnx_imported, ort_imported = json.loads(out)
+    assert fingerprint == pristine.fingerprint
+    assert f"onnxruntime={onnxruntime.__version__}" in fingerprint
+    assert not onnx_imported and not ort_imported

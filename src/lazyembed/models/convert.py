@@ -14,6 +14,7 @@ replacing and removing one cached model and its manifest; ``hash_index.py`` and
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import tempfile
 import time
@@ -69,9 +70,16 @@ class ConvertedModel:
 
 
 def _ort_version() -> str:
-    import onnxruntime
+    """The installed onnxruntime's version, read without importing it (~30 MB) if possible.
 
-    return str(onnxruntime.__version__)
+    A cache hit then costs an isolated parent no onnxruntime at all.
+    """
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:  # another build (onnxruntime-gpu, ...)
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
 
 
 def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, Path]:
