@@ -5,7 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 
-from lazyembed.runtime import PAD_GROWTH, PAD_SLACK, plan_batches, session_options
+from lazyembed.runtime import (
+    MAX_RUN_TOKENS,
+    PAD_GROWTH,
+    PAD_SLACK,
+    plan_batches,
+    session_options,
+)
 
 
 def test_plan_covers_every_text_once_in_order() -> None:
@@ -29,6 +35,23 @@ def test_plan_cuts_before_padding_short_texts_to_a_long_one() -> None:
 def test_uniform_lengths_fill_whole_batches() -> None:
     assert plan_batches([20] * 70, 32) == [(0, 32), (32, 64), (64, 70)]
     assert plan_batches([], 32) == []
+
+
+def test_runs_are_bounded_by_padded_tokens() -> None:
+    rng = random.Random(3)
+    lengths = sorted(rng.randint(3, 256) for _ in range(300))
+    for budget in (1, 300, 2048, MAX_RUN_TOKENS):
+        plan = plan_batches(lengths, 64, budget)
+        assert plan[0][0] == 0 and plan[-1][1] == len(lengths)
+        # rows x the run's longest text (the padded width) stays within the budget,
+        # except a lone text, which always runs.
+        assert all(
+            end - start == 1 or (end - start) * lengths[end - 1] <= budget for start, end in plan
+        )
+    # Long documents: 32 of 256 tokens run as several runs of MAX_RUN_TOKENS // 256.
+    assert plan_batches([256] * 32, 32) == [
+        (i, i + MAX_RUN_TOKENS // 256) for i in range(0, 32, MAX_RUN_TOKENS // 256)
+    ]
 
 
 def test_idle_sessions_do_not_spin_and_weights_are_not_prepacked() -> None:

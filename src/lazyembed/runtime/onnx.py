@@ -1,0 +1,161 @@
+"""The loaded model: an ONNX Runtime session, its tokenizer, pooling.
+
+Knows nothing of lifecycles: `load_runtime` makes "a loaded thing" with `encode()` and
+`close()`, which the lifecycle holds. Everything needed to load it sits in a picklable
+`RuntimeSpec`, so an isolated worker process can load the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from lazyembed import memory
+from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
+from lazyembed.runtime.tokens import encode_truncated, load_tokenizer
+
+if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime (~30 MB)
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+log = logging.getLogger("lazyembed")
+
+FloatArray = npt.NDArray[np.float32]
+#: After a call whose largest batch held this many (padded) tokens, trim the heap.
+TRIM_AFTER_TOKENS = 512
+_WARMUP_TEXT = "lazyembed warm-up"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Everything needed to load the runtime; plain values so it pickles to a worker."""
+
+    onnx_path: str
+    tokenizer_path: str
+    max_seq_length: int
+    dimension: int
+    threads: int
+    batch_size: int
+    normalize: bool = True
+    pre_optimized: bool = True
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """Vectors in input order, and the real token count of each input after truncation."""
+
+    vectors: FloatArray
+    token_counts: list[int]
+
+
+class LoadedModel(Protocol):
+    """What the lifecycle holds: in-process `OnnxRuntime` or an isolated worker."""
+
+    def encode(self, texts: Sequence[str]) -> EncodeResult: ...
+
+    def close(self) -> None: ...
+
+
+def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
+    """Options measured to keep memory low and an idle model at zero CPU (DESIGN.md)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if pre_optimized
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    # The CPU arena stays on: without it every intermediate tensor of every layer is a
+    # fresh malloc, and the big ones (attention scores of long texts) fault their pages in
+    # each time — measured 12 vs 19 long docs/s and ~170 vs ~195 sentences/s at batch 32.
+    # Its memory is handed back after every run instead (see `_RUN_OPTIONS`).
+    options.enable_cpu_mem_arena = True
+    # Pre-packing copies every weight into a second layout: +17 MB and +50 ms per load,
+    # for no throughput we could measure on this model (bench, 2 cores, batch 32).
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    # Idle ORT thread pools spin otherwise: a loaded, idle model would burn a core.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxRuntime:
+    """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run())."""
+
+    #: Padded tokens per ONNX run: bounds a call's working memory (see `plan_batches`).
+    max_run_tokens = MAX_RUN_TOKENS
+
+    def __init__(self, spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> None:
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
+        self._session: ort.InferenceSession | None = ort.InferenceSession(
+            spec.onnx_path,
+            sess_options=session_options(spec.threads, pre_optimized=spec.pre_optimized),
+            providers=["CPUExecutionProvider"],
+        )
+        self._output_names = ["last_hidden_state"]
+        # Shrink the arena at the end of every run: the arena's speed within a run, not
+        # its peak held between runs (the default arena keeps ~+110 MB after one batch).
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def encode(self, texts: Sequence[str]) -> EncodeResult:
+        """Embed texts: tokenize once (cut to what is kept), run length-sorted runs bounded
+        in texts and padded tokens, pool, normalise."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("OnnxRuntime.encode() after close()")  # lifecycle prevents this
+        encodings = encode_truncated(self.tokenizer, texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
+        # Sorting by length wastes almost nothing on padding (unsorted: ~45 % here).
+        order = np.argsort(lengths, kind="stable")
+        largest = 0
+        for start, end in plan_batches(
+            lengths[order].tolist(), self.spec.batch_size, self.max_run_tokens
+        ):
+            rows = order[start:end]
+            ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            hidden = session.run(self._output_names, feeds, self._run_options)[0]
+            out[rows] = self._pool(hidden, mask)
+            largest = max(largest, ids.size)
+        if largest >= TRIM_AFTER_TOKENS:
+            # A big batch grew the heap by tens of MB; give it back now (~0.1 ms) rather
+            # than hold the peak while the model sits idle.
+            memory.trim_heap()
+        return EncodeResult(out, lengths.tolist())
+
+    def _pool(self, hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> FloatArray:
+        """Mean over real tokens, then L2 normalisation (as sentence-transformers does)."""
+        weights = mask.astype(np.float32)
+        summed = np.matmul(weights[:, None, :], hidden)[:, 0, :]
+        counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+        pooled: FloatArray = (summed / counts).astype(np.float32, copy=False)
+        if self.spec.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled /= np.maximum(norms, 1e-12)
+        return pooled
+
+    def close(self) -> None:
+        """Drop the session; the caller returns the freed pages to the OS."""
+        self._session = None
+
+
+def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> OnnxRuntime:
+    """Load the session and run one warm-up inference, so the load cost is paid here."""
+    runtime = OnnxRuntime(spec, tokenizer)
+    runtime.encode([_WARMUP_TEXT])
+    return runtime

@@ -1,0 +1,104 @@
+"""Tokenisation that never reads more of a text than its kept tokens need.
+
+A tokenizer truncates only after it has tokenized the whole text: a 100k-character text
+becomes ~25k tokens (ids, offsets, strings, overflow pieces) to keep 256 of them.
+`encode_truncated` cuts each text to a character budget first, and checks that the cut
+could not have changed the kept tokens; when it could, that text is tokenized again with
+twice the budget (up to the whole text). The runtime and the Embedder's token counts
+both go through it, so a vector and its usage count always see the same tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
+
+_BUDGETS: weakref.WeakKeyDictionary[Tokenizer, int] = weakref.WeakKeyDictionary()
+_BUDGETS_LOCK = threading.Lock()
+
+
+def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
+    """The fast tokenizer, truncating where sentence-transformers does and never padding.
+
+    tokenizer.json of all-MiniLM-L6-v2 says truncate and pad to 128; sentence-transformers
+    overrides that with max_seq_length (256) and pads per batch, so we do the same.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_seq_length)
+    return tokenizer
+
+
+def truncation_length(tokenizer: Tokenizer) -> int | None:
+    """The number of tokens the tokenizer keeps (None: it does not truncate)."""
+    truncation = tokenizer.truncation
+    return None if truncation is None else int(truncation["max_length"])
+
+
+def char_budget(tokenizer: Tokenizer) -> int:
+    """Characters that almost always hold the kept tokens: (kept + 1) x (longest piece + 1).
+
+    The longest vocabulary entry bounds the characters of one piece (plus one for the
+    space or punctuation between words). Pieces can cover more (an unknown word, text
+    the normaliser drops), which `encode_truncated` detects and handles by growing.
+    Computed once per tokenizer (reading the vocabulary is not free).
+    """
+    budget = _BUDGETS.get(tokenizer)
+    if budget is None:
+        kept = truncation_length(tokenizer)
+        if kept is None:
+            return 0
+        longest = max(map(len, tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        budget = (kept + 1) * (longest + 1)
+        with _BUDGETS_LOCK:
+            _BUDGETS[tokenizer] = budget
+    return budget
+
+
+def _cut_is_exact(encoding: Encoding) -> bool:
+    """True if the kept tokens all come from words before the cut text's last word.
+
+    Only the last word of a cut text can differ from the whole text (it may be cut in
+    the middle), and only if the text overflowed are there tokens past the kept ones.
+    """
+    overflow = encoding.overflowing
+    if not overflow:
+        return False
+    last_word = max((w for w in overflow[-1].word_ids if w is not None), default=None)
+    kept_word = max((w for w in encoding.word_ids if w is not None), default=None)
+    return last_word is not None and kept_word is not None and kept_word < last_word
+
+
+def encode_truncated(
+    tokenizer: Tokenizer, texts: Sequence[str], budget: int | None = None
+) -> list[Encoding]:
+    """`tokenizer.encode_batch(texts)` with special tokens, reading at most what is kept.
+
+    Gives exactly the encodings of the whole texts (same ids, same truncation), but hands
+    the tokenizer each text cut to `budget` characters (default `char_budget`), doubled
+    for the texts whose cut might have changed the kept tokens.
+    """
+    size = char_budget(tokenizer) if budget is None else budget
+    if size <= 0:
+        return tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    out: list[Encoding | None] = [None] * len(texts)
+    pending = list(range(len(texts)))
+    while pending:
+        cut = [texts[i][:size] for i in pending]
+        encodings = tokenizer.encode_batch(cut, add_special_tokens=True)
+        retry: list[int] = []
+        for index, encoding in zip(pending, encodings, strict=True):
+            if len(texts[index]) <= size or _cut_is_exact(encoding):
+                out[index] = encoding
+            else:
+                retry.append(index)
+        pending = retry
+        size *= 2
+    return out  # type: ignore[return-value]  # every slot was filled above
