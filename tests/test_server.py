@@ -1,19 +1,13 @@
-"""The HTTP server in-process (FastAPI TestClient) and the dynamic batcher.
+"""The HTTP endpoints in-process (FastAPI TestClient).
 
 Vectors, statuses and lifecycle use the real model. A fake embedder appears only where a
-test is about batching order or injected model failures.
+test injects model failures.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hashlib
-import re
-import threading
-import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,16 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lazyembed import Embedder
-from lazyembed.config import KeepAlive, ServerSettings
-from lazyembed.errors import ClientDisconnectedError, InvalidInputError, ModelLoadError
-from lazyembed.report import LifecycleStatus, MemoryReport, State
-from lazyembed.server import Batcher, InputTooLongError, create_app
-from lazyembed.server.app import begin_shutdown
-from lazyembed.server.batcher import BatcherClosedError
-
-TEXTS = ["The cat sits on the mat.", "A quick brown fox.", "Embeddings map text to vectors."]
-SERVED = "sentence-transformers/all-MiniLM-L6-v2"
-
+from lazyembed.config import ServerSettings
+from lazyembed.errors import ConfigError, ModelLoadError
+from lazyembed.server import create_app
+from server_helpers import SERVED, TEXTS, FakeEmbedder, metric, wait_until
 
 # ---- fixtures -----------------------------------------------------------------------------
 
@@ -52,360 +40,6 @@ def client(embedder: Embedder) -> Iterator[TestClient]:
 def reference(shared_embedder: Any) -> np.ndarray:
     vectors: np.ndarray = shared_embedder.embed_numpy(TEXTS)
     return vectors
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus exposition text (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    match = re.search("^" + pattern + "$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def wait_until(predicate: Any, limit: float = 60.0) -> bool:
-    """Poll with a generous limit (machines are noisy; no timing is asserted)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
-# ---- the fake (ordering, batching and failure injection only) ------------------------------
-
-
-class FakeEmbedder:
-    """Deterministic vectors per text; records every model call; can block or fail."""
-
-    model_name = SERVED
-
-    def __init__(self, max_tokens: int = 256) -> None:
-        self.settings = SimpleNamespace()
-        self.max_tokens = max_tokens
-        self.calls: list[tuple[list[str], KeepAlive]] = []
-        self.warmups: list[KeepAlive] = []
-        self.loaded = False
-        self.loads = 0
-        self.gate: threading.Event | None = None
-        self.entered = threading.Event()
-        self.fail_with: BaseException | None = None
-
-    @property
-    def is_loaded(self) -> bool:
-        return self.loaded
-
-    @staticmethod
-    def vector(text: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        vector = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
-        normalized: np.ndarray = vector / np.linalg.norm(vector)
-        return normalized
-
-    def embed_numpy(self, texts: list[str], *, keep_alive: KeepAlive) -> np.ndarray:
-        self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(30)
-        if self.fail_with is not None:
-            raise self.fail_with
-        if "bad" in texts:
-            raise InvalidInputError("input 'bad' is bad")
-        self.calls.append((list(texts), keep_alive))
-        if not self.loaded:
-            self.loaded, self.loads = True, self.loads + 1
-        return np.stack([self.vector(t) for t in texts])
-
-    def count_tokens(self, texts: list[str], *, truncate: bool = True) -> list[int]:
-        cap = self.max_tokens if truncate else self.max_tokens + 1
-        return [min(len(t.split()) + 2, cap) for t in texts]
-
-    def warmup(self, *, keep_alive: KeepAlive) -> None:
-        self.warmups.append(keep_alive)
-        if not self.loaded:
-            self.loaded, self.loads = True, self.loads + 1
-
-    def unload_model(self) -> bool:
-        was, self.loaded = self.loaded, False
-        return was
-
-    def memory_report(self, *, events: bool = True) -> MemoryReport:
-        return fake_report(self.loaded, self.loads)
-
-    def get_embedding_dimension(self) -> int:
-        return 384
-
-    def get_max_tokens(self) -> int:
-        return self.max_tokens
-
-
-def fake_report(loaded: bool, loads: int) -> MemoryReport:
-    """A typed memory report with the figures a fake has (the rest zero)."""
-    status = LifecycleStatus(
-        state=State.LOADED if loaded else State.UNLOADED,
-        model_mb=1.0 if loaded else 0.0,
-        idle_seconds=None,
-        idle_timeout=KeepAlive.FOREVER,
-        unload_in_s=None,
-        pinned=False,
-        in_flight=0,
-        waiting=0,
-        unload_waiting=0,
-        loads=loads,
-        unloads=0,
-        load_failures=0,
-        loads_by_reason={"first_use": loads} if loads else {},
-        unloads_by_reason={},
-        last_load_ms=1.0,
-        last_unload=None,
-        watcher_wakeups=0,
-        events=(),
-    )
-    return MemoryReport(SERVED, status, status.model_mb, 100.0, None, "none")
-
-
-def make_batcher(embedder: Any, **knobs: Any) -> Batcher:
-    """A batcher with the server's default knobs (from ServerSettings) unless given."""
-    defaults = ServerSettings()
-    options: dict[str, Any] = {
-        "max_inputs": defaults.batch_max_inputs,
-        "max_tokens": defaults.batch_max_tokens,
-        "wait_ms": defaults.batch_wait_ms,
-    }
-    options.update(knobs)
-    return Batcher(embedder, **options)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-async def _wait_entered(fake: FakeEmbedder) -> None:
-    assert await asyncio.to_thread(fake.entered.wait, 30)
-
-
-# ---- batcher --------------------------------------------------------------------------------
-
-
-def test_batcher_coalesces_waiting_requests_in_order() -> None:
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()
-    batcher = make_batcher(fake, max_inputs=64, wait_ms=0)
-
-    async def main() -> list[Any]:
-        first = asyncio.ensure_future(batcher.submit(["first"]))
-        await _wait_entered(fake)  # the model is busy: the next requests queue up
-        texts = [[f"text {i}", f"more {i}"] for i in range(10)]
-        rest = [asyncio.ensure_future(batcher.submit(t)) for t in texts]
-        await asyncio.sleep(0)
-        fake.gate.set()  # type: ignore[union-attr]
-        results = await asyncio.gather(first, *rest)
-        await batcher.aclose()
-        return [texts, results]
-
-    texts, results = run(main())
-    assert fake.calls[0][0] == ["first"]
-    assert fake.calls[1][0] == [t for pair in texts for t in pair]  # one call, arrival order
-    for pair, result in zip(texts, results[1:], strict=True):
-        np.testing.assert_array_equal(result.vectors, np.stack([fake.vector(t) for t in pair]))
-        assert result.token_counts == fake.count_tokens(pair)
-
-
-def test_batcher_respects_max_size_and_max_tokens() -> None:
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()
-    batcher = make_batcher(fake, max_inputs=4, max_tokens=12, wait_ms=0)
-
-    async def main() -> None:
-        first = asyncio.ensure_future(batcher.submit(["x"]))
-        await _wait_entered(fake)
-        # 6 requests of 1 input and 4 tokens each ("a b" → 2 words + [CLS] + [SEP])
-        rest = [asyncio.ensure_future(batcher.submit([f"a{i} b"])) for i in range(6)]
-        await asyncio.sleep(0)
-        fake.gate.set()  # type: ignore[union-attr]
-        await asyncio.gather(first, *rest)
-        await batcher.aclose()
-
-    run(main())
-    sizes = [len(texts) for texts, _ in fake.calls[1:]]
-    assert sum(sizes) == 6
-    assert max(sizes) <= 3  # 12 tokens / 4 per input, although max_size would allow 4
-    assert all(len(texts) * 4 <= 12 for texts, _ in fake.calls[1:])
-
-
-def test_batcher_waits_for_more_but_not_past_max_size() -> None:
-    fake = FakeEmbedder()
-    batcher = make_batcher(fake, max_inputs=4, wait_ms=600_000)  # only a full batch can go
-
-    async def main() -> None:
-        await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(4)))
-        await batcher.aclose()
-
-    run(main())
-    assert [texts for texts, _ in fake.calls] == [["t0", "t1", "t2", "t3"]]
-
-
-def test_batcher_groups_keep_alive_values() -> None:
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()
-    batcher = make_batcher(fake, wait_ms=0)
-
-    async def main() -> None:
-        first = asyncio.ensure_future(batcher.submit(["first"]))
-        await _wait_entered(fake)
-        jobs = [
-            batcher.submit(["a"]),
-            batcher.submit(["b"], keep_alive=KeepAlive.after(0)),
-            batcher.submit(["c"]),
-            batcher.submit(["d"], keep_alive=KeepAlive.FOREVER),
-        ]
-        rest = [asyncio.ensure_future(j) for j in jobs]
-        await asyncio.sleep(0)
-        fake.gate.set()  # type: ignore[union-attr]
-        await asyncio.gather(first, *rest)
-        await batcher.aclose()
-
-    run(main())
-    assert fake.calls[1:] == [
-        (["a", "c"], KeepAlive.DEFAULT),
-        (["b"], KeepAlive.after(0)),
-        (["d"], KeepAlive.FOREVER),
-    ]
-
-
-def test_batcher_isolates_a_bad_request_and_survives_model_errors() -> None:
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()
-    batcher = make_batcher(fake, wait_ms=0)
-
-    async def main() -> list[Any]:
-        first = asyncio.ensure_future(batcher.submit(["first"]))
-        await _wait_entered(fake)
-        jobs = [batcher.submit(["ok 1"]), batcher.submit(["bad"]), batcher.submit(["ok 2"])]
-        rest = [asyncio.ensure_future(j) for j in jobs]
-        await asyncio.sleep(0)
-        fake.gate.set()  # type: ignore[union-attr]
-        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
-        fake.fail_with = RuntimeError("the model broke")
-        broken = await asyncio.gather(batcher.submit(["x"]), return_exceptions=True)
-        fake.fail_with = None
-        after = await batcher.submit(["still up"])
-        await batcher.aclose()
-        return [outcomes, broken, after]
-
-    outcomes, broken, after = run(main())
-    assert isinstance(outcomes[2], InvalidInputError)
-    np.testing.assert_array_equal(outcomes[1].vectors[0], fake.vector("ok 1"))
-    np.testing.assert_array_equal(outcomes[3].vectors[0], fake.vector("ok 2"))
-    assert isinstance(broken[0], RuntimeError)
-    np.testing.assert_array_equal(after.vectors[0], fake.vector("still up"))
-
-
-def test_batcher_drops_disconnected_and_cancelled_requests() -> None:
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()
-    batcher = make_batcher(fake, wait_ms=0)
-
-    async def gone(started: bool) -> bool:
-        return True
-
-    async def main() -> None:
-        first = asyncio.ensure_future(batcher.submit(["first"]))
-        await _wait_entered(fake)
-        dropped = asyncio.ensure_future(batcher.submit(["disconnected"], is_disconnected=gone))
-        cancelled = asyncio.ensure_future(batcher.submit(["cancelled"]))
-        kept = asyncio.ensure_future(batcher.submit(["kept"]))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        fake.gate.set()  # type: ignore[union-attr]
-        await asyncio.gather(first, kept)
-        with pytest.raises(ClientDisconnectedError):  # not a cancellation: see the guard
-            await dropped
-        await batcher.aclose()
-
-    run(main())
-    assert fake.calls[1:] == [(["kept"], KeepAlive.DEFAULT)]
-    assert batcher.dropped == 2
-
-
-def test_batcher_truncate_false_refuses_only_the_long_request() -> None:
-    fake = FakeEmbedder(max_tokens=8)
-    batcher = make_batcher(fake, wait_ms=50)
-
-    async def main() -> list[Any]:
-        long_text = " ".join(["word"] * 20)
-        jobs = [batcher.submit([long_text], truncate=False), batcher.submit([long_text])]
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        await batcher.aclose()
-        return outcomes
-
-    refused, truncated = run(main())
-    assert isinstance(refused, InputTooLongError)
-    assert truncated.token_counts == [8]
-
-
-def test_batcher_close_is_bounded_and_fails_what_is_left() -> None:
-    """Past the timeout aclose fails queued and running requests and does not wait."""
-    fake = FakeEmbedder()
-    fake.gate = threading.Event()  # the running call cannot finish before the test says
-    batcher = make_batcher(fake, wait_ms=0)
-
-    async def main() -> list[Any]:
-        running = asyncio.ensure_future(batcher.submit(["running"]))
-        await _wait_entered(fake)
-        queued = asyncio.ensure_future(batcher.submit(["queued"]))
-        await asyncio.sleep(0)
-        finished = await batcher.aclose(timeout=0.05)
-        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
-        return [finished, *outcomes]
-
-    try:
-        finished, running, queued = run(main())
-    finally:
-        fake.gate.set()  # type: ignore[union-attr]  # let the abandoned thread end
-    assert finished is False
-    assert isinstance(running, BatcherClosedError) and "graceful timeout" in str(running)
-    assert isinstance(queued, BatcherClosedError)
-    assert all(texts != ["queued"] for texts, _ in fake.calls)
-
-
-def test_batcher_close_within_the_timeout_answers_everything() -> None:
-    fake = FakeEmbedder()
-    batcher = make_batcher(fake, wait_ms=0)
-
-    async def main() -> list[Any]:
-        jobs = [asyncio.ensure_future(batcher.submit([f"t{i}"])) for i in range(3)]
-        await asyncio.sleep(0)
-        finished = await batcher.aclose(timeout=600)
-        return [finished, *(await asyncio.gather(*jobs))]
-
-    finished, *results = run(main())
-    assert finished is True
-    for i, result in enumerate(results):
-        np.testing.assert_array_equal(result.vectors[0], fake.vector(f"t{i}"))
-
-
-def test_graceful_remaining_counts_from_begin_shutdown() -> None:
-    app = create_app(FakeEmbedder(), graceful_timeout=30)
-    srv = app.state.server
-    assert srv.graceful_remaining() == 30.0  # nobody said when the shutdown began
-    begin_shutdown(app)
-    assert 0.0 <= srv.graceful_remaining() <= 30.0
-    srv.shutdown_began -= 31  # the graceful timeout has passed
-    assert srv.graceful_remaining() == 0.0
-    default = ServerSettings().graceful_timeout  # the one default, in the settings
-    assert create_app(FakeEmbedder()).state.server.graceful_remaining() == default
-
-
-def test_batcher_after_close_refuses_new_work() -> None:
-    batcher = make_batcher(FakeEmbedder(), wait_ms=0)
-
-    async def main() -> None:
-        await batcher.submit(["x"])
-        await batcher.aclose()
-        with pytest.raises(BatcherClosedError):
-            await batcher.submit(["y"])
-
-    run(main())
 
 
 # ---- endpoints: vectors equal the library's -------------------------------------------------
@@ -555,6 +189,50 @@ def test_truncate_false_accepts_an_input_that_exactly_fits(
     mixed = client.post("/api/embed", json={"input": ["short", over], "truncate": False})
     assert mixed.status_code == 400
     assert "input 1" in mixed.json()["error"] and "256" in mixed.json()["error"]
+
+
+def test_an_unknown_model_name_is_echoed_short(client: TestClient) -> None:
+    name = "m" * 1_000_000
+    for path in ("/v1/embeddings", "/api/embed"):
+        response = client.post(path, json={"input": "x", "model": name})
+        assert response.status_code == 404
+        error = response.json()["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert len(message) < 1000 and "m" * 100 + "'…" in message
+        assert SERVED in message and "all-minilm" in message  # what is available
+
+
+def test_liveness_probes_need_no_api_key(embedder: Embedder) -> None:
+    with TestClient(create_app(embedder, api_key="s3cret")) as client:
+        root = client.get("/")  # Ollama's probe
+        assert root.status_code == 200 and root.text == "lazyembed is running"
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/api/version").status_code == 401
+
+
+@pytest.mark.parametrize("key", ["secret ", " secret", "secret\n"])
+def test_an_api_key_with_surrounding_whitespace_is_refused_at_start(
+    embedder: Embedder, key: str
+) -> None:
+    with pytest.raises(ConfigError, match="whitespace"):
+        create_app(embedder, api_key=key)
+    with pytest.raises(ConfigError, match="whitespace"):
+        create_app(embedder, config=ServerSettings(api_key=key))
+
+
+def test_the_clients_token_is_compared_without_surrounding_whitespace(
+    embedder: Embedder,
+) -> None:
+    with TestClient(create_app(embedder, api_key="s3cret")) as client:
+        for header in ("Bearer s3cret", "Bearer  s3cret ", "bearer s3cret"):
+            response = client.post(
+                "/v1/embeddings", json={"input": "x"}, headers={"Authorization": header}
+            )
+            assert response.status_code == 200, header
+        wrong = client.post(
+            "/v1/embeddings", json={"input": "x"}, headers={"Authorization": "Bearer s3cre"}
+        )
+        assert wrong.status_code == 401
 
 
 def test_api_key_is_required_except_for_healthz(embedder: Embedder) -> None:

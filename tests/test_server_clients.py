@@ -1,14 +1,13 @@
 """The official ``openai`` and ``ollama`` clients, unchanged, against a live uvicorn server.
 
-The server runs in a thread on 127.0.0.1 with a port the OS picked (a pre-bound socket,
-so no race for the port). Vectors are compared with the library's own.
+The server runs in a thread on 127.0.0.1 with a port the OS picked (``LiveServer``: a
+pre-bound socket, so no race for the port). Vectors are compared with the library's own.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,42 +18,11 @@ import numpy as np
 import ollama
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from lazyembed import Embedder
+from lazyembed.config import KeepAlive
 from lazyembed.server import create_app
-
-TEXTS = ["The cat sits on the mat.", "A quick brown fox.", "Embeddings map text to vectors."]
-SERVED = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class LiveServer:
-    """uvicorn in a background thread; ``url`` once it accepts connections."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        self.sock.close()
+from server_helpers import SERVED, TEXTS, LiveServer, Records
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +135,7 @@ class _GatedEmbedder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def embed_numpy(self, texts: list[str], *, keep_alive: float | None = None) -> np.ndarray:
+    def embed_numpy(self, texts: list[str], *, keep_alive: KeepAlive) -> np.ndarray:
         self.seen.extend(texts)
         self.entered.set()
         self.gate.wait(60)
@@ -175,21 +143,10 @@ class _GatedEmbedder:
         return result
 
 
-class _Records(logging.Handler):
-    """Keeps the records of the loggers it is attached to."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_a_client_that_disconnects_while_queued_costs_nothing(embedder: Embedder) -> None:
     gated = _GatedEmbedder(embedder)
-    app = create_app(gated, batch_wait_ms=0)  # type: ignore[arg-type]
-    records = _Records()
+    app = create_app(gated, batch_wait_ms=0)
+    records = Records()
     loggers = [logging.getLogger(name) for name in ("uvicorn.error", "lazyembed")]
     with LiveServer(app) as server:
         for logger in loggers:  # after uvicorn configured its logging

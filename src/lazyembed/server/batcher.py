@@ -126,6 +126,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._cutoff: asyncio.TimerHandle | None = None
         self._closing = False
+        self._left_running = False  # abandon() left a model call running in its thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_EXECUTOR_PREFIX)
         self.dropped = 0
         self.batches = 0
@@ -171,6 +172,7 @@ class Batcher:
         """Accept work again after ``aclose`` (an app started a second time)."""
         if self._closing:
             self._closing = False
+            self._left_running = False
             self._task = None
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_EXECUTOR_PREFIX)
 
@@ -196,18 +198,16 @@ class Batcher:
         if self._wakeup is not None:
             self._wakeup.set()
         task = self._task
-        finished = not self._running and not self._line
         if task is not None and self._loop is asyncio.get_running_loop() and not task.done():
             bound = None if timeout is None else max(0.0, timeout)
             done, _ = await asyncio.wait({task}, timeout=bound)
-            finished = bool(done)
-            if not finished:
+            if not done:
                 self.abandon()
                 await asyncio.wait({task})  # cancelled: ends at once (the call is shielded)
         if self._cutoff is not None:
             self._cutoff.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        return finished
+        return not self._left_running
 
     def abandon(self) -> None:
         """Fail every unanswered request with BatcherClosedError; stop the collector."""
@@ -222,6 +222,7 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(error)
         abandoned = bool(self._running)
+        self._left_running = self._left_running or abandoned
         self._line.clear()
         self._queued_inputs = 0
         self._running = []
