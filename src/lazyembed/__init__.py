@@ -14,6 +14,19 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "embed": "lazyembed.api",
     "embed_numpy": "lazyembed.api",
+    "embed_query": "lazyembed.api",
+    "embed_documents": "lazyembed.api",
+    "get_default_models": "lazyembed.api",
+    "Models": "lazyembed.registry",
+    "KeepAlive": "lazyembed.config",
+    "ClosedError": "lazyembed.errors",
+    "InputTooLongError": "lazyembed.errors",
+    "ModelBusyError": "lazyembed.errors",
+    "ModelCacheError": "lazyembed.errors",
+    "PromptNotFoundError": "lazyembed.errors",
+    "UnsupportedModelError": "lazyembed.errors",
+    "WorkerTimeoutError": "lazyembed.errors",
+    "BackendUnavailableError": "lazyembed.errors",
     "get_default_embedder": "lazyembed.api",
     "get_embedding_dimension": "lazyembed.api",
     "get_max_tokens": "lazyembed.api",
@@ -33,19 +46,32 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BackendUnavailableError",
+    "ClosedError",
     "ConfigError",
     "Embedder",
+    "InputTooLongError",
     "InputTypeError",
     "InvalidInputError",
+    "KeepAlive",
     "LazyEmbedError",
+    "ModelBusyError",
+    "ModelCacheError",
     "ModelConversionError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "Models",
+    "PromptNotFoundError",
+    "UnsupportedModelError",
     "WorkerDiedError",
+    "WorkerTimeoutError",
     "__version__",
     "embed",
+    "embed_documents",
     "embed_numpy",
+    "embed_query",
     "get_default_embedder",
+    "get_default_models",
     "get_embedding_dimension",
     "get_max_tokens",
     "get_memory_usage",
@@ -57,8 +83,11 @@ __all__ = [
 if TYPE_CHECKING:
     from lazyembed.api import (
         embed,
+        embed_documents,
         embed_numpy,
+        embed_query,
         get_default_embedder,
+        get_default_models,
         get_embedding_dimension,
         get_max_tokens,
         get_memory_usage,
@@ -66,17 +95,27 @@ if TYPE_CHECKING:
         unload_model,
         warmup,
     )
+    from lazyembed.config import KeepAlive
     from lazyembed.embedder import Embedder
     from lazyembed.errors import (
+        BackendUnavailableError,
+        ClosedError,
         ConfigError,
+        InputTooLongError,
         InputTypeError,
         InvalidInputError,
         LazyEmbedError,
+        ModelBusyError,
+        ModelCacheError,
         ModelConversionError,
         ModelLoadError,
         ModelNotFoundError,
+        PromptNotFoundError,
+        UnsupportedModelError,
         WorkerDiedError,
+        WorkerTimeoutError,
     )
+    from lazyembed.registry import Models
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -87,8 +88,13 @@ class Embedder:
         *,
         settings: Settings | None = None,
         clock: Callable[[], float] | None = None,
+        load_gate: Callable[[Embedder], AbstractContextManager[object]] | None = None,
+        on_idle: Callable[[], object] | None = None,
         **overrides: Any,
     ) -> None:
+        """``load_gate`` and ``on_idle`` connect a `Models` registry: every load runs
+        inside ``load_gate(self)`` (which makes room under the memory budget), and
+        ``on_idle`` hears when calls in flight reach zero or the model unloads."""
         if settings is None:
             settings = load_settings(model=model, **overrides)
         elif model is not None or overrides:
@@ -103,12 +109,15 @@ class Embedder:
             PressureMonitor.from_settings(settings.pressure) if settings.pressure.unload else None
         )
         self._lifecycle: Lifecycle[LoadedModel] = Lifecycle(
-            self._load,
+            self._load_prepared if load_gate is not None else self._load,
             idle_timeout=settings.idle_timeout,
             max_events=settings.max_events,
             clock=clock or time.monotonic,
             periodic_check=self._pressure.check if self._pressure is not None else None,
             check_interval=settings.pressure.check_interval,
+            name=self.model_name,
+            on_idle=on_idle,
+            admit=None if load_gate is None else lambda: load_gate(self),
         )
         _LIVE.add(self)
 
@@ -172,6 +181,15 @@ class Embedder:
 
             return load_isolated(spec)
         return load_runtime(spec)
+
+    def _load_prepared(self) -> LoadedModel:
+        """Under a registry, preparation (maybe a conversion) ran before admission."""
+        return self._load()
+
+    @property
+    def lifecycle(self) -> Lifecycle[LoadedModel]:
+        """The model's lifecycle (for a registry and reports; use embed() for work)."""
+        return self._lifecycle
 
     # ---- embedding ----------------------------------------------------------------------
 

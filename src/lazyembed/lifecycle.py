@@ -12,6 +12,7 @@ the lease rule, the watcher thread, fork handling and who holds which lock.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -119,19 +120,21 @@ class _Call(Generic[T]):
             if lc._unload_waiting:
                 lc._changed.notify_all()
                 return
+            reason = ""
             if lc._state is _LOADED and lc._deadline()[0] <= now:
                 # Every lease has expired already (keep_alive=0, idle_timeout 0): unload
                 # before the call returns, so the caller never sees it still loaded.
                 reason = lc._deadline()[1]
                 lc._begin_unload_locked(reason)
-            else:
-                if lc._watch_until == _INF and lc._wake_target() < _INF:
-                    # Leases only grow, so a watcher asleep towards a finite time is
-                    # never late; one asleep without timeout (it planned while calls
-                    # were in flight, or there was no deadline) must re-plan.
-                    lc._wake.notify()
-                return
-        lc._finish_unload(reason)
+            elif lc._watch_until == _INF and lc._wake_target() < _INF:
+                # Leases only grow, so a watcher asleep towards a finite time is never
+                # late; one asleep without timeout (it planned while calls were in
+                # flight, or there was no deadline) must re-plan.
+                lc._wake.notify()
+        if reason:
+            lc._finish_unload(reason)  # tells on_idle when done
+        elif lc._on_idle is not None:
+            lc._notify_idle()
 
 
 class Lifecycle(Generic[T]):
@@ -150,6 +153,8 @@ class Lifecycle(Generic[T]):
         periodic_check: Callable[[], str | None] | None = None,
         check_interval: float = 5.0,
         name: str = "model",
+        on_idle: Callable[[], object] | None = None,
+        admit: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         if periodic_check is not None and not check_interval > 0:
             raise ConfigError(f"invalid check_interval={check_interval!r} from argument")
@@ -161,6 +166,12 @@ class Lifecycle(Generic[T]):
         self._check = periodic_check
         self._check_interval = float(check_interval)
         self.name = name
+        # Told (outside the lock) when calls in flight reach 0 and after every unload:
+        # a registry waiting for room to load another model listens here.
+        self._on_idle = on_idle
+        # Entered around every load, before its memory is measured: a registry's budget
+        # gate, which may wait for room or unload other models first.
+        self._admit = admit
 
         self._shared = Shared()
         self._lock = self._shared.lock
@@ -259,20 +270,24 @@ class Lifecycle(Generic[T]):
             return None
 
     def _load(self, attempt: _Attempt, reason: str) -> T:
-        before = self._measure()
-        start = time.perf_counter()
-        try:
-            obj = self._loader()
-            if obj is None:
-                raise ModelLoadError("the loader returned None")
-        except BaseException as exc:
-            self._load_failed(attempt, reason, exc, (time.perf_counter() - start) * 1e3)
-            error = attempt.error
-            if error is exc or error is None or not isinstance(exc, Exception):
-                raise
-            raise error from exc
-        ms = (time.perf_counter() - start) * 1e3
-        after = self._measure()
+        with contextlib.ExitStack() as admission:
+            start = time.perf_counter()
+            try:
+                if self._admit is not None:  # may unload others first: measure after it
+                    admission.enter_context(self._admit())
+                before = self._measure()
+                start = time.perf_counter()
+                obj = self._loader()
+                if obj is None:
+                    raise ModelLoadError("the loader returned None")
+            except BaseException as exc:
+                self._load_failed(attempt, reason, exc, (time.perf_counter() - start) * 1e3)
+                error = attempt.error
+                if error is exc or error is None or not isinstance(exc, Exception):
+                    raise
+                raise error from exc
+            ms = (time.perf_counter() - start) * 1e3
+            after = self._measure()
         mb = 0.0 if before is None or after is None else max(0.0, (after - before) / memory.MB)
         new_watcher: threading.Thread | None = None
         with self._lock:
@@ -324,7 +339,7 @@ class Lifecycle(Generic[T]):
         self._default_done = None
         self._next_check = _INF
 
-    def _finish_unload(self, reason: str) -> None:
+    def _finish_unload(self, reason: str, note: str | None = None) -> None:
         """Outside the lock: close, drop the last reference, return memory, measure.
 
         Whatever close(), the memory release or the probe raise (or an interrupt), the
@@ -364,9 +379,13 @@ class Lifecycle(Generic[T]):
                 self._unloads += 1
                 self._model_mb = 0.0
                 self._last_unload = record
-                self._record("unload", reason, ms, returned)
+                event = self._record("unload", reason, ms, returned)
+                if note:
+                    event["note"] = note
                 self._changed.notify_all()
                 self._wake.notify()  # let the watcher settle into its untimed sleep now
+        if self._on_idle is not None:
+            self._notify_idle()
         log.info(
             "%s unloaded (%s) in %.0f ms, %.1f MB returned (RSS %s → %s MB)",
             self.name,
@@ -376,6 +395,13 @@ class Lifecycle(Generic[T]):
             record["rss_before_mb"],
             record["rss_after_mb"],
         )
+
+    def _notify_idle(self) -> None:
+        assert self._on_idle is not None
+        try:
+            self._on_idle()
+        except Exception:
+            log.exception("%s: on_idle listener failed", self.name)
 
     def _record(self, kind: str, reason: str, ms: float, mb: float) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -412,6 +438,45 @@ class Lifecycle(Generic[T]):
             self._begin_unload_locked(reason)
         self._finish_unload(reason)
         return True
+
+    def try_unload(self, reason: str, *, allow_pinned: bool = False) -> bool:
+        """Unload now if nothing is in flight or waiting (and, unless allowed, no pin).
+
+        Never waits: False when the model is busy, pinned, loading or not loaded. A
+        registry making room for another model calls this on its least recent idle one.
+        """
+        with self._lock:
+            if (
+                self._state is not State.LOADED
+                or self._in_flight
+                or self._unload_waiting
+                or (self._pinned and not allow_pinned)
+            ):
+                return False
+            pinned = self._pinned
+            self._begin_unload_locked(reason)
+        if pinned:
+            log.warning(
+                "%s: unloading a pinned model (%s): nothing else could make room", self.name, reason
+            )
+        self._finish_unload(reason, note="was pinned" if pinned else None)
+        return True
+
+    @property
+    def last_used(self) -> float | None:
+        """When the last call finished (the lifecycle's clock), None before any call."""
+        return self._last_done
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned
+
+    @property
+    def busy(self) -> bool:
+        """Calls in flight or waiting, or a transition under way: not to be unloaded now."""
+        return bool(self._in_flight or self._waiting or self._unload_waiting) or (
+            self._state in (State.LOADING, State.UNLOADING)
+        )
 
     def set_idle_timeout(self, idle_timeout: KeepAlive) -> None:
         """Seconds (0 = unload after each call) or FOREVER (never). Applies at once."""

@@ -115,6 +115,10 @@ class Settings:
     idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT
     max_events: int = 64
     isolation: Isolation = "none"
+    # Several models in one process (lazyembed.Models): measured MB and count at once.
+    memory_budget_mb: float | None = None  # None = unlimited
+    max_loaded_models: int = 3
+    load_timeout: float = 60.0  # seconds a load may wait for room before ModelBusyError
     cache: CacheSettings = field(default_factory=CacheSettings)
     pressure: PressureSettings = field(default_factory=PressureSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -218,6 +222,18 @@ def _float(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Pars
     return parse
 
 
+def _optional_float(word: str, *, lo: float) -> Parser:
+    """A number > lo, or ``word`` (or "none") for None."""
+    number = _float(lo, lo_open=True)
+
+    def parse(value: object, key: str, source: str) -> float | None:
+        if isinstance(value, str) and value.strip().lower() in (word, "none"):
+            return None
+        return float(number(value, key, source))
+
+    return parse
+
+
 def _choice(*choices: str) -> Parser:
     def parse(value: object, key: str, source: str) -> str:
         if isinstance(value, str) and value.strip().lower() in choices:
@@ -301,6 +317,9 @@ def _keys() -> dict[str, Key]:
         "idle_timeout": _duration,
         "max_events": _int(1, 100_000),
         "isolation": _choice("none", "process"),
+        "memory_budget_mb": _optional_float("unlimited", lo=0.0),
+        "max_loaded_models": _int(1, 1000),
+        "load_timeout": _positive_seconds,
     }
     grouped: dict[str, dict[str, tuple[str, Parser]]] = {
         "cache": {
