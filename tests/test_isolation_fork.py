@@ -141,3 +141,64 @@ def test_forked_child_embeds_with_its_own_workers(spec: RuntimeSpec, how: str) -
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
     assert wait_gone([parent_worker, parent_server]) == []
     assert zombies_among_children() == []
+
+
+EMBEDDER_FORK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from lazyembed import Embedder
+
+    e = Embedder(isolation="process", cache_memory_mb=0, idle_timeout="never")
+    text = "a prefork server loaded the model before forking"
+    expected = e.embed(text)
+    parent_worker = e.get_memory_usage()["worker"]["worker_pid"]
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # the reported defect: 3 of 3 calls raised ModelLoadError here
+        os.close(read_fd)
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(e.embed(text) == expected)
+            except Exception as exc:
+                outcomes.append(repr(exc))
+        worker = e.get_memory_usage()["worker"]["worker_pid"]
+        with os.fdopen(write_fd, "w") as out:
+            out.write(json.dumps({"outcomes": outcomes, "worker": worker}))
+        sys.exit(0)
+    os.close(write_fd)
+    child_exit = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with os.fdopen(read_fd) as report_in:
+        child = json.loads(report_in.read())
+    result = {
+        "child_exit": child_exit,
+        "child": child,
+        "parent_equal": e.embed(text) == expected,
+        "parent_worker_kept": e.get_memory_usage()["worker"]["worker_pid"] == parent_worker,
+        "parent_worker": parent_worker,
+    }
+    e.close()
+    print("RESULT " + json.dumps(result), flush=True)
+    """
+)
+
+
+def test_forked_child_of_an_isolated_embedder_embeds() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", EMBEDDER_FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, out.stdout + out.stderr
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["child"]["outcomes"] == [True, True, True]
+    assert result["child"]["worker"] not in (None, result["parent_worker"])
+    assert result["child_exit"] == 0
+    assert result["parent_equal"] and result["parent_worker_kept"]
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+    assert wait_gone([result["parent_worker"], result["child"]["worker"]]) == []
+    assert zombies_among_children() == []
