@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -155,16 +156,30 @@ async def wait_entered(fake: FakeEmbedder) -> None:
     assert await asyncio.to_thread(fake.entered.wait, 30)
 
 
+class _Draining(uvicorn.Server):
+    """uvicorn calling ``on_shutdown`` when its graceful shutdown starts (as the CLI does)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets)
+
+
 class LiveServer:
     """uvicorn in a background thread; ``url`` once it accepts connections."""
 
-    def __init__(self, app: FastAPI, **options: Any) -> None:
+    def __init__(
+        self, app: FastAPI, *, on_shutdown: Callable[[], None] | None = None, **options: Any
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", lifespan="on", **options)
-        self.server = uvicorn.Server(config)
+        self.server = _Draining(config, on_shutdown) if on_shutdown else uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )

@@ -18,7 +18,7 @@ import pytest
 
 from lazyembed import Embedder
 from lazyembed.config import KeepAlive
-from lazyembed.server import HalfCloseProtocol, create_app
+from lazyembed.server import HalfCloseProtocol, begin_shutdown, create_app
 from server_helpers import (
     SERVED,
     TEXTS,
@@ -191,3 +191,43 @@ def test_keep_alive_zero_is_unloaded_when_the_call_returns(embedder: Embedder) -
             assert client.ps().models == []  # unloaded, never reported as still loaded
         client.embed(model="all-minilm", input=TEXTS[0], keep_alive="5m")
         assert [m.model for m in client.ps().models] == [SERVED]
+
+
+def test_shutdown_answers_unfinished_requests_before_the_grace_ends(
+    embedder: Embedder, records: Records
+) -> None:
+    """Draining with the model busy: 503s, not cancelled handlers (and their tracebacks)."""
+    gated = GatedEmbedder(embedder)
+    app = create_app(  # type: ignore[arg-type]
+        gated, batch_max_inputs=8, batch_wait_ms=0, graceful_timeout=2
+    )
+    answers: dict[str, httpx.Response | Exception] = {}
+
+    def post(name: str, texts: list[str]) -> None:
+        try:
+            answers[name] = httpx.post(f"{url}/api/embed", json={"input": texts}, timeout=60)
+        except Exception as exc:
+            answers[name] = exc
+
+    live = LiveServer(app, timeout_graceful_shutdown=2, on_shutdown=lambda: begin_shutdown(app))
+    url = live.url
+    threads = [
+        threading.Thread(target=post, args=("long", [f"text {i}" for i in range(64)])),
+        threading.Thread(target=post, args=("short", ["short"])),
+    ]
+    try:
+        with live:
+            threads[0].start()
+            assert gated.entered.wait(60)  # the model is busy with the long request
+            threads[1].start()
+            assert wait_until(lambda: app.state.server.batcher.waiting == 2)
+    finally:  # the server has stopped: let the abandoned model call end
+        gated.gate.set()
+        for thread in threads:
+            thread.join(60)
+    for name in ("long", "short"):
+        answer = answers[name]
+        assert isinstance(answer, httpx.Response), (name, answer)
+        assert answer.status_code == 503 and "shutting down" in answer.json()["error"]
+    assert app.state.abandoned_work is True
+    assert errors_logged(records) == []

@@ -4,10 +4,11 @@ Each handler calls ``await batcher.submit(texts, ...)``. One collector task per 
 loop forms model batches from the requests in progress: when the first one arrives it
 waits at most ``wait_ms`` (from that arrival) for more, stops early once ``max_inputs``
 inputs are queued, and hands the batch to a single worker thread (the model runs off
-the event loop, one batch at a time). A batch takes at most ``max_inputs`` inputs, from
-the requests in turn: a request larger than that is cut into chunks, and after each
-chunk it goes to the back of the line, so a short request sent while a long one runs is
-answered after one chunk, not after the whole long request.
+the event loop, one batch at a time). A batch takes at most ``max_inputs`` inputs,
+shared between the requests in line (an equal share each, then the room left): a larger
+request is cut into chunks, and after each chunk it goes to the back of the line, so a
+short request sent while a long one runs goes into the very next batch, not after the
+whole long request.
 
 Between chunks, a request whose client went away (``is_disconnected``, polled when a
 batch is formed) or whose handler was cancelled is dropped: its later chunks never reach
@@ -130,6 +131,11 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_EXECUTOR_PREFIX)
         self.dropped = 0
         self.batches = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests with inputs not yet handed to the model."""
+        return len(self._line)
 
     # ---- the loop side ------------------------------------------------------------------
 
@@ -277,21 +283,30 @@ class Batcher:
             timer.cancel()
 
     async def _take(self) -> list[Chunk]:
-        """One chunk from each request in turn, up to max_inputs; drops the departed."""
+        """Up to max_inputs, shared between the requests in line; drops the departed.
+
+        Each request in line gets an equal share first (in order of the line), then the
+        room left goes to those with more to embed. Requests that got nothing keep their
+        place at the front; those with inputs left go to the back.
+        """
+        line = self._line
+        share = max(1, self.max_inputs // max(1, len(line)))
         batch: list[Chunk] = []
+        untouched: list[Pending] = []
         size = 0
-        for _ in range(len(self._line)):
+        for _ in range(len(line)):
+            request = line.popleft()
             if size >= self.max_inputs:
-                break
-            request = self._line.popleft()
-            if await self._departed(request):
-                continue
-            count = min(request.remaining, self.max_inputs - size)
-            batch.append(request.take(count))
-            self._queued_inputs -= count
-            size += count
-            if request.remaining:
-                self._line.append(request)  # the back of the line: the others go first
+                untouched.append(request)
+            elif not await self._departed(request):
+                batch.append(request.take(min(request.remaining, share, self.max_inputs - size)))
+                size += len(batch[-1].texts)
+        for chunk in batch:  # the room left, in the same order
+            size += chunk.grow(min(chunk.request.remaining, self.max_inputs - size))
+        self._queued_inputs -= sum(len(chunk.texts) for chunk in batch)
+        arrived = list(line)  # submitted while a probe awaited
+        line.clear()
+        line.extend([*untouched, *arrived, *(c.request for c in batch if c.request.remaining)])
         return batch
 
     async def _departed(self, request: Pending) -> bool:

@@ -82,6 +82,14 @@ class Chunk:
     start: int  # index of the first input in the request
     texts: list[str]
 
+    def grow(self, count: int) -> int:
+        """Take the request's next ``count`` inputs into this chunk (its last); ``count``."""
+        request = self.request
+        assert request.scheduled == self.start + len(self.texts), "not the request's last chunk"
+        request.scheduled += count
+        self.texts = request.texts[self.start : request.scheduled]
+        return count
+
     @property
     def keep_alive(self) -> KeepAlive:
         return self.request.keep_alive
