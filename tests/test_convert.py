@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lazyembed.errors import ModelConversionError
+from lazyembed.errors import ModelConversionError, UnsupportedModelError
 from lazyembed.models import convert_child
 from lazyembed.models.convert import (
     CONVERTER_VERSION,
@@ -243,11 +243,11 @@ def test_missing_tensor_is_a_conversion_error(tmp_path: Path) -> None:
         build_onnx_model(d)
 
 
-def test_unsupported_architecture_is_a_conversion_error(tmp_path: Path) -> None:
+def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
     d = _tiny_bert(tmp_path / "tiny", prefix="")
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    with pytest.raises(ModelConversionError, match="gpt2"):
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
         ensure_onnx(d, cache_dir=tmp_path / "cache")
 
 

@@ -1,4 +1,4 @@
-"""The ONNX graph of a BERT encoder, emitted node by node from its numpy weights.
+"""The ONNX graph of a BERT-family encoder (BERT, XLM-RoBERTa), emitted node by node.
 
 Why by hand: exporting through torch would pull a 700 MB dependency into a library whose
 point is a small footprint. BERT is a fixed, small architecture, so the nodes are emitted
@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from lazyembed.errors import ModelConversionError
-from lazyembed.models.bert_weights import Bert, BertConfig, FloatArray, Layer, load_bert
+from lazyembed.models.bert_weights import Bert, FloatArray, Layer, load_bert
+from lazyembed.models.encoder_config import EncoderConfig
 
 if TYPE_CHECKING:  # importing onnx costs ~200 ms; the cache-hit path must not pay it
     import onnx
@@ -78,7 +79,7 @@ class _GraphBuilder:
         return self.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps)
 
 
-def _finish(g: _GraphBuilder, last: str, cfg: BertConfig, kind: GraphKind) -> onnx.ModelProto:
+def _finish(g: _GraphBuilder, last: str, cfg: EncoderConfig, kind: GraphKind) -> onnx.ModelProto:
     from onnx import TensorProto, helper
 
     g.nodes.append(helper.make_node("Identity", [last], ["last_hidden_state"], name="output"))
@@ -100,6 +101,17 @@ def _finish(g: _GraphBuilder, last: str, cfg: BertConfig, kind: GraphKind) -> on
 
 
 # ---- plain: standard ops only ---------------------------------------------------------
+
+
+def _padding_offset_positions(g: _GraphBuilder, cfg: EncoderConfig) -> str:
+    """XLM-R's position ids [batch, seq]: cumsum(mask) * mask + pad_token_id.
+
+    Real tokens are numbered from pad_token_id + 1, padding keeps pad_token_id (as
+    Hugging Face's ``create_position_ids_from_input_ids``, from the attention mask).
+    """
+    cum = g.op("CumSum", ["attention_mask", g.const("c_axis1", np.array(1, np.int64))])
+    numbered = g.op("Mul", [cum, "attention_mask"])
+    return g.op("Add", [numbered, g.const("c_pad", np.array(cfg.pad_token_id, np.int64))])
 
 
 @dataclass(frozen=True)
@@ -159,15 +171,19 @@ def _build_plain(bert: Bert) -> onnx.ModelProto:
     word = g.const("word_embeddings", bert.word)
     pos = g.const("position_embeddings", bert.position)
     i64 = np.int64
-    zero = g.const("c_zero", np.array(0, i64))
-    one = g.const("c_one", np.array(1, i64))
+    if not cfg.positions_from_padding:
+        zero = g.const("c_zero", np.array(0, i64))
+        one = g.const("c_one", np.array(1, i64))
     split_heads = g.const("c_split_heads", np.array([0, 0, cfg.heads, head], i64))
     merge_heads = g.const("c_merge_heads", np.array([0, 0, cfg.hidden], i64))
 
-    # Embeddings: word[ids] + (position + type0)[0..seq), then LayerNorm.
+    # Embeddings: word[ids] + (position + type0)[positions], then LayerNorm.
     x = g.op("Gather", [word, "input_ids"])
-    seq = g.op("Gather", [g.op("Shape", ["input_ids"]), one], axis=0)
-    positions = g.op("Range", [zero, seq, one])
+    if cfg.positions_from_padding:
+        positions = _padding_offset_positions(g, cfg)
+    else:  # BERT: 0..seq for every row
+        seq = g.op("Gather", [g.op("Shape", ["input_ids"]), one], axis=0)
+        positions = g.op("Range", [zero, seq, one])
     x = g.op("Add", [x, g.op("Gather", [pos, positions])])
     x = g.layer_norm(x, g.const("emb_ln_g", bert.ln_g), g.const("emb_ln_b", bert.ln_b), cfg.eps)
 
@@ -193,7 +209,7 @@ def _build_plain(bert: Bert) -> onnx.ModelProto:
 
 
 def _fused_layer(
-    g: _GraphBuilder, x: str, mask32: str, layer: Layer, p: str, cfg: BertConfig
+    g: _GraphBuilder, x: str, mask32: str, layer: Layer, p: str, cfg: EncoderConfig
 ) -> str:
     """One encoder layer as Attention (packed QKV), SkipLayerNorm, BiasGelu FFN, SkipLayerNorm."""
     qkv_w = np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
@@ -242,6 +258,15 @@ def _build_fused(bert: Bert) -> onnx.ModelProto:
     g = _GraphBuilder()
     ids32 = g.op("Cast", ["input_ids"], to=TensorProto.INT32)
     mask32 = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    # BERT: positions 0..seq (the op's default); XLM-R: computed, as in the plain graph.
+    position_ids = (
+        [
+            "",  # mask: not needed, Attention takes mask32
+            g.op("Cast", [_padding_offset_positions(g, cfg)], to=TensorProto.INT32),
+        ]
+        if cfg.positions_from_padding
+        else []
+    )
     x = g.op(
         "EmbedLayerNormalization",
         [
@@ -252,6 +277,7 @@ def _build_fused(bert: Bert) -> onnx.ModelProto:
             "",  # segment_embedding
             g.const("emb_ln_g", bert.ln_g),
             g.const("emb_ln_b", bert.ln_b),
+            *position_ids,
         ],
         domain=_MS_DOMAIN,
         n_out=2,
@@ -263,7 +289,7 @@ def _build_fused(bert: Bert) -> onnx.ModelProto:
 
 
 def build_onnx_model(model_dir: Path, *, graph: GraphKind = DEFAULT_GRAPH) -> onnx.ModelProto:
-    """Build the (unoptimized) ONNX graph of the BERT model in ``model_dir``."""
+    """Build the (unoptimized) ONNX graph of the BERT or XLM-R model in ``model_dir``."""
     import onnx
 
     bert = load_bert(Path(model_dir))

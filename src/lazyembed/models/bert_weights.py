@@ -1,4 +1,4 @@
-"""Reading a BERT-family checkpoint: ``config.json`` and the ``model.safetensors`` tensors.
+"""Reading a BERT-family checkpoint (BERT, XLM-RoBERTa): its ``model.safetensors`` tensors.
 
 Everything here is numpy: the tensors come out float32, shape-checked against the config
 and laid out for the graph builder (``bert_graph.py``), which never sees a file.
@@ -6,7 +6,6 @@ and laid out for the graph builder (``bert_graph.py``), which never sees a file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,75 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from lazyembed.errors import ModelConversionError
+from lazyembed.models.encoder_config import EncoderConfig, read_config
 
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-SUPPORTED_MODEL_TYPES = frozenset({"bert"})
 
 FloatArray = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True)
-class BertConfig:
-    model_type: str
-    hidden: int
-    heads: int
-    layers: int
-    intermediate: int
-    eps: float
-    vocab: int
-    max_positions: int
-
-
-def read_config(model_dir: Path) -> BertConfig:
-    """The architecture fields of ``config.json``; an unsupported one is refused here."""
-    path = model_dir / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelConversionError(f"{path} is missing; cannot convert {model_dir}") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelConversionError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ModelConversionError(f"{path} must hold a JSON object")
-    model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelConversionError(
-            f"unsupported architecture model_type={model_type!r} in {path}; "
-            f"the converter supports {sorted(SUPPORTED_MODEL_TYPES)}"
-        )
-    act = raw.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise ModelConversionError(
-            f"unsupported hidden_act={act!r} in {path}; only exact 'gelu' (erf) is supported"
-        )
-    pos_type = raw.get("position_embedding_type", "absolute")
-    if pos_type != "absolute":
-        raise ModelConversionError(
-            f"unsupported position_embedding_type={pos_type!r} in {path}; only 'absolute'"
-        )
-    try:
-        cfg = BertConfig(
-            model_type=str(model_type),
-            hidden=int(raw["hidden_size"]),
-            heads=int(raw["num_attention_heads"]),
-            layers=int(raw["num_hidden_layers"]),
-            intermediate=int(raw["intermediate_size"]),
-            eps=float(raw.get("layer_norm_eps", 1e-12)),
-            vocab=int(raw["vocab_size"]),
-            max_positions=int(raw.get("max_position_embeddings", 512)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelConversionError(f"{path} lacks a usable BERT field: {exc!r}") from exc
-    if cfg.hidden % cfg.heads:
-        raise ModelConversionError(
-            f"hidden_size {cfg.hidden} is not divisible by num_attention_heads {cfg.heads}"
-        )
-    return cfg
-
-
 class _Weights:
-    """Tensors of a BERT checkpoint, with or without the ``bert.`` prefix, shape-checked."""
+    """Tensors of a checkpoint, with or without a ``bert.``/``roberta.`` prefix, shape-checked."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import SafetensorError
@@ -96,7 +35,7 @@ class _Weights:
             raise ModelConversionError(f"{path} is missing") from exc
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelConversionError(f"{path} is not a readable safetensors file: {exc}") from exc
-        prefixes = ("bert.", "model.", "")
+        prefixes = ("bert.", "roberta.", "model.", "")
         self._tensors: dict[str, npt.NDArray[Any]] = {}
         # Prefer un-prefixed names; strip a known prefix otherwise (BertForX checkpoints).
         for name, value in tensors.items():
@@ -147,16 +86,17 @@ class Layer:
 
 @dataclass(frozen=True)
 class Bert:
-    cfg: BertConfig
+    cfg: EncoderConfig
     word: FloatArray  # [vocab, hidden]
-    #: Position embeddings with the token-type-0 row folded in (single-sentence input).
+    #: Position embeddings with the token-type-0 row folded in (single-sentence input:
+    #: every token adds exactly one position row and the type-0 row).
     position: FloatArray  # [max_positions, hidden]
     ln_g: FloatArray
     ln_b: FloatArray
     layers: tuple[Layer, ...]
 
 
-def _load_layer(w: _Weights, cfg: BertConfig, n: int) -> Layer:
+def _load_layer(w: _Weights, cfg: EncoderConfig, n: int) -> Layer:
     h, i = cfg.hidden, cfg.intermediate
 
     def lin(name: str, n_out: int, n_in: int) -> tuple[FloatArray, FloatArray]:

@@ -1,10 +1,11 @@
-"""Torch-free conversion of a BERT-family ``model.safetensors`` into a cached ONNX model.
+"""Torch-free conversion of a BERT or XLM-R ``model.safetensors`` into a cached ONNX model.
 
 `ensure_onnx` returns a verified ONNX model for a model folder, converting it on first
-use: ``bert_weights.py`` reads the checkpoint, ``bert_graph.py`` emits the graph,
-``onnx_build.py`` quantizes, optimizes and externalizes it, and ``onnx_store.py`` keeps
-the result (keyed by the source hashes, ``CONVERTER_VERSION``, the variant and the
-onnxruntime version, written atomically and verified by a manifest). A damaged cached
+use: ``encoder_config.py`` reads and vets ``config.json``, ``bert_weights.py`` the
+tensors, ``bert_graph.py`` emits the graph, ``onnx_build.py`` quantizes, optimizes and
+externalizes it, and ``onnx_store.py`` keeps the result (keyed by the source hashes,
+``CONVERTER_VERSION``, the variant and the onnxruntime version, written atomically and
+verified by a manifest). A damaged cached
 model is removed and rebuilt by the next call, in this process or any other.
 
 Locks: ``<cache_dir>/<stem>.onnx.lock`` (a ``filelock.FileLock``) guards building,
@@ -32,7 +33,8 @@ from lazyembed.models.bert_graph import (
     GraphKind,
     build_onnx_model,
 )
-from lazyembed.models.bert_weights import CONFIG_FILE, WEIGHTS_FILE, read_config
+from lazyembed.models.bert_weights import WEIGHTS_FILE
+from lazyembed.models.encoder_config import CONFIG_FILE, read_config
 from lazyembed.models.files import sha256_file
 from lazyembed.models.hash_index import cached_sha256
 from lazyembed.models.onnx_store import Damage, Target, Variant
@@ -91,6 +93,7 @@ def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, P
     for required in (weights, config):
         if not required.is_file():
             raise ModelConversionError(f"{required} is missing; cannot convert {model_dir}")
+    model_type = read_config(model_dir).model_type  # UnsupportedModelError before any work
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -101,7 +104,7 @@ def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, P
         weights_sha256=cached_sha256(weights, cache_dir),
         config_sha256=sha256_file(config),
         ort_version=_ort_version(),
-        model_type=read_config(model_dir).model_type,
+        model_type=model_type,
         converter_version=CONVERTER_VERSION,
     )
     return target, cache_dir / f"{target.stem}.onnx"

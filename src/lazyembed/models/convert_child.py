@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lazyembed.errors import ModelCacheError, ModelConversionError
+from lazyembed.errors import ModelCacheError, ModelConversionError, UnsupportedModelError
 from lazyembed.models.convert import ConvertedModel, Variant, ensure_onnx, find_converted
 
 logger = logging.getLogger("lazyembed")
@@ -39,6 +39,8 @@ logger = logging.getLogger("lazyembed")
 CONVERSION_ERROR_EXIT = 3
 #: Exit status of a child that met a ModelCacheError (its message is on stderr).
 CACHE_ERROR_EXIT = 4
+#: Exit status of a child that met an UnsupportedModelError (its message is on stderr).
+UNSUPPORTED_EXIT = 5
 
 
 def ensure_onnx_in_child(
@@ -81,6 +83,8 @@ def ensure_onnx_in_child(
     except OSError as exc:
         return _convert_here(model_dir, variant, cache_dir, f"cannot start a child: {exc}")
     message = _last_line(child.stderr)
+    if child.returncode == UNSUPPORTED_EXIT:
+        raise UnsupportedModelError(message or f"{model_dir} cannot be converted")
     if child.returncode == CACHE_ERROR_EXIT:
         raise ModelCacheError(message or f"the cached model of {model_dir} is damaged")
     if child.returncode == CONVERSION_ERROR_EXIT:
@@ -126,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ensure_onnx(args.model_dir, variant=args.variant, cache_dir=args.cache_dir)
+    except UnsupportedModelError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return UNSUPPORTED_EXIT
     except ModelConversionError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return CACHE_ERROR_EXIT if isinstance(exc, ModelCacheError) else CONVERSION_ERROR_EXIT

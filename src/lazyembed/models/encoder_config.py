@@ -1,0 +1,118 @@
+"""The architecture a model's ``config.json`` describes, and whether we can convert it.
+
+One reader for the converter and for `info.py`: an architecture the graph builder cannot
+emit is refused here with `UnsupportedModelError`, before any conversion work.
+
+BERT and XLM-RoBERTa share the encoder; they differ in the embeddings: XLM-R numbers the
+positions of real tokens from ``pad_token_id + 1`` (padding keeps ``pad_token_id``) and
+has a single token type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lazyembed.errors import ModelConversionError, UnsupportedModelError
+
+CONFIG_FILE = "config.json"
+#: config.json model_type -> how positions are numbered.
+SUPPORTED_MODEL_TYPES = {"bert": "absolute", "xlm-roberta": "padding-offset"}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The fields of ``config.json`` that shape the graph."""
+
+    model_type: str
+    architectures: tuple[str, ...]
+    hidden: int
+    heads: int
+    layers: int
+    intermediate: int
+    hidden_act: str
+    eps: float
+    vocab: int
+    max_positions: int
+    type_vocab_size: int
+    pad_token_id: int
+
+    @property
+    def positions_from_padding(self) -> bool:
+        """True for XLM-R: position ids are cumsum(mask) * mask + pad_token_id."""
+        return SUPPORTED_MODEL_TYPES[self.model_type] == "padding-offset"
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the position table can number (XLM-R loses pad_token_id + 1)."""
+        if self.positions_from_padding:
+            return self.max_positions - self.pad_token_id - 1
+        return self.max_positions
+
+
+def _load(path: Path, model_dir: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelConversionError(f"{path} is missing; cannot convert {model_dir}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelConversionError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelConversionError(f"{path} must hold a JSON object")
+    return raw
+
+
+def _check_supported(raw: dict[str, Any], path: Path) -> None:
+    supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"unsupported architecture model_type={model_type!r} in {path}; "
+            f"lazyembed converts these model types: {supported}"
+        )
+    act = raw.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise UnsupportedModelError(
+            f"unsupported hidden_act={act!r} in {path}; only exact 'gelu' (erf) is supported"
+        )
+    pos_type = raw.get("position_embedding_type") or "absolute"
+    if pos_type != "absolute":
+        raise UnsupportedModelError(
+            f"unsupported position_embedding_type={pos_type!r} in {path}; only 'absolute'"
+        )
+
+
+def read_config(model_dir: Path) -> EncoderConfig:
+    """The architecture fields of ``model_dir/config.json``; unsupported ones are refused."""
+    path = model_dir / CONFIG_FILE
+    raw = _load(path, model_dir)
+    _check_supported(raw, path)
+    model_type = str(raw["model_type"])
+    xlmr = SUPPORTED_MODEL_TYPES[model_type] == "padding-offset"
+    try:
+        architectures = raw.get("architectures") or []
+        cfg = EncoderConfig(
+            model_type=model_type,
+            architectures=tuple(str(name) for name in architectures),
+            hidden=int(raw["hidden_size"]),
+            heads=int(raw["num_attention_heads"]),
+            layers=int(raw["num_hidden_layers"]),
+            intermediate=int(raw["intermediate_size"]),
+            hidden_act=str(raw.get("hidden_act", "gelu")),
+            eps=float(raw.get("layer_norm_eps", 1e-12)),  # defaults: Hugging Face's
+            vocab=int(raw["vocab_size"]),
+            max_positions=int(raw.get("max_position_embeddings", 512)),
+            type_vocab_size=int(raw.get("type_vocab_size", 2)),
+            pad_token_id=int(raw.get("pad_token_id", 1 if xlmr else 0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelConversionError(f"{path} lacks a usable {model_type} field: {exc!r}") from exc
+    if cfg.hidden % cfg.heads:
+        raise ModelConversionError(
+            f"hidden_size {cfg.hidden} is not divisible by num_attention_heads {cfg.heads}"
+        )
+    if cfg.max_tokens < 1 or cfg.type_vocab_size < 1:
+        raise ModelConversionError(f"{path}: no room for a position or token type")
+    return cfg
