@@ -1,14 +1,19 @@
-"""The core install stays lean: frameworks only behind extras, and never imported by lazyembed."""
+"""The core install stays lean: frameworks only behind extras, never imported by lazyembed."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from lazyembed.errors import ExtraNotInstalledError
 
 FRAMEWORKS = {"langchain-core", "llama-index-core", "chromadb", "ray"}
 EXTRAS = {"langchain", "llama-index", "chroma", "ray", "integrations"}
@@ -72,3 +77,24 @@ def test_importing_lazyembed_imports_no_framework() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("adapter", "framework", "extra"),
+    [
+        ("langchain", "langchain_core", "langchain"),
+        ("llama_index", "llama_index", "llama-index"),
+        ("chroma", "chromadb", "chroma"),
+        ("ray", "ray", "ray"),
+    ],
+)
+def test_an_adapter_without_its_framework_names_the_extra(
+    adapter: str, framework: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m == framework or m.startswith(framework + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.setitem(sys.modules, framework, None)
+    monkeypatch.delitem(sys.modules, f"lazyembed.integrations.{adapter}", raising=False)
+    with pytest.raises(ExtraNotInstalledError, match=re.escape(f"lazyembed[{extra}]")) as info:
+        importlib.import_module(f"lazyembed.integrations.{adapter}")
+    assert isinstance(info.value, ImportError)

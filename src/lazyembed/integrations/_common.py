@@ -11,9 +11,18 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from lazyembed.embedder import Embedder
+from lazyembed.errors import ExtraNotInstalledError
 
 # A per-call keep-alive as the Embedder takes it: seconds, a duration, "never", or None.
 KeepAlive = float | int | str | None
+
+
+def missing_extra(adapter: str, extra: str, exc: ImportError) -> ExtraNotInstalledError:
+    """The error an adapter raises when imported without its framework."""
+    return ExtraNotInstalledError(
+        f"lazyembed.integrations.{adapter} needs {exc.name or 'its framework'}, which is not "
+        f"installed: pip install 'lazyembed[{extra}]'"
+    )
 
 
 def make_embedder(

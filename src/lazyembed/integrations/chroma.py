@@ -14,16 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
-from chromadb.utils.embedding_functions import register_embedding_function
 
 from lazyembed.embedder import Embedder
 from lazyembed.integrations._common import (
     KeepAlive,
     document_vectors,
     make_embedder,
+    missing_extra,
     query_vectors,
 )
+
+try:
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+    from chromadb.utils.embedding_functions import register_embedding_function
+except ImportError as exc:  # the extra is not installed
+    raise missing_extra("chroma", "chroma", exc) from exc
 
 __all__ = ["LazyEmbedEmbeddingFunction"]
 

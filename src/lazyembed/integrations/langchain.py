@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from langchain_core.embeddings import Embeddings
-
 from lazyembed.embedder import Embedder
 from lazyembed.integrations._common import (
     KeepAlive,
     document_vectors,
     make_embedder,
+    missing_extra,
     query_vectors,
 )
+
+try:
+    from langchain_core.embeddings import Embeddings
+except ImportError as exc:  # the extra is not installed
+    raise missing_extra("langchain", "langchain", exc) from exc
 
 __all__ = ["LazyEmbedEmbeddings"]
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
-
 from lazyembed.embedder import Embedder
 from lazyembed.integrations._common import (
     KeepAlive,
     document_vectors,
     make_embedder,
+    missing_extra,
     query_vectors,
 )
+
+try:
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+except ImportError as exc:  # the extra is not installed
+    raise missing_extra("llama_index", "llama-index", exc) from exc
 
 __all__ = ["LazyEmbedEmbedding"]
 

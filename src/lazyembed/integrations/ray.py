@@ -14,12 +14,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import ray
-import ray.data
-from packaging.version import Version
 
 from lazyembed.embedder import Embedder
 from lazyembed.errors import InvalidInputError
+from lazyembed.integrations._common import missing_extra
+
+try:
+    import ray
+    import ray.data
+    from packaging.version import Version
+except ImportError as exc:  # the extra is not installed
+    raise missing_extra("ray", "ray", exc) from exc
 
 __all__ = ["LazyEmbedBatchEmbedder", "embed_dataset"]
 
