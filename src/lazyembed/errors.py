@@ -106,6 +106,10 @@ class CLIError(LazyEmbedError, RuntimeError):
     """A user-facing failure of a command (bad arguments, server said no, ...)."""
 
 
+class ExtraNotInstalledError(LazyEmbedError, ImportError):
+    """A framework adapter was imported without its framework; the message names the extra."""
+
+
 # ---- warnings -----------------------------------------------------------------------------
 
 
