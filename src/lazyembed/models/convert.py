@@ -5,8 +5,8 @@ use: ``encoder_config.py`` reads and vets ``config.json``, ``bert_weights.py`` t
 tensors, ``bert_graph.py`` emits the graph, ``onnx_build.py`` quantizes, optimizes and
 externalizes it, and ``onnx_store.py`` keeps the result (keyed by the source hashes,
 ``CONVERTER_VERSION``, the variant and the onnxruntime version, written atomically and
-verified by a manifest). A damaged cached
-model is removed and rebuilt by the next call, in this process or any other.
+verified by a manifest). A damaged cached model is removed and rebuilt by the next
+call, in this process or any other.
 
 Locks: ``<cache_dir>/<stem>.onnx.lock`` (a ``filelock.FileLock``) guards building,
 replacing and removing one cached model and its manifest; ``hash_index.py`` and
