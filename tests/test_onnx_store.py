@@ -270,9 +270,11 @@ def test_a_killed_build_leaves_nothing_after_the_next_one(tmp_path: Path) -> Non
     stale = cache / f".build-{first.path.stem}-killed"
     stale.mkdir()
     (stale / "raw.onnx").write_bytes(b"half a model")
+    renamed_aside = cache / f".{first.data_path.name}.0123abcd.removed"  # unlink failed
+    renamed_aside.write_bytes(b"old weights")
     first.path.unlink()
     assert ensure_onnx(model, cache_dir=cache).converted
-    assert not stale.exists()
+    assert not stale.exists() and not renamed_aside.exists()
 
 
 def _convert_in_child(model_dir: str, cache_dir: str, queue: Any) -> None:

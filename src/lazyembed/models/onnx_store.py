@@ -32,7 +32,14 @@ from typing import Any, Literal
 
 from lazyembed.errors import ModelCacheError
 from lazyembed.models.bert_graph import GraphKind
-from lazyembed.models.files import FileStamp, atomic_write_bytes, remove, sha256_file, stamp
+from lazyembed.models.files import (
+    FileStamp,
+    atomic_write_bytes,
+    remove,
+    remove_leftovers,
+    sha256_file,
+    stamp,
+)
 
 logger = logging.getLogger("lazyembed")
 
@@ -186,9 +193,11 @@ def discard(model_path: Path, damage: Damage) -> None:
 
 
 def remove_stale_builds(model_path: Path) -> None:
-    """Delete work directories a killed build of this model left (the caller holds its lock)."""
+    """Delete what a killed build or removal of this model left (the caller holds its lock)."""
     for stale in model_path.parent.glob(f"{BUILD_PREFIX}{model_path.stem}-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for path in model_files(model_path):
+        remove_leftovers(path.parent, path.name)
 
 
 def _remember_verified(path: Path, sha: str) -> None:
