@@ -6,7 +6,6 @@ down at its end); only the Ray tests ask for it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -32,7 +31,6 @@ def ray_cluster() -> Iterator[None]:
     """One local two-CPU Ray cluster for the session's Ray tests."""
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

@@ -16,6 +16,7 @@ import pytest
 from chromadb.utils.embedding_functions import config_to_embedding_function
 
 from lazyembed import Embedder
+from lazyembed.errors import ConfigError
 from lazyembed.integrations.chroma import LazyEmbedEmbeddingFunction
 
 DOCUMENTS = {
@@ -120,7 +121,7 @@ def test_returns_float32_arrays_and_is_lazy(shared_embedder: Embedder) -> None:
 
 
 def test_settings_a_collection_cannot_store_are_refused(clock: object) -> None:
-    with pytest.raises(TypeError, match="cannot be stored"):
+    with pytest.raises(ConfigError, match="cannot be stored"):
         LazyEmbedEmbeddingFunction(clock=clock)
 
 
@@ -128,9 +129,9 @@ def test_the_model_of_a_collection_cannot_change(shared_embedder: Embedder) -> N
     function = LazyEmbedEmbeddingFunction(embedder=shared_embedder)
     old = function.get_config()
     function.validate_config_update(old, {"idle_timeout": "1h"})
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ConfigError, match="model"):
         function.validate_config_update(old, {"model": "other/model"})
-    with pytest.raises(ValueError, match="variant"):
+    with pytest.raises(ConfigError, match="variant"):
         function.validate_config_update(old, {"variant": "int8"})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown keys"):
         LazyEmbedEmbeddingFunction.validate_config({**old, "extra": 1})

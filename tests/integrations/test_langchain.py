@@ -14,6 +14,7 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from lazyembed import Embedder
+from lazyembed.errors import ConfigError
 from lazyembed.integrations.langchain import LazyEmbedEmbeddings
 
 PARAMS: dict[str, Any] = {"cache_memory_mb": 0, "idle_timeout": "1m"}
@@ -82,9 +83,9 @@ def test_keep_alive_is_passed_to_every_call(shared_embedder: Embedder) -> None:
 
 
 def test_embedder_and_settings_are_exclusive(shared_embedder: Embedder) -> None:
-    with pytest.raises(TypeError, match="either embedder="):
+    with pytest.raises(ConfigError, match="either embedder="):
         LazyEmbedEmbeddings("all-MiniLM-L6-v2", embedder=shared_embedder)
-    with pytest.raises(TypeError, match="either embedder="):
+    with pytest.raises(ConfigError, match="either embedder="):
         LazyEmbedEmbeddings(embedder=shared_embedder, variant="int8")
 
 

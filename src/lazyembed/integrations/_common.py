@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from lazyembed.embedder import Embedder
-from lazyembed.errors import ExtraNotInstalledError
+from lazyembed.errors import ConfigError, ExtraNotInstalledError
 
 # A per-call keep-alive as the Embedder takes it: seconds, a duration, "never", or None.
 KeepAlive = float | int | str | None
@@ -34,7 +34,7 @@ def make_embedder(
     """The adapter's Embedder and whether the adapter owns it (then it closes it)."""
     if embedder is not None:
         if model is not None or idle_timeout is not None or settings:
-            raise TypeError("pass either embedder= or model/idle_timeout/settings, not both")
+            raise ConfigError("pass either embedder= or model/idle_timeout/settings, not both")
         return embedder, False
     if idle_timeout is not None:
         settings = {**settings, "idle_timeout": idle_timeout}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lazyembed.embedder import Embedder
+from lazyembed.errors import ConfigError
 from lazyembed.integrations._common import (
     KeepAlive,
     document_vectors,
@@ -43,7 +44,7 @@ def _json_settings(settings: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, Path):
             value = str(value)
         elif not isinstance(value, _JSON_SCALARS):
-            raise TypeError(
+            raise ConfigError(
                 f"setting {key}={value!r} cannot be stored in a Chroma collection's config "
                 "(JSON); pass an Embedder with embedder= instead"
             )
@@ -122,18 +123,18 @@ class LazyEmbedEmbeddingFunction(EmbeddingFunction[Documents]):
     def validate_config(config: dict[str, Any]) -> None:
         unknown = set(config) - _CONFIG_KEYS
         if unknown:
-            raise ValueError(f"unknown keys in a lazyembed embedding config: {sorted(unknown)}")
+            raise ConfigError(f"unknown keys in a lazyembed embedding config: {sorted(unknown)}")
         if not isinstance(config.get("model"), str):
-            raise ValueError("a lazyembed embedding config needs the model name (a str)")
+            raise ConfigError("a lazyembed embedding config needs the model name (a str)")
         if not isinstance(config.get("settings", {}), dict):
-            raise ValueError("'settings' in a lazyembed embedding config must be an object")
+            raise ConfigError("'settings' in a lazyembed embedding config must be an object")
 
     def validate_config_update(
         self, old_config: dict[str, Any], new_config: dict[str, Any]
     ) -> None:
         for key in ("model", "variant"):
             if key in new_config and new_config[key] != old_config.get(key):
-                raise ValueError(
+                raise ConfigError(
                     f"the {key} of a collection's embeddings cannot change: its stored "
                     "vectors were made with the old one"
                 )
