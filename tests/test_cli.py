@@ -233,7 +233,9 @@ def test_status_events_shows_the_last_n(
 
     embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
     app = create_app(embedder)
-    monkeypatch.setattr(cli, "_client", lambda args: TestClient(app))  # the real app in-process
+    from lazyembed.cli import remote
+
+    monkeypatch.setattr(remote, "_client", lambda *_: TestClient(app))  # the real app, in-process
 
     def shown(count: int) -> list[str]:
         assert cli.main(["status", "--events", str(count)]) == 0

@@ -1,0 +1,145 @@
+"""``lazyembed serve``: the HTTP server under uvicorn, on a socket bound here.
+
+Host, port, key, batching and the graceful timeout come from the settings; flags
+override them. SIGTERM drains in-flight requests for the graceful timeout, then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from lazyembed.cli.common import make_embedder, say, settings_for
+from lazyembed.config import ServerSettings
+from lazyembed.errors import CLIError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: F401 - the extra's check; used in _uvicorn_server
+
+        from lazyembed.server import create_app
+    except ImportError as exc:
+        raise CLIError(
+            f"the server needs the 'server' extra ({exc.name} is missing): "
+            "pip install 'lazyembed[server]'"
+        ) from None
+    settings = settings_for(
+        args,
+        host=args.host,
+        port=args.port,
+        idle_timeout=args.idle_timeout,
+        api_key=args.api_key,
+        server_batch_wait_ms=args.batch_wait_ms,
+        server_batch_max_inputs=args.batch_max_inputs,
+        graceful_timeout=args.graceful_timeout,
+    )
+    server = settings.server
+    if not is_loopback(server.host) and not server.api_key:
+        say(
+            f"lazyembed: warning: serving on {server.host} without an API key: anyone who can "
+            "reach this port can use it (set LAZYEMBED_API_KEY or --api-key)"
+        )
+    embedder = make_embedder(settings)
+    embedder.prepare()  # resolve and convert now, so a missing model fails here, not later
+    app = create_app(embedder, close_embedder=True)  # its settings are `settings.server`
+    uvicorn_server = _uvicorn_server(app, server, args)
+    listener = _listen(server.host, server.port)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the
+    # process "killed by signal". With our own (no-op) handlers restored, it returns and
+    # we exit 0: a drained, clean stop.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    shown_host = f"[{server.host}]" if ":" in server.host else server.host
+    # uvicorn logs no start line for a socket it did not bind; say where we listen.
+    logging.getLogger("uvicorn.error").info(
+        "lazyembed serving %s on http://%s:%d (press CTRL+C to quit)",
+        embedder.model_name,
+        shown_host,
+        listener.getsockname()[1],
+    )
+    try:
+        uvicorn_server.run(sockets=[listener])
+    finally:
+        listener.close()
+    status = 0 if uvicorn_server.started else 1
+    if getattr(app.state, "abandoned_work", False):
+        # The graceful timeout ended with a model call running; its worker thread would
+        # hold the interpreter's exit until the call finishes. Exit without joining it.
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os._exit(status)
+    return status
+
+
+def _uvicorn_server(
+    app: FastAPI, server: ServerSettings, args: argparse.Namespace
+) -> uvicorn.Server:
+    """uvicorn configured from the settings, telling the app when its graceful timeout
+    starts to run."""
+    import uvicorn
+
+    from lazyembed.server import HalfCloseProtocol, begin_shutdown
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_shutdown(app)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level="debug" if args.debug else args.log_level,
+        access_log=args.access_log,
+        http=HalfCloseProtocol,
+        # uvicorn takes whole seconds; rounding up never cuts the app's own timeout short.
+        timeout_graceful_shutdown=math.ceil(server.graceful_timeout),
+        lifespan="on",
+    )
+    return DrainingServer(config)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket ourselves: a taken port is one clear error, not uvicorn's log."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (is another server running? choose another port with --port)"
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    listener.set_inheritable(True)
+    return listener
