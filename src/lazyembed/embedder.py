@@ -280,6 +280,16 @@ class Embedder:
         vectors = self._embed(items, seconds)
         return vectors, self.count_tokens(items)
 
+    @overload
+    def embed_query(  # type: ignore[overload-overlap]  # a str is also an Iterable[str]
+        self, texts: str, *, keep_alive: KeepAliveLike = None
+    ) -> list[float]: ...
+
+    @overload
+    def embed_query(
+        self, texts: Iterable[str], *, keep_alive: KeepAliveLike = None
+    ) -> list[list[float]]: ...
+
     def embed_query(
         self, texts: str | Iterable[str], *, keep_alive: KeepAliveLike = None
     ) -> list[float] | list[list[float]]:

@@ -8,7 +8,7 @@ model has one (and the plain vector where it has none), exactly as in the librar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from lazyembed.embedder import Embedder
 from lazyembed.errors import ConfigError, ExtraNotInstalledError
@@ -47,8 +47,7 @@ def query_vectors(
     """One vector per search query (empty in, empty out: frameworks send empty batches)."""
     if not texts:
         return []
-    # A list in gives a list of vectors out.
-    return cast(list[list[float]], embedder.embed_query(list(texts), keep_alive=keep_alive))
+    return embedder.embed_query(list(texts), keep_alive=keep_alive)
 
 
 def document_vectors(
