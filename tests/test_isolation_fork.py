@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,50 @@ def test_forked_child_of_an_isolated_embedder_embeds() -> None:
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
     assert wait_gone([result["parent_worker"], result["child"]["worker"]]) == []
     assert zombies_among_children() == []
+
+
+OUTLIVED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from lazyembed import isolation
+    from lazyembed.runtime import RuntimeSpec
+
+    rt = isolation.load_isolated(RuntimeSpec(**json.loads(sys.argv[1])))
+    rt.encode(["a parent that exits before its forked child"])
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # holds copies of every inherited fd until the test closes our stdin
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        sys.stdin.read()
+        os._exit(0)
+    print("PIDS " + json.dumps([pid, rt.pid, isolation.fork_server_pid()]), flush=True)
+    # A normal exit, with rt never closed, while the child still runs.
+    """
+)
+
+
+def test_parent_exit_does_not_wait_for_a_forked_child(spec: RuntimeSpec, tmp_path: Path) -> None:
+    """The parent stops its fork server at exit; a forked child must not keep it alive
+    (the parent would wait for it forever while the child waits for the parent)."""
+    with (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", OUTLIVED_SCRIPT, json.dumps(spec.__dict__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            exited = proc.wait(timeout=120)  # a guard against the hang, not a timing
+        except subprocess.TimeoutExpired:
+            exited = None
+            proc.kill()
+            proc.wait()
+        finally:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()  # lets the child go
+            out = proc.stdout.read()
+    assert exited == 0, (tmp_path / "stderr").read_text()
+    child, worker, server = json.loads(out.split("PIDS ", 1)[1])
+    assert wait_gone([child, worker, server]) == []

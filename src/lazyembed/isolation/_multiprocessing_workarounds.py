@@ -107,8 +107,9 @@ def forget_inherited_process(process: BaseProcess) -> None:
     """In a forked child: make multiprocessing forget a worker of the parent.
 
     Changes: removes ``process`` from ``multiprocessing.process._children`` and closes
-    the child's copies of the two fds its Popen holds (the exit-status pipe and the
-    parent-alive pipe); the parent's copies and the worker are untouched.
+    the child's copies of the fds its Popen's finalizer would close (the exit-status
+    pipe and the parent-alive pipe), then cancels that finalizer; the parent's copies
+    and the worker are untouched.
 
     Why: multiprocessing's exit hook in the child would otherwise SIGTERM every daemon
     process it lists as a child (the parent's workers: same pid, other parent) and then
@@ -118,19 +119,15 @@ def forget_inherited_process(process: BaseProcess) -> None:
     children = getattr(mp_process, "_children", None)
     if isinstance(children, set):
         children.discard(process)
-    popen = getattr(process, "_popen", None)
-    finalizer = getattr(popen, "finalizer", None)
-    fds = list(getattr(finalizer, "_args", None) or ())
-    sentinel = getattr(popen, "sentinel", None)
-    if sentinel not in fds:
-        fds.append(sentinel)
-    for fd in fds:
+    finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
+    still_active = getattr(finalizer, "still_active", None)
+    if not callable(still_active) or not still_active():
+        return  # the parent had closed them already: these fd numbers are not its
+    for fd in getattr(finalizer, "_args", None) or ():  # the fds its ``close_fds`` closes
         if isinstance(fd, int):
             with contextlib.suppress(OSError):
                 os.close(fd)
-    cancel = getattr(finalizer, "cancel", None)
-    if callable(cancel):
-        cancel()
+    finalizer.cancel()
 
 
 # ---- 3. a multiprocessing child runs our exit hook too -----------------------------------
@@ -177,7 +174,7 @@ def fork_server_pid() -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-def stop_helpers(timeout: float = 5.0) -> None:
+def stop_helpers(timeout: float = 2.0) -> None:
     """Stop and reap the fork server and resource tracker this process started.
 
     Changes: closes our end of each helper's "alive" pipe (which tells it to exit),
