@@ -119,7 +119,7 @@ def forget_inherited_process(process: BaseProcess) -> None:
     children = getattr(mp_process, "_children", None)
     if isinstance(children, set):
         children.discard(process)
-    finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
+    finalizer: Any = getattr(getattr(process, "_popen", None), "finalizer", None)
     still_active = getattr(finalizer, "still_active", None)
     if not callable(still_active) or not still_active():
         return  # the parent had closed them already: these fd numbers are not its
