@@ -84,10 +84,10 @@ Damage = Callable[[ConvertedModel], None]
 DAMAGES: dict[str, Damage] = {
     "truncated data": lambda m: os.truncate(m.data_path, 45_000_000),
     "truncated graph": lambda m: os.truncate(m.path, m.path.stat().st_size // 2),
-    "flipped bytes in data": lambda m: _flip_bytes_keep_mtime(m.data_path),
+    "flipped bytes in the data": lambda m: _flip_bytes_keep_mtime(m.data_path),
     "garbage graph": lambda m: m.path.write_bytes(os.urandom(m.path.stat().st_size)),
     "garbage manifest": lambda m: m.path.with_suffix(".json").write_bytes(b"\x00{garbage"),
-    "lying manifest": _lying_manifest,
+    "lying (valid JSON) manifest": _lying_manifest,
     "missing data": lambda m: m.data_path.unlink(),
     "missing manifest": lambda m: m.path.with_suffix(".json").unlink(),
 }
@@ -95,13 +95,23 @@ DAMAGES: dict[str, Damage] = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_every_kind_of_damage_heals_on_the_next_call(
-    pristine: ConvertedModel, model_dir: Path, tmp_path: Path, damage: str
+    pristine: ConvertedModel,
+    model_dir: Path,
+    tmp_path: Path,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     seeded = _fresh_copy(pristine, model_dir, tmp_path)
     cache = seeded.path.parent
     DAMAGES[damage](seeded)
     # This process verified the files before the damage: it must not trust its memory.
-    assert find_converted(model_dir, variant="fp32", cache_dir=cache) is None
+    with caplog.at_level(logging.WARNING, logger="lazyembed"):
+        assert find_converted(model_dir, variant="fp32", cache_dir=cache) is None
+    # One warning, naming the first file that fails (a lying size is blamed on the graph).
+    kind = "graph" if damage.startswith("lying") else damage.split()[-1]
+    files = {"data": seeded.data_path, "graph": seeded.path}
+    bad = files.get(kind, seeded.path.with_suffix(".json"))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"cached model file {bad}"]
     healed = ensure_onnx_in_child(model_dir, variant="fp32", cache_dir=cache)
     assert healed.converted is True
     _assert_pristine(healed, pristine)

@@ -131,15 +131,20 @@ def find_converted(
     """The verified cached conversion of ``model_dir``, or None if it must be built."""
     start = time.perf_counter()
     target, model_path = _plan(Path(model_dir), variant, Path(cache_dir))
-    if onnx_store.inspect(model_path, target) is None:
+    damage = onnx_store.inspect(model_path, target)
+    if damage is None:
         return _converted_model(target, model_path, converted=False, start=start)
+    _report(damage)
     return None
+
+
+def _report(damage: Damage) -> None:
+    if damage.anything_there:
+        logger.warning("cached model file %s: %s; rebuilding", damage.path, damage.reason)
 
 
 def _rebuild(model_dir: Path, target: Target, model_path: Path, damage: Damage) -> None:
     """Under the model's lock: remove what is there, build, install, prune older ones."""
-    if damage.anything_there:
-        logger.warning("cached model file %s: %s; rebuilding", damage.path, damage.reason)
     onnx_store.discard(model_path, damage)
     onnx_store.remove_stale_builds(model_path)
     logger.info("converting %s to ONNX (%s) in %s", model_dir, target.variant, model_path.parent)
@@ -171,6 +176,7 @@ def ensure_onnx(model_dir: Path, *, variant: Variant = "fp32", cache_dir: Path) 
     damage = onnx_store.inspect(model_path, target)
     if damage is None:
         return _converted_model(target, model_path, converted=False, start=start)
+    _report(damage)
     try:
         with FileLock(str(model_path) + ".lock", timeout=_LOCK_TIMEOUT_S):
             again = onnx_store.inspect(model_path, target)
