@@ -229,12 +229,11 @@ def test_status_events_shows_the_last_n(
     from fastapi.testclient import TestClient
 
     from lazyembed import Embedder
+    from lazyembed.cli import remote
     from lazyembed.server import create_app
 
     embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
     app = create_app(embedder)
-    from lazyembed.cli import remote
-
     monkeypatch.setattr(remote, "_client", lambda *_: TestClient(app))  # the real app, in-process
 
     def shown(count: int) -> list[str]:

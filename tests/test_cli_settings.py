@@ -166,9 +166,14 @@ def test_graceful_timeout_comes_from_the_settings(
     assert cli.main(["serve", "--port", port]) == 0
     monkeypatch.setenv("LAZYEMBED_GRACEFUL_TIMEOUT", "7")
     assert cli.main(["serve", "--port", port]) == 0
-    assert cli.main(["serve", "--port", port, "--graceful-timeout", "2m"]) == 0
+    assert cli.main(["serve", "--port", port, "--graceful-timeout", "3"]) == 0  # flag wins
     got = [config.timeout_graceful_shutdown for config in recorded_serve]
-    assert got == [30, 5, 7, 120]
+    assert got == [30, 5, 7, 3]
+
+
+def test_graceful_timeout_flag_takes_a_duration(recorded_serve: list[Any]) -> None:
+    assert cli.main(["serve", "--port", str(free_port()), "--graceful-timeout", "2m"]) == 0
+    assert recorded_serve[0].timeout_graceful_shutdown == 120
 
 
 def test_serve_host_and_port_come_from_the_settings(
