@@ -49,7 +49,7 @@ from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
 from lazyembed.models.convert_child import ensure_onnx_in_child
 from lazyembed.models.info import ModelInfo, read_model_info
-from lazyembed.models.prompts import Prompts, read_prompts
+from lazyembed.models.prompts import Prompts
 from lazyembed.models.resolve import ResolvedModel, canonical_spec, resolve_model
 from lazyembed.pressure import PressureMonitor
 from lazyembed.report import MemoryReport
@@ -166,8 +166,7 @@ class Embedder:
                 sqlite_max_bytes=int(wanted.max_mb * 2**20),
                 dim=info.dimension,
             )
-        prompts = read_prompts(resolved.directory)
-        return PreparedModel(resolved, info, converted, spec, fingerprint, cache, prompts)
+        return PreparedModel(resolved, info, converted, spec, fingerprint, cache, info.prompts)
 
     def _load(self) -> LoadedModel:
         """The lifecycle's loader: session + tokenizer + one warm-up inference.
