@@ -32,14 +32,12 @@ def make_embedder(settings: Settings) -> Embedder:
     return Embedder(settings=settings)
 
 
-def duration_flag(
-    parse: Callable[..., Any], flag: str, convert: Callable[[Any], Any] = lambda v: v
-) -> Callable[[str], Any]:
+def duration_flag(parse: Callable[..., Any], flag: str) -> Callable[[str], Any]:
     """An argparse ``type=`` for a duration flag, parsed by the one duration parser."""
 
     def parse_flag(text: str) -> Any:
         try:
-            return convert(parse(text, key=flag, source="the command line"))
+            return parse(text, key=flag, source="the command line")
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
