@@ -178,8 +178,8 @@ def cache_error(
         f"the converted model file {damage.path} is damaged ({damage.reason}) and cannot be "
         f"replaced{also}: {exc.strerror or exc}. Fix: make {model_path.parent} writable "
         f"(and the files not immutable: chattr -i), or delete "
-        f"{model_path.parent / model_path.stem}.* by hand, or set LAZYEMBED_CACHE_DIR "
-        "to a writable directory"
+        f"{model_path.parent / model_path.stem}.* by hand, or point model_cache_dir "
+        "(LAZYEMBED_MODEL_CACHE_DIR) at a writable directory"
     )
 
 
