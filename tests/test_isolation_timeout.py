@@ -16,7 +16,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from lazyembed.errors import ClosedError, WorkerDiedError, WorkerError, WorkerTimeoutError
+from lazyembed.errors import (
+    ClosedError,
+    ConfigError,
+    WorkerDiedError,
+    WorkerError,
+    WorkerTimeoutError,
+)
 from lazyembed.isolation import CALL_TIMEOUT, IsolatedRuntime, load_isolated, protocol
 from lazyembed.runtime import EncodeResult, RuntimeSpec
 from test_isolation import spec, wait_gone, zombies_among_children
@@ -140,3 +146,13 @@ def test_unpicklable_worker_error_becomes_a_worker_error() -> None:
     error = protocol.remote_error(protocol.error_frame(Local("boom")))
     assert isinstance(error, WorkerError)
     assert "Local: boom" in str(error)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "10"])
+def test_bad_timeouts_are_config_errors_before_any_worker_starts(
+    spec: RuntimeSpec, bad: object
+) -> None:
+    for key in ("load_timeout", "call_timeout", "per_text_timeout"):
+        with pytest.raises(ConfigError, match=key):
+            load_isolated(spec, **{key: bad})  # type: ignore[arg-type]
+    assert zombies_among_children() == []

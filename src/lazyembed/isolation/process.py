@@ -255,7 +255,7 @@ class WorkerProcess:
         workarounds.forget_inherited_process(self.process)
 
     def _wait_ready(self, spec: RuntimeSpec, timeout: float) -> None:
-        if not self.conn.poll(timeout):
+        if not self.conn.poll(None if math.isinf(timeout) else timeout):
             raise ModelLoadError(
                 f"isolated worker {self.pid} did not load {spec.onnx_path} in {timeout:.0f} s"
             )
