@@ -11,7 +11,6 @@ the lease rule, the watcher thread, fork handling and who holds which lock.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -27,6 +26,7 @@ from lazyembed._fork import after_fork_in_child
 from lazyembed.config.durations import KeepAlive
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
 from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
+from lazyembed.journal import Journal
 from lazyembed.report import LifecycleStatus, State
 from lazyembed.watcher import Shared, on_collected, watch
 
@@ -194,17 +194,8 @@ class Lifecycle(Generic[T]):
         self._watch_until = _NEG_INF  # what the watcher sleeps towards; -inf: not sleeping
         self._watcher_thread: threading.Thread | None = None
         self._wakeups = 0
-        self._loads = 0
-        self._unloads = 0
-        self._load_failures = 0
         self._model_mb = 0.0
-        self._last_load_ms: float | None = None
-        self._last_unload: dict[str, Any] | None = None
-        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_events)
-        # Counts that survive the bounded event ring: {"load": {"first_use": 1, ...}, ...}
-        self._by_reason: collections.defaultdict[str, collections.Counter[str]] = (
-            collections.defaultdict(collections.Counter)
-        )
+        self._journal = Journal(max_events)
 
         self._default_call: _Call[T] = _Call(self, None)
         _LIVE.add(self)
@@ -240,7 +231,7 @@ class Lifecycle(Generic[T]):
                         attempt = self._attempt = _Attempt()
                         self._state = State.LOADING
                         self._in_flight += 1
-                        reason = "reload" if self._loads else "first_use"
+                        reason = "reload" if self._journal.loads else "first_use"
                         break
                     if state is State.LOADING and joined is None:
                         joined = self._attempt  # single flight: wait for this load
@@ -294,12 +285,10 @@ class Lifecycle(Generic[T]):
             self._obj = obj
             self._state = State.LOADED
             attempt.done = True
-            self._loads += 1
             self._model_mb = mb
-            self._last_load_ms = ms
             if self._check is not None:
                 self._next_check = self._clock() + self._check_interval
-            self._record("load", reason, ms, mb)
+            self._journal.loaded(reason, ms, mb)
             self._changed.notify_all()
             if self._use_watcher and (
                 self._watcher_thread is None or not self._watcher_thread.is_alive()
@@ -323,9 +312,7 @@ class Lifecycle(Generic[T]):
             attempt.done = True
             self._state = State.UNLOADED
             self._in_flight -= 1
-            self._load_failures += 1
-            event = self._record("load_failed", reason, ms, 0.0)
-            event["error"] = str(error)
+            self._journal.load_failed(reason, ms, error)
             self._changed.notify_all()
         log.warning("%s failed to load in %.0f ms: %s", self.name, ms, error)
 
@@ -364,24 +351,10 @@ class Lifecycle(Generic[T]):
             after = self._measure()
         finally:
             ms = (time.perf_counter() - start) * 1e3
-            returned = 0.0
-            if before is not None and after is not None:
-                returned = (before - after) / memory.MB
-            record: dict[str, Any] = {
-                "reason": reason,
-                "rss_before_mb": None if before is None else memory.to_mb(before),
-                "rss_after_mb": None if after is None else memory.to_mb(after),
-                "returned_mb": round(returned, 2),
-                "ms": round(ms, 2),
-            }
             with self._lock:
                 self._state = State.UNLOADED
-                self._unloads += 1
                 self._model_mb = 0.0
-                self._last_unload = record
-                event = self._record("unload", reason, ms, returned)
-                if note:
-                    event["note"] = note
+                record = self._journal.unloaded(reason, ms, before, after, note)
                 self._changed.notify_all()
                 self._wake.notify()  # let the watcher settle into its untimed sleep now
         if self._on_idle is not None:
@@ -391,7 +364,7 @@ class Lifecycle(Generic[T]):
             self.name,
             reason,
             ms,
-            returned,
+            record["returned_mb"],
             record["rss_before_mb"],
             record["rss_after_mb"],
         )
@@ -402,18 +375,6 @@ class Lifecycle(Generic[T]):
             self._on_idle()
         except Exception:
             log.exception("%s: on_idle listener failed", self.name)
-
-    def _record(self, kind: str, reason: str, ms: float, mb: float) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "time": time.time(),
-            "kind": kind,
-            "reason": reason,
-            "ms": round(ms, 2),
-            "mb": round(mb, 2),
-        }
-        self._events.append(event)
-        self._by_reason[kind][reason] += 1
-        return event
 
     # ---- public control ----------------------------------------------------------------
 
@@ -541,6 +502,7 @@ class Lifecycle(Generic[T]):
     def status(self, *, events: bool = True) -> LifecycleStatus:
         """A consistent snapshot: state, memory, leases, counters, recent events."""
         with self._lock:
+            journal = self._journal
             now = self._clock()
             loaded = self._state is State.LOADED
             unload_in: float | None = None
@@ -561,15 +523,17 @@ class Lifecycle(Generic[T]):
                 in_flight=self._in_flight,
                 waiting=self._waiting,
                 unload_waiting=self._unload_waiting,
-                loads=self._loads,
-                unloads=self._unloads,
-                load_failures=self._load_failures,
-                loads_by_reason=dict(self._by_reason["load"]),
-                unloads_by_reason=dict(self._by_reason["unload"]),
-                last_load_ms=None if self._last_load_ms is None else round(self._last_load_ms, 2),
-                last_unload=None if self._last_unload is None else dict(self._last_unload),
+                loads=journal.loads,
+                unloads=journal.unloads,
+                load_failures=journal.load_failures,
+                loads_by_reason=dict(journal.by_reason["load"]),
+                unloads_by_reason=dict(journal.by_reason["unload"]),
+                last_load_ms=None
+                if journal.last_load_ms is None
+                else round(journal.last_load_ms, 2),
+                last_unload=None if journal.last_unload is None else dict(journal.last_unload),
                 watcher_wakeups=self._wakeups,
-                events=tuple(dict(e) for e in self._events) if events else (),
+                events=tuple(dict(e) for e in journal.events) if events else (),
             )
 
     # ---- deadlines and the watcher -----------------------------------------------------
@@ -658,14 +622,6 @@ class Lifecycle(Generic[T]):
         self._watch_until = _NEG_INF
         self._watcher_thread = None
         if had_model:
-            self._unloads += 1
             self._model_mb = 0.0
-            self._last_unload = {
-                "reason": "fork",
-                "rss_before_mb": None,
-                "rss_after_mb": None,
-                "returned_mb": 0.0,
-                "ms": 0.0,
-            }
-            self._record("unload", "fork", 0.0, 0.0)
+            self._journal.unloaded("fork", 0.0, None, None)
             log.info("%s: forked child starts unloaded (parent's copy left untouched)", self.name)
