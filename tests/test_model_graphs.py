@@ -32,7 +32,7 @@ def _pool(hidden: F64, mask: F64, mode: str) -> F64:
     m = mask[..., None]
     counts = np.maximum(m.sum(1), 1e-9)
     if mode == "cls":
-        return hidden[:, 0]
+        return np.asarray(hidden[:, 0], np.float64)
     if mode == "mean":
         return np.asarray((hidden * m).sum(1) / counts, np.float64)
     if mode == "mean_sqrt_len_tokens":
@@ -44,7 +44,7 @@ def _pool(hidden: F64, mask: F64, mode: str) -> F64:
         return np.asarray((hidden * w).sum(1) / np.maximum(w.sum(1), 1e-9), np.float64)
     if mode == "lasttoken":
         last = mask.sum(1).astype(np.int64) - 1
-        return hidden[np.arange(len(hidden)), last]
+        return np.asarray(hidden[np.arange(len(hidden)), last], np.float64)
     raise AssertionError(mode)
 
 

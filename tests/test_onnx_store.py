@@ -80,7 +80,7 @@ def _lying_manifest(model: ConvertedModel) -> None:
     path.write_text(json.dumps(manifest))
 
 
-Damage = Callable[[ConvertedModel], None]
+Damage = Callable[[ConvertedModel], object]
 DAMAGES: dict[str, Damage] = {
     "truncated data": lambda m: os.truncate(m.data_path, 45_000_000),
     "truncated graph": lambda m: os.truncate(m.path, m.path.stat().st_size // 2),
