@@ -18,7 +18,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lazyembed.errors import ModelConversionError, UnsupportedModelError
-from lazyembed.models import convert_child
 from lazyembed.models.convert import (
     CONVERTER_VERSION,
     ConvertedModel,
@@ -347,7 +346,7 @@ def test_a_child_that_dies_or_cannot_import(
     def child_result(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, returncode, "", "ImportError: no lazyembed")
 
-    monkeypatch.setattr(convert_child.subprocess, "run", child_result)
+    monkeypatch.setattr(subprocess, "run", child_result)  # what convert_child calls
     if returncode < 0:  # the OOM killer: not retried in the application's process
         with pytest.raises(ModelConversionError, match=outcome):
             ensure_onnx_in_child(model, cache_dir=tmp_path / "cache")
