@@ -71,7 +71,8 @@ def install_main_guard() -> None:
 
 @after_fork_in_child
 def _forget_parents_fork_server() -> None:
-    """In a child of ``os.fork()``: forget the parent's fork server, share its tracker.
+    """In a child of ``os.fork()`` (also multiprocessing's "fork" context): forget the
+    parent's fork server, keep sharing its resource tracker.
 
     Changes, in the child only: the fork server's lock is new and, when the parent had
     started a fork server, the child's copy of its "alive" pipe is closed and its pid,

@@ -1,29 +1,8 @@
 """`IsolatedRuntime`: the model in a worker process, with the in-process runtime's interface.
 
 The lifecycle drives it as any runtime (`encode`, `close`): unload = close() = the worker
-exits, and every byte of the model leaves with it. What each failure does:
-
-* Worker death (OOM killer, SIGKILL): the call in flight raises `WorkerDiedError` naming
-  the exit code or signal. It is not retried (the call may be what killed the worker).
-  The runtime is then not `alive`; the next `encode` starts a fresh worker by itself
-  (counted in `restarts`).
-* No answer in time (worker stopped or hung): each call has a deadline,
-  ``call_timeout + per_text_timeout * len(texts)``, and no read or write on the pipe
-  may stall longer than ``call_timeout``; past either, the worker is killed and the call
-  raises `WorkerTimeoutError` (a `WorkerDiedError`); the next call starts a new worker.
-* Fork: in a child of ``os.fork()`` an inherited runtime forgets the parent's worker
-  without touching it; its next call starts the child's own worker (from the child's
-  own fork server), and the parent's worker keeps serving the parent.
-* Use after close(): `ClosedError`.
-
-Thread safety: one call at a time over the pipe. ``_lock`` guards the pipe, the worker
-handle and restarts; concurrent `encode` calls queue on it. close() may stop a worker
-without ``_lock`` when a call is stuck; `WorkerProcess.stop` makes that safe.
-
-No zombies: close() asks the worker to quit, joins with a timeout, then terminates and
-kills. A `weakref.finalize` closes a runtime dropped without close(); at exit a hook
-closes every live runtime, then stops the fork server and resource tracker unless other
-multiprocessing children still need them.
+exits, and every byte of the model leaves with it. The class doc says what each failure
+(death, no answer, fork, use after close) does.
 """
 
 from __future__ import annotations
@@ -104,8 +83,30 @@ def _process_state(pid: int) -> str:
 class IsolatedRuntime:
     """A model in a worker process, with the in-process runtime's `encode` and `close`.
 
-    ``call_timeout`` and ``per_text_timeout`` bound each call (module doc); ``math.inf``
-    turns the deadline off. They are plain attributes: a change applies from the next call.
+    * Worker death (OOM killer, SIGKILL): the call in flight raises `WorkerDiedError`
+      naming the exit code or signal. It is not retried (the call may be what killed
+      the worker). The runtime is then not `alive`; the next `encode` starts a fresh
+      worker by itself (counted in `restarts`).
+    * No answer in time (worker stopped or hung): a call may wait
+      ``call_timeout + per_text_timeout * len(texts)`` seconds for its reply, and no
+      read or write on the pipe may stall longer than ``call_timeout``; past either,
+      the worker is killed and the call raises `WorkerTimeoutError` (a
+      `WorkerDiedError`); the next call starts a new worker. ``math.inf`` turns the
+      limits off; both are plain attributes, a change applies from the next call.
+    * Fork: in a child of ``os.fork()`` an inherited runtime forgets the parent's
+      worker without touching it; its next call starts the child's own worker (from
+      the child's own fork server), and the parent's worker keeps serving the parent.
+    * Use after close(): `ClosedError`.
+
+    Thread safety: one call at a time over the pipe. ``_lock`` guards the pipe, the
+    worker handle and restarts; concurrent `encode` calls queue on it. close() may stop
+    a worker without ``_lock`` when a call is stuck; `WorkerProcess.stop` makes that
+    safe.
+
+    No zombies: close() asks the worker to quit, joins with a timeout, then terminates
+    and kills. A `weakref.finalize` closes a runtime dropped without close(); at exit a
+    hook closes every live runtime, then stops the fork server and resource tracker
+    unless other multiprocessing children still need them.
     """
 
     def __init__(
@@ -185,7 +186,7 @@ class IsolatedRuntime:
     # ---- calls ------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str]) -> EncodeResult:
-        """Embed in the worker; see the module doc for deaths, timeouts and fork."""
+        """Embed in the worker; see the class doc for deaths, timeouts and fork."""
         items = list(texts)
         n, dim = len(items), self.spec.dimension
         if not n:  # nothing for the worker to do: answer as the in-process runtime
@@ -357,7 +358,7 @@ def _after_fork_in_child() -> None:
 @atexit.register
 @workarounds.at_exit_of_multiprocessing_child
 def _at_exit() -> None:
-    """Close live runtimes, then the helper processes nobody else needs (see module doc)."""
+    """Close live runtimes, then the helper processes nobody else needs."""
     for runtime in list(_LIVE):
         try:
             runtime.close(timeout=2.0)
