@@ -102,6 +102,55 @@ def _summary(values: list[float], digits: int) -> str:
     return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
+def compare(
+    sources: list[str],
+    scenarios: list[str],
+    repeats: int,
+    threads: int,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every scenario for every source, sources interleaved, one fresh process per repeat."""
+    table: dict[str, Any] = {}
+    for scenario in scenarios:
+        runs: dict[str, list[dict[str, Any]]] = {src: [] for src in sources}
+        for _ in range(repeats):
+            for src in sources:
+                runs[src].append(_run(src, scenario, threads, env))
+        table[scenario] = {
+            src: {
+                "texts": rows[0]["texts"],
+                **{
+                    key: [value for row in rows for value in row[key]]
+                    for key in ("peak_above_loaded_mb", "after_call_above_loaded_mb", "docs_per_s")
+                },
+            }
+            for src, rows in runs.items()
+        }
+    return {"threads": threads, "repeats": repeats, "scenarios": table}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| lazyembed | scenario | texts | peak above loaded, MB | after the call, MB | docs/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario, by_src in result["scenarios"].items():
+        for src, row in by_src.items():
+            lines.append(
+                f"| {src} | {scenario} | {row['texts']} | "
+                f"{_summary(row['peak_above_loaded_mb'], 0)} | "
+                f"{_summary(row['after_call_above_loaded_mb'], 0)} | "
+                f"{_summary(row['docs_per_s'], 1)} |"
+            )
+    lines.append(
+        f"\nMedian (min-max) of {result['repeats']} fresh processes per row, "
+        f"{result['threads']} threads; peak = the kernel's VmHWM during the call, reset "
+        "after a warm-up call; long48 = 48 corpus documents, huge100 = 100 texts of 100k "
+        "characters, count100 = count_tokens(truncate=False) of those."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -109,8 +158,8 @@ def main() -> None:
     parser.add_argument(
         "--src",
         action="append",
-        help="PYTHONPATH of a lazyembed to measure (repeatable; "
-        "'.' is this checkout); several are interleaved, one fresh process per repeat",
+        help="PYTHONPATH of a lazyembed to measure (repeatable; '.' is this checkout); "
+        "several are interleaved, one fresh process per repeat",
     )
     parser.add_argument("--scenario", choices=SCENARIOS, help="(internal) one scenario")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
@@ -118,29 +167,11 @@ def main() -> None:
     if args.scenario:
         print(json.dumps(measure(args.scenario, args.repeats, args.threads)))
         return
-    sources = args.src or ["."]
-    print(f"{args.threads} threads, {args.repeats} interleaved repeats (fresh process each)")
-    print("| lazyembed | scenario | texts | peak above loaded, MB | after the call, MB | docs/s |")
-    print("|---|---|---|---|---|---|")
-    for scenario in args.only:
-        rows: dict[str, list[dict[str, Any]]] = {src: [] for src in sources}
-        for _ in range(args.repeats):
-            for src in sources:
-                rows[src].append(_run(src, scenario, args.threads))
-        for src, runs in rows.items():
-            peak, after, rate = (
-                [value for run in runs for value in run[key]]
-                for key in ("peak_above_loaded_mb", "after_call_above_loaded_mb", "docs_per_s")
-            )
-            print(
-                f"| {src} | {scenario} | {runs[0]['texts']} | {_summary(peak, 0)} | "
-                f"{_summary(after, 0)} | {_summary(rate, 1)} |",
-                flush=True,
-            )
+    print(markdown(compare(args.src or ["."], args.only, args.repeats, args.threads)))
 
 
-def _run(src: str, scenario: str, threads: int) -> dict[str, Any]:
-    env = dict(os.environ)
+def _run(src: str, scenario: str, threads: int, base: dict[str, str] | None) -> dict[str, Any]:
+    env = dict(os.environ if base is None else base)
     source = str(ROOT / "src") if src == "." else src
     env["PYTHONPATH"] = os.pathsep.join((source, str(ROOT)))
     argv = [sys.executable, "-m", "bench.long_texts", "--scenario", scenario]

@@ -537,6 +537,24 @@ class Run:
         )
         return result, markdown
 
+    def one_text(self) -> tuple[Result, str]:
+        from bench import one_text
+
+        rounds = 3 if self.cfg.quick else 9
+        contenders = list(one_text.DEFAULT_CONTENDERS)
+        env = bench_env(self.workdir)
+        result = one_text.compare(contenders, rounds, self.cfg.threads, seconds=1.0, env=env)
+        return result, one_text.markdown(result)
+
+    def long_texts(self) -> tuple[Result, str]:
+        from bench import long_texts
+
+        repeats = 1 if self.cfg.quick else 3
+        scenarios = list(long_texts.SCENARIOS)
+        env = bench_env(self.workdir)
+        result = long_texts.compare(["."], scenarios, repeats, self.cfg.threads, env=env)
+        return result, long_texts.markdown(result)
+
     def idle_cpu(self) -> tuple[Result, str]:
         cfg = self.cfg
         seconds = f"--seconds={cfg.idle_seconds}"
@@ -1279,6 +1297,8 @@ SECTION_KEYS = (
     "bookkeeping",
     "footprint",
     "reload",
+    "one_text",
+    "long_texts",
     "idle_cpu",
     "throughput",
     "server",
@@ -1294,6 +1314,8 @@ def sections(run: Run) -> list[tuple[str, str, Callable[[], tuple[Result, str]]]
         ("bookkeeping", "Lifecycle bookkeeping per call", run.bookkeeping),
         ("footprint", "Loaded footprint (fresh subprocesses)", run.footprint),
         ("reload", "Reload latency", run.reload),
+        ("one_text", "One short text per call (issue 14.1)", run.one_text),
+        ("long_texts", "Long texts: peak memory and docs/s", run.long_texts),
         ("idle_cpu", "Idle CPU of a loaded model", run.idle_cpu),
         ("throughput", "Throughput and fidelity", run.throughput),
         ("server", "Server throughput (issue 5)", run.server),

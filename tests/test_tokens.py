@@ -154,6 +154,10 @@ class _Recorder:
         self.longest = max([self.longest, *map(len, texts)])
         return self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
 
+    def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
+        self.longest = max(self.longest, len(text))
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
 
 def test_the_runtime_never_hands_the_tokenizer_a_whole_long_text(
     tokenizer: Tokenizer, spec: RuntimeSpec

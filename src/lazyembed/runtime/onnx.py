@@ -28,6 +28,11 @@ log = logging.getLogger("lazyembed")
 FloatArray = npt.NDArray[np.float32]
 #: After a call whose largest batch held this many (padded) tokens, trim the heap.
 TRIM_AFTER_TOKENS = 512
+#: A run of at least this many padded tokens hands the arena's growth back when it ends;
+#: smaller runs leave the (small) arena as it is, so short texts reuse it.
+SHRINK_AFTER_TOKENS = 256
+#: How long an intra-op worker spins for the next operator before it sleeps (µs).
+SPIN_US = 20
 _WARMUP_TEXT = "lazyembed warm-up"
 
 
@@ -62,7 +67,7 @@ class LoadedModel(Protocol):
 
 
 def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
-    """Options measured to keep memory low and an idle model at zero CPU (DESIGN.md)."""
+    """Options measured to keep memory low, a short text fast and an idle model at zero CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -76,14 +81,21 @@ def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
     )
     # The CPU arena stays on: without it every intermediate tensor of every layer is a
     # fresh malloc, and the big ones (attention scores of long texts) fault their pages in
-    # each time — measured 12 vs 19 long docs/s and ~170 vs ~195 sentences/s at batch 32.
-    # Its memory is handed back after every run instead (see `_RUN_OPTIONS`).
+    # each time (slower by a third for long documents and batches of sentences, measured).
+    # Its memory is handed back after big runs instead (see `OnnxRuntime._run_options`).
     options.enable_cpu_mem_arena = True
-    # Pre-packing copies every weight into a second layout: +17 MB and +50 ms per load,
-    # for no throughput we could measure on this model (bench, 2 cores, batch 32).
+    # Pre-packing copies every weight into a second layout (more memory and a slower load)
+    # for no throughput we could measure on this model.
     options.add_session_config_entry("session.disable_prepacking", "1")
-    # Idle ORT thread pools spin otherwise: a loaded, idle model would burn a core.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Within a run the intra-op workers spin between operators instead of sleeping: a
+    # short text runs many small operators, and waking a sleeping worker for each costs
+    # more than the operator. The spin is short (`SPIN_US`: the gap between two
+    # operators, so a busy machine's other processes keep their CPU), and
+    # `force_spinning_stop` ends it with the run, so a loaded, idle model stays at zero
+    # CPU. (There is no inter-op pool: sequential mode.)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
@@ -106,10 +118,12 @@ class OnnxRuntime:
             providers=["CPUExecutionProvider"],
         )
         self._output_names = ["last_hidden_state"]
-        # Shrink the arena at the end of every run: the arena's speed within a run, not
-        # its peak held between runs (the default arena keeps ~+110 MB after one batch).
+        # Shrink the arena at the end of big runs: the arena's speed within a run, not its
+        # peak held between runs (the default arena keeps a big batch's whole peak).
+        # Shrinking after every run would free and fault in its pages for each short text.
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._small_run_options = ort.RunOptions()
 
     def encode(self, texts: Sequence[str]) -> EncodeResult:
         """Embed texts: tokenize once (cut to what is kept), run length-sorted runs bounded
@@ -120,7 +134,7 @@ class OnnxRuntime:
         encodings = encode_truncated(self.tokenizer, texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
-        # Sorting by length wastes almost nothing on padding (unsorted: ~45 % here).
+        # Sorting by length wastes almost nothing on padding (unsorted, much is padding).
         order = np.argsort(lengths, kind="stable")
         largest = 0
         for start, end in plan_batches(
@@ -129,12 +143,15 @@ class OnnxRuntime:
             rows = order[start:end]
             ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
             feeds = {"input_ids": ids, "attention_mask": mask}
-            hidden = session.run(self._output_names, feeds, self._run_options)[0]
+            options = (
+                self._run_options if ids.size >= SHRINK_AFTER_TOKENS else self._small_run_options
+            )
+            hidden = session.run(self._output_names, feeds, options)[0]
             out[rows] = self._pool(hidden, mask)
             largest = max(largest, ids.size)
         if largest >= TRIM_AFTER_TOKENS:
-            # A big batch grew the heap by tens of MB; give it back now (~0.1 ms) rather
-            # than hold the peak while the model sits idle.
+            # A big batch grew the heap; give it back now (cheap) rather than hold the
+            # peak while the model sits idle.
             memory.trim_heap()
         return EncodeResult(out, lengths.tolist())
 

@@ -86,13 +86,16 @@ def encode_truncated(
     for the texts whose cut might have changed the kept tokens.
     """
     size = char_budget(tokenizer) if budget is None else budget
-    if size <= 0:
+    if size <= 0:  # a tokenizer that does not truncate reads every text whole anyway
         return tokenizer.encode_batch(list(texts), add_special_tokens=True)
     out: list[Encoding | None] = [None] * len(texts)
     pending = list(range(len(texts)))
     while pending:
         cut = [texts[i][:size] for i in pending]
-        encodings = tokenizer.encode_batch(cut, add_special_tokens=True)
+        if len(cut) == 1:  # the commonest call: no hand-off to the tokenizer's thread pool
+            encodings = [tokenizer.encode(cut[0], add_special_tokens=True)]
+        else:
+            encodings = tokenizer.encode_batch(cut, add_special_tokens=True)
         retry: list[int] = []
         for index, encoding in zip(pending, encodings, strict=True):
             if len(texts[index]) <= size or _cut_is_exact(encoding):
