@@ -199,7 +199,24 @@ class LiveServer:
 
 
 class Records(logging.Handler):
-    """Keeps the records of the loggers it is attached to."""
+    """Keeps the records of the loggers it is attached to.
+
+    Attach after building a ``LiveServer``: uvicorn's logging set-up drops the handlers of
+    its loggers.
+    """
+
+    LOGGERS = ("uvicorn.error", "lazyembed")
+
+    def attach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+    def errors(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -209,15 +226,24 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
+def connected(url: str) -> socket.socket:
+    """A raw TCP connection to a LiveServer's ``url``."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=60)
+
+
+def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def half_closed_request(url: str, method: str, path: str, body: bytes = b"") -> bytes:
     """Send one request on a raw socket, shut the write side (``nc -N``), read to EOF."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        sock.sendall(head.encode() + body)
+    with connected(url) as sock:
+        sock.sendall(request_bytes(method, path, body))
         sock.shutdown(socket.SHUT_WR)
         received = b""
         while chunk := sock.recv(65536):

@@ -339,3 +339,17 @@ def test_stop_by_answers_unfinished_requests_without_waiting_for_the_model() -> 
     assert isinstance(long, BatcherClosedError) and isinstance(queued, BatcherClosedError)
     assert finished is False  # a model call was left running when it was abandoned
     assert [texts for texts, _ in fake.calls] == [LONG[:4]]
+
+
+def test_batches_are_bounded_by_tokens_when_they_form() -> None:
+    """A batch is the unit nobody can interrupt: max_tokens bounds it, not only its calls."""
+    fake = FakeEmbedder()
+    batcher = make_batcher(fake, max_inputs=64, max_tokens=600, wait_ms=0)
+    texts = [f"{i}" + "x" * 249 for i in range(10)]  # 250 characters: at most 252 tokens
+
+    async def main() -> None:
+        await batcher.submit(texts)
+        await batcher.aclose()
+
+    run(main())
+    assert [len(t) for t, _ in fake.calls] == [2, 2, 2, 2, 2]

@@ -4,9 +4,10 @@ Each handler calls ``await batcher.submit(texts, ...)``. One collector task per 
 loop forms model batches from the requests in progress: when the first one arrives it
 waits at most ``wait_ms`` (from that arrival) for more, stops early once ``max_inputs``
 inputs are queued, and hands the batch to a single worker thread (the model runs off
-the event loop, one batch at a time). A batch takes at most ``max_inputs`` inputs,
-shared between the requests in line (an equal share each, then the room left): a larger
-request is cut into chunks, and after each chunk it goes to the back of the line, so a
+the event loop, one batch at a time). A batch takes at most ``max_inputs`` inputs and
+about ``max_tokens`` tokens (estimated from characters; the worker splits by the real
+counts), shared between the requests in line (an equal share each, then the room left):
+a larger request is cut into chunks, and after each chunk it goes to the back of the line, so a
 short request sent while a long one runs goes into the very next batch, not after the
 whole long request.
 
@@ -114,6 +115,8 @@ class Batcher:
             raise ValueError("max_inputs and max_tokens must be >= 1 and wait_ms >= 0")
         self.embedder = embedder
         self.max_inputs = max_inputs
+        self.max_tokens = max_tokens
+        self._cap: int | None = None  # the model's token limit, once known
         self.wait_s = wait_ms / 1000.0
         self._calls = ModelCalls(
             embedder, max_tokens=max_tokens, on_batch=on_batch, on_load=on_load
@@ -290,24 +293,39 @@ class Batcher:
         place at the front; those with inputs left go to the back.
         """
         line = self._line
+        cap = await self._token_cap()
         share = max(1, self.max_inputs // max(1, len(line)))
         batch: list[Chunk] = []
         untouched: list[Pending] = []
-        size = 0
+        size, tokens_left = 0, self.max_tokens
         for _ in range(len(line)):
             request = line.popleft()
-            if size >= self.max_inputs:
+            if size >= self.max_inputs or tokens_left <= 0:
                 untouched.append(request)
             elif not await self._departed(request):
-                batch.append(request.take(min(request.remaining, share, self.max_inputs - size)))
-                size += len(batch[-1].texts)
+                wanted = min(request.remaining, share, self.max_inputs - size)
+                count, tokens = request.fitting(wanted, tokens_left, cap, first=True)
+                batch.append(request.take(count))
+                size, tokens_left = size + count, tokens_left - tokens
         for chunk in batch:  # the room left, in the same order
-            size += chunk.grow(min(chunk.request.remaining, self.max_inputs - size))
+            wanted = min(chunk.request.remaining, self.max_inputs - size)
+            count, tokens = chunk.request.fitting(wanted, tokens_left, cap, first=False)
+            size, tokens_left = size + chunk.grow(count), tokens_left - tokens
         self._queued_inputs -= sum(len(chunk.texts) for chunk in batch)
         arrived = list(line)  # submitted while a probe awaited
         line.clear()
         line.extend([*untouched, *arrived, *(c.request for c in batch if c.request.remaining)])
         return batch
+
+    async def _token_cap(self) -> int | None:
+        """The model's token limit, asked once in the worker thread (None if it fails)."""
+        if self._cap is None:
+            loop = asyncio.get_running_loop()
+            try:
+                self._cap = await loop.run_in_executor(self._executor, self._calls.max_seq_length)
+            except Exception:  # the model is unavailable: its batch will say why
+                return None
+        return self._cap
 
     async def _departed(self, request: Pending) -> bool:
         """Drop ``request`` (True) if its handler was cancelled or its client left."""

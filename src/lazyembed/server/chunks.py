@@ -54,6 +54,22 @@ class Pending:
     def started(self) -> bool:
         return self.scheduled > 0
 
+    def fitting(self, count: int, budget: int, cap: int | None, *, first: bool) -> tuple[int, int]:
+        """How many of the next ``count`` inputs fit ``budget`` tokens, and their tokens.
+
+        Tokens are estimated from characters (a WordPiece token covers at least one, plus
+        [CLS] and [SEP]), capped at the model's limit ``cap``; the worker splits model
+        calls by the real counts. ``first``: at least one input, whatever the budget.
+        """
+        taken = used = 0
+        for text in self.texts[self.scheduled : self.scheduled + count]:
+            tokens = len(text) + 2 if cap is None else min(len(text) + 2, cap)
+            if used + tokens > budget and (taken or not first):
+                break
+            taken += 1
+            used += tokens
+        return taken, used
+
     def take(self, count: int) -> Chunk:
         """The next ``count`` inputs as a chunk."""
         start = self.scheduled

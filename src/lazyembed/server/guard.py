@@ -83,6 +83,9 @@ class GuardMiddleware:
                 await self.app(scope, receive, send_status)
         except ClientDisconnectedError:
             status = DISCONNECTED  # nobody to answer, nothing to log
+            hang_up = (scope.get("extensions") or {}).get("lazyembed.hang_up")
+            if callable(hang_up):  # a half-closed connection (protocol.py): close it
+                hang_up()
         except Exception as exc:
             if status:
                 raise  # the response has started: nothing else can be sent

@@ -49,7 +49,7 @@ class ModelCalls:
         texts = [text for chunk in batch for text in chunk.texts]
         try:
             raw = self.embedder.count_tokens(texts, truncate=False)
-            limit = self._max_seq_length()
+            limit = self.max_seq_length()
         except Exception as exc:
             return [exc] * len(batch)
         failed: list[BaseException | None] = [None] * len(batch)
@@ -145,7 +145,8 @@ class ModelCalls:
         self.embedder.warmup(keep_alive=keep_alive)
         return self._load_seconds(loads_before)
 
-    def _max_seq_length(self) -> int:
+    def max_seq_length(self) -> int:
+        """The model's token limit (cached; the first call may prepare the model)."""
         if self._limit is None:
             self._limit = self.embedder.get_max_tokens()
         return self._limit

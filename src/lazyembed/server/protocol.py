@@ -5,7 +5,8 @@ protocol lets asyncio close the connection at that EOF, so the answer is lost. T
 keeps the write side open while a request is in progress (the answer is sent, then the
 connection closed), and tells the app through the scope extension
 ``lazyembed.half_closed`` (a callable), so that a long request can still stop between
-chunks: an EOF from a client that really left looks the same on the wire.
+chunks: an EOF from a client that really left looks the same on the wire. When the app
+drops such a request, it calls ``lazyembed.hang_up``: the connection closes, unanswered.
 
 ``lazyembed serve`` passes it to uvicorn: ``uvicorn.Config(app, http=HalfCloseProtocol)``.
 """
@@ -25,10 +26,18 @@ class HalfCloseProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope = cast(dict[str, Any], self.scope)
-        scope.setdefault("extensions", {})["lazyembed.half_closed"] = self._is_half_closed
+        extensions = scope.setdefault("extensions", {})
+        extensions["lazyembed.half_closed"] = self._is_half_closed
+        extensions["lazyembed.hang_up"] = self._hang_up
 
     def _is_half_closed(self) -> bool:
         return self.half_closed
+
+    def _hang_up(self) -> None:
+        """The app answers nobody (its client left): close now, as a disconnect."""
+        if self.cycle is not None:
+            self.cycle.disconnected = True  # uvicorn then expects no response
+        self.transport.close()
 
     def eof_received(self) -> bool:  # type: ignore[override]
         cycle = self.cycle
