@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -243,3 +244,17 @@ def test_isolated_mode_matches_in_process_and_unload_ends_the_worker(uncached: E
     finally:
         e.close()
     assert np.abs(got - expected).max() < 1e-6
+
+
+def test_a_cache_damaged_after_preparation_heals_at_the_next_load(tmp_path: Path) -> None:
+    """A prepared Embedder checks its converted files again at every load."""
+    embedder = Embedder(cache_memory_mb=0, model_cache_dir=str(tmp_path / "models"))
+    try:
+        before = embedder.embed("heal me", keep_alive=0)
+        data = embedder.prepare().converted.data_path
+        garbage = data.with_name(data.name + ".garbage")
+        garbage.write_bytes(os.urandom(data.stat().st_size))
+        os.replace(garbage, data)  # replaced, as a careless copy would leave it
+        assert embedder.embed("heal me") == pytest.approx(before, abs=1e-6)
+    finally:
+        embedder.close()

@@ -109,7 +109,7 @@ class Embedder:
             PressureMonitor.from_settings(settings.pressure) if settings.pressure.unload else None
         )
         self._lifecycle: Lifecycle[LoadedModel] = Lifecycle(
-            self._load_prepared if load_gate is not None else self._load,
+            self._load,
             idle_timeout=settings.idle_timeout,
             max_events=settings.max_events,
             clock=clock or time.monotonic,
@@ -169,21 +169,28 @@ class Embedder:
         return PreparedModel(resolved, info, converted, spec, fingerprint, cache, info.prompts)
 
     def _load(self) -> LoadedModel:
-        """The lifecycle's loader: session + tokenizer + one warm-up inference.
+        """The lifecycle's loader: the session, with the tokenizer this Embedder keeps.
 
         With ``isolation = "process"`` the same happens in a worker process, and unloading
         ends that process: every byte of the model leaves with it.
         """
-        spec = self.prepare().spec
+        prepared = self.prepare()
+        spec = prepared.spec
+        # The cached files may have been damaged since they were prepared (a `cp` over
+        # them, a full disk): check them again (a stat when unchanged) and heal if needed.
+        ensure_onnx_in_child(
+            prepared.resolved.directory,
+            variant=self.settings.variant,
+            cache_dir=Path(self.settings.model_cache_dir),
+        )
         if self.settings.isolation == "process":
             from lazyembed.isolation import load_isolated
 
-            return load_isolated(spec)
+            return load_isolated(spec, call_timeout=self.settings.worker_call_timeout)
+        # Kept across unloads: the runtime's load_tokenizer() hands back this same object,
+        # so a reload does not parse tokenizer.json again.
+        self._counting_tokenizer()
         return load_runtime(spec)
-
-    def _load_prepared(self) -> LoadedModel:
-        """Under a registry, preparation (maybe a conversion) ran before admission."""
-        return self._load()
 
     @property
     def lifecycle(self) -> Lifecycle[LoadedModel]:
@@ -358,27 +365,24 @@ class Embedder:
         """Real token counts, including [CLS] and [SEP]: after truncation at the model's
         limit, or (``truncate=False``) up to one past it, so that a count above
         `get_max_tokens()` says the text is too long (one tokenisation serves both)."""
-        from lazyembed.runtime import encode_truncated  # the runtime's own cut-then-tokenize
+        from lazyembed.runtime import token_counts  # the runtime's own cut-then-tokenize
 
         items, _ = normalize_inputs(texts)
-        encodings = encode_truncated(self._counting_tokenizer(), items)
-        if not truncate:
-            return [len(e.ids) for e in encodings]
-        limit = self.prepare().info.max_seq_length
-        return [min(len(e.ids), limit) for e in encodings]
+        return token_counts(self._counting_tokenizer(), items, past_limit=not truncate)
 
     def _counting_tokenizer(self) -> Tokenizer:
-        """A tokenizer kept for counting only (~9 MB, loaded on the first count).
+        """The tokenizer kept by this Embedder (~9 MB, loaded on the first count or load).
 
-        Counting must not load or keep alive the model, so it cannot borrow the runtime's.
-        It truncates one token past the model's limit, so "too long" stays visible.
+        Counting must not load or keep alive the model, so the runtime borrows this one,
+        not the other way round (`load_tokenizer` hands the same object to both).
+        "Too long" stays visible to counts through the encoding's overflow.
         """
         tokenizer = self._tokenizer
         if tokenizer is None:
             spec = self.prepare().spec
             with self._prepare_lock:
                 if self._tokenizer is None:
-                    self._tokenizer = load_tokenizer(spec.tokenizer_path, spec.max_seq_length + 1)
+                    self._tokenizer = load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
                 tokenizer = self._tokenizer
         return tokenizer
 

@@ -115,6 +115,7 @@ class Settings:
     idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT
     max_events: int = 64
     isolation: Isolation = "none"
+    worker_call_timeout: float = 120.0  # isolated worker: seconds a call may wait (+1 s/text)
     # Several models in one process (lazyembed.Models): measured MB and count at once.
     memory_budget_mb: float | None = None  # None = unlimited
     max_loaded_models: int = 3
@@ -317,6 +318,7 @@ def _keys() -> dict[str, Key]:
         "idle_timeout": _duration,
         "max_events": _int(1, 100_000),
         "isolation": _choice("none", "process"),
+        "worker_call_timeout": _positive_seconds,
         "memory_budget_mb": _optional_float("unlimited", lo=0.0),
         "max_loaded_models": _int(1, 1000),
         "load_timeout": _positive_seconds,
