@@ -63,6 +63,7 @@ class FakeEmbedder:
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.fail_with: BaseException | None = None
+        self.report_error: BaseException | None = None  # raised by model_report()
 
     @property
     def is_loaded(self) -> bool:
@@ -103,6 +104,11 @@ class FakeEmbedder:
 
     def memory_report(self, *, events: bool = True) -> MemoryReport:
         return fake_report(self.loaded, self.loads)
+
+    def model_report(self) -> dict[str, Any]:
+        if self.report_error is not None:
+            raise self.report_error
+        return {"variant": "fp32", "max_seq_length": self.max_tokens}
 
     def get_embedding_dimension(self) -> int:
         return 384

@@ -16,7 +16,15 @@ from fastapi.testclient import TestClient
 
 from lazyembed import Embedder
 from lazyembed.config import ServerSettings
-from lazyembed.errors import ConfigError, ModelLoadError
+from lazyembed.errors import (
+    ClosedError,
+    ConfigError,
+    InputTooLongError,
+    InvalidInputError,
+    ModelBusyError,
+    ModelLoadError,
+    WorkerDiedError,
+)
 from lazyembed.server import create_app
 from server_helpers import SERVED, TEXTS, FakeEmbedder, metric, wait_until
 
@@ -263,6 +271,32 @@ def test_model_errors_fail_the_request_not_the_server() -> None:
         assert unavailable.status_code == 503 and "no memory" in unavailable.json()["error"]
         fake.fail_with = None
         assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+ANSWERS = [
+    (InputTooLongError("input 0 is too long"), 400, "context_length_exceeded"),
+    (InvalidInputError("bad input"), 422, "invalid_input"),
+    (WorkerDiedError("the worker died"), 503, "model_unavailable"),
+    (ClosedError("closed"), 503, "model_unavailable"),
+    (ModelBusyError("no room"), 503, "model_unavailable"),
+    (ValueError("odd"), 500, "internal_error"),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "code"), ANSWERS)
+def test_one_error_table_answers_every_path(error: Exception, status: int, code: str) -> None:
+    fake = FakeEmbedder()
+    with TestClient(create_app(fake)) as client:
+        fake.fail_with = error
+        openai = client.post("/v1/embeddings", json={"input": "x"})
+        assert openai.status_code == status and openai.json()["error"]["code"] == code
+        assert str(error) in openai.json()["error"]["message"]
+        ollama = client.post("/api/embed", json={"input": "x"})
+        assert ollama.status_code == status and str(error) in ollama.json()["error"]
+        # A route FastAPI calls (not the guard's fast path) answers from the same table.
+        fake.report_error = error
+        tags = client.get("/api/tags")
+        assert tags.status_code == status and str(error) in tags.json()["error"]
 
 
 # ---- status endpoints and the lifecycle ----------------------------------------------------
