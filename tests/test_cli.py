@@ -116,8 +116,20 @@ def test_debug_shows_the_traceback() -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_lists_the_catalogue_and_marks_what_is_here(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert cli.main(["models", "--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert len(rows) >= 11 and "BAAI/bge-small-en-v1.5" in rows
+    assert rows["sentence-transformers/all-MiniLM-L6-v2"]["present"] == "package"
+    assert rows["intfloat/multilingual-e5-small"]["architecture"] == "xlm-roberta"
+    assert cli.main(["models"]) == 0
+    assert "all-MiniLM-L6-v2" in capsys.readouterr().out
+
+
+def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["models", "--describe", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert Path(report["onnx_path"]).is_file()
     assert report["onnx_mb"] > 1 and len(report["weights_sha256"]) == 64

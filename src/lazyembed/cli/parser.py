@@ -137,10 +137,15 @@ def _add_others(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     models = sub.add_parser(
         "models",
-        help="where the model comes from, its converted ONNX file, size and hash",
-        description="Resolve (and if needed convert) the model and describe it.",
+        help="the models lazyembed knows and which are here; or describe one model",
+        description="List the catalogue and mark what is present locally (installed "
+        "package, hub cache). With --model or --describe: resolve (and if needed convert) "
+        "that model and describe its source, converted ONNX file, size and hash.",
     )
     _model_option(models)
+    models.add_argument(
+        "--describe", action="store_true", help="describe the settings' model (as --model)"
+    )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=cmd_models, prints=True)
 

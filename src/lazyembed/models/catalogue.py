@@ -27,12 +27,20 @@ class CatalogueEntry:
     normalize: bool
     max_seq_length: int
     licence: str
-    size_mb: int  # the safetensors weights, fp32
+    size_mb: int  # the safetensors weights, fp32 (MiB)
     prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def short_name(self) -> str:
         return self.hub_id.rsplit("/", 1)[-1]
+
+
+_RETRIEVAL = "Represent this sentence for searching relevant passages: "
+_E5 = {"query": "query: ", "passage": "passage: "}
+
+
+def _prompts(table: dict[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(table)
 
 
 CATALOGUE: tuple[CatalogueEntry, ...] = (
@@ -55,6 +63,122 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
         max_seq_length=256,
         licence="apache-2.0",
         size_mb=87,
+    ),
+    CatalogueEntry(
+        hub_id="sentence-transformers/all-MiniLM-L12-v2",
+        aliases=("all-minilm:33m", "all-minilm:l12", "all-minilm:l12-v2", "all-minilm-l12-v2"),
+        architecture="bert",
+        dimension=384,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=128,
+        licence="apache-2.0",
+        size_mb=127,
+    ),
+    CatalogueEntry(
+        hub_id="sentence-transformers/multi-qa-MiniLM-L6-cos-v1",
+        aliases=("multi-qa-minilm",),
+        architecture="bert",
+        dimension=384,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=512,
+        licence="unspecified",
+        size_mb=87,
+    ),
+    CatalogueEntry(
+        hub_id="sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+        aliases=("paraphrase-multilingual-minilm",),
+        architecture="xlm-roberta",
+        dimension=384,
+        pooling="mean",
+        normalize=False,
+        max_seq_length=128,
+        licence="apache-2.0",
+        size_mb=449,
+    ),
+    CatalogueEntry(
+        hub_id="BAAI/bge-small-en-v1.5",
+        aliases=("bge-small", "bge-small-en", "bge-small:latest"),
+        architecture="bert",
+        dimension=384,
+        pooling="cls",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=127,
+        prompts=_prompts({"query": _RETRIEVAL}),
+    ),
+    CatalogueEntry(
+        hub_id="BAAI/bge-base-en-v1.5",
+        aliases=("bge-base", "bge-base-en", "bge-base:latest"),
+        architecture="bert",
+        dimension=768,
+        pooling="cls",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=418,
+        prompts=_prompts({"query": _RETRIEVAL}),
+    ),
+    CatalogueEntry(
+        hub_id="intfloat/e5-small-v2",
+        aliases=("e5-small", "e5-small-v2:latest"),
+        architecture="bert",
+        dimension=384,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=127,
+        prompts=_prompts(_E5),
+    ),
+    CatalogueEntry(
+        hub_id="intfloat/multilingual-e5-small",
+        aliases=("multilingual-e5-small:latest",),
+        architecture="xlm-roberta",
+        dimension=384,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=449,
+        prompts=_prompts(_E5),
+    ),
+    CatalogueEntry(
+        hub_id="intfloat/multilingual-e5-base",
+        aliases=("multilingual-e5-base:latest",),
+        architecture="xlm-roberta",
+        dimension=768,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=1061,
+        prompts=_prompts(_E5),
+    ),
+    CatalogueEntry(
+        hub_id="thenlper/gte-small",
+        aliases=("gte-small:latest",),
+        architecture="bert",
+        dimension=384,
+        pooling="mean",
+        normalize=True,
+        max_seq_length=512,
+        licence="mit",
+        size_mb=127,
+    ),
+    CatalogueEntry(
+        hub_id="mixedbread-ai/mxbai-embed-large-v1",
+        aliases=("mxbai-embed-large", "mxbai-embed-large:latest", "mxbai-embed-large:335m"),
+        architecture="bert",
+        dimension=1024,
+        pooling="cls",
+        normalize=False,
+        max_seq_length=512,
+        licence="apache-2.0",
+        size_mb=1278,
+        prompts=_prompts({"query": _RETRIEVAL}),
     ),
 )
 

@@ -165,3 +165,12 @@ def resolve_model(spec: str | None = None, *, allow_download: bool = False) -> R
         + "\n  - ".join(looked)
         + f"\nTo fix, {fix}, or set allow_download = true (needs network access)."
     )
+
+
+def locate(spec: str) -> ResolvedModel | None:
+    """Where ``spec`` is present locally (path, package or hub cache), or None; never
+    downloads and never raises for a model that is simply absent."""
+    try:
+        return resolve_model(spec, allow_download=False)
+    except ModelNotFoundError:
+        return None
