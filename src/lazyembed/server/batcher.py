@@ -1,41 +1,17 @@
 """Dynamic batching: concurrent requests share model calls, and take turns.
 
-Each handler calls ``await batcher.submit(texts, ...)``. One collector task per event
-loop forms model batches from the requests in progress: when the first one arrives it
-waits at most ``wait_ms`` (from that arrival) for more, stops early once ``max_inputs``
-inputs are queued, and hands the batch to a single worker thread (the model runs off
-the event loop, one batch at a time). A batch takes at most ``max_inputs`` inputs and
-about ``max_tokens`` tokens (estimated from characters; the worker splits by the real
-counts), shared between the requests in line (an equal share each, then the room left):
-a larger request is cut into chunks, and after each chunk it goes to the back of the line, so a
-short request sent while a long one runs goes into the very next batch, not after the
-whole long request.
+Handlers ``await batcher.submit(texts, ...)``; one collector task per event loop forms
+batches (waiting at most ``wait_ms`` for company) and runs them one at a time in a
+worker thread (``model_calls.py``). A batch holds at most ``max_inputs`` inputs and
+about ``max_tokens`` tokens, shared between the requests in line: a long request is cut
+into chunks and goes to the back of the line after each, so a short one sent meanwhile
+rides in the very next batch. Between chunks, a request whose client left or whose
+handler was cancelled is dropped (its later chunks never reach the model). ``stop_by``
+and ``aclose(timeout)`` bound the shutdown: unanswered requests then fail with
+``BatcherClosedError`` without waiting for the running call.
 
-Between chunks, a request whose client went away (``is_disconnected``, polled when a
-batch is formed) or whose handler was cancelled is dropped: its later chunks never reach
-the model. The disconnected one's caller gets ``ClientDisconnectedError`` (its handler
-is alive and should end quietly, answering nobody).
-
-In the worker thread a batch is tokenised once (``count_tokens``, untruncated up to one
-past the model's limit: the usage counts, and the check for ``truncate=false``), grouped
-by keep-alive (one model call per distinct `KeepAlive`, in order of arrival, so each
-lease reaches the lifecycle as if the requests had come one by one) and cut into model
-calls of at most ``max_tokens`` tokens. An exception fails only the requests of that
-call; an input-validation error in a shared call is retried request by request, so one
-bad request cannot fail its neighbours. The collector never dies of an error.
-
-``warmup`` (Ollama's "load the model" idiom) goes around the queue, in a thread of its
-own, so it neither waits behind a running batch nor is answered by the embedding cache.
-
-Shutdown: ``aclose(timeout)`` lets the work finish for at most ``timeout`` seconds, then
-fails every unanswered request with ``BatcherClosedError`` without waiting for the
-running chunk. ``stop_by(seconds)`` arms that cut-off early (the server calls it when the
-graceful shutdown starts), so queued requests are answered 503 before the ASGI server
-cancels their handlers.
-
-Concurrency: the queue, the wake-up event and the counters are touched only on the event
-loop thread. The worker gets its own list of chunks and returns their outcomes; futures
-are resolved back on the loop. The embedder's own locks guard the model.
+Concurrency: the line and the counters are touched only on the event loop thread; the
+worker gets its own list of chunks and returns their outcomes.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The batcher's worker-thread side: one batch of chunks → model calls → outcomes.
 
 The batch is tokenised once (untruncated, up to one past the model's limit: the usage
-counts, and the ``truncate=false`` check), grouped by keep-alive, and cut into calls of
-at most ``max_tokens`` tokens at input boundaries. A load during a call is timed from
-the typed memory report (its load counter and last load time).
+counts and the ``truncate=false`` check), grouped by keep-alive (one call per distinct
+`KeepAlive`, in order of arrival, so each lease reaches the lifecycle as if the requests
+had come one by one) and cut into calls of at most ``max_tokens`` real tokens. A failed
+call fails only its requests; a validation error in a shared call is retried request by
+request, so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
