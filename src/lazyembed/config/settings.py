@@ -39,6 +39,8 @@ ENV_PREFIX = "LAZYEMBED_"
 CONFIG_ENV = "LAZYEMBED_CONFIG"
 
 Variant = Literal["fp32", "int8"]
+Backend = Literal["onnxruntime", "openvino"]
+Precision = Literal["fp32", "bf16", "auto"]
 Isolation = Literal["none", "process"]
 
 
@@ -110,6 +112,8 @@ class Settings:
     model_cache_dir: Path = field(default_factory=_default_model_cache_dir)
     allow_download: bool = False
     variant: Variant = "fp32"
+    backend: Backend = "onnxruntime"  # "openvino": the lazyembed[openvino] extra
+    precision: Precision = "fp32"  # OpenVINO's inference precision; "auto": bf16 if the CPU has it
     encode_batch_size: int = 32  # texts per ONNX run
     intra_op_threads: int | None = None  # None → CPUs this process may run on
     idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT
@@ -313,6 +317,8 @@ def _keys() -> dict[str, Key]:
         "model_cache_dir": _path,
         "allow_download": _parse_bool,
         "variant": _choice("fp32", "int8"),
+        "backend": _choice("onnxruntime", "openvino"),
+        "precision": _choice("fp32", "bf16", "auto"),
         "encode_batch_size": _int(1, 4096),
         "intra_op_threads": _int(1, 1024, optional="auto"),
         "idle_timeout": _duration,
