@@ -96,8 +96,12 @@ class ServerSettings:
     max_body_bytes: int = 16 * 2**20
     batch_wait_ms: float = 2.0
     batch_max_inputs: int = 64
-    batch_max_tokens: int = 16384
+    batch_max_tokens: int = 4096
     graceful_timeout: float = 30.0
+    # Models served besides `model` (names, aliases or folders), and whether a request
+    # may name any other catalogue model or local folder (loaded on demand).
+    models: tuple[str, ...] = ()
+    any_model: bool = False
 
     @property
     def client_url(self) -> str:
@@ -274,6 +278,20 @@ def _url(value: object, key: str, source: str) -> str:
     return text
 
 
+def _names(value: object, key: str, source: str) -> tuple[str, ...]:
+    """A list of model names: a TOML array, or a comma-separated string (env)."""
+    items: list[object]
+    if isinstance(value, str):
+        items = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _fail(key, value, source, "expected a list of model names")
+    if not all(isinstance(item, str) and item.strip() for item in items):
+        raise _fail(key, value, source, "expected non-empty model names")
+    return tuple(str(item).strip() for item in items)
+
+
 def _path(value: object, key: str, source: str) -> Path:
     if isinstance(value, Path):
         return value.expanduser()
@@ -355,6 +373,8 @@ def _keys() -> dict[str, Key]:
             "server_batch_max_inputs": ("batch_max_inputs", _int(1)),
             "server_batch_max_tokens": ("batch_max_tokens", _int(1)),
             "graceful_timeout": ("graceful_timeout", _positive_seconds),
+            "serve_models": ("models", _names),
+            "serve_any_model": ("any_model", _parse_bool),
         },
     }
     table = {name: Key(name, None, name, parse) for name, parse in top.items()}
