@@ -465,7 +465,7 @@ class Run:
             "in the page cache). lazyembed: `unload_model()` then `embed()` of a new text "
             "(cache disabled). sentence-transformers: a fresh `SentenceTransformer(path)` + "
             "encode of one sentence. lazyembed's load column is the lifecycle's own load event "
-            "(session + tokenizer + warm-up inference)."
+            "(the session; the Embedder keeps its tokenizer across unloads, no warm-up run)."
         )
         return result, markdown
 

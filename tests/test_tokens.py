@@ -7,6 +7,7 @@ tokenizer on the whole text (which truncates only after tokenizing everything).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -188,3 +189,27 @@ def test_counts_never_hand_the_tokenizer_a_whole_long_text(shared_embedder: Any)
         assert 0 < recorder.longest <= char_budget(cast(Tokenizer, recorder)) < len(prose) // 10
     finally:
         shared_embedder._tokenizer = counting
+
+
+def test_counts_at_the_limit(shared_embedder: Any) -> None:
+    exact, one_more = " ".join(["word"] * (LIMIT - 2)), " ".join(["word"] * (LIMIT - 1))
+    assert shared_embedder.count_tokens([exact, one_more]) == [LIMIT, LIMIT]
+    assert shared_embedder.count_tokens([exact, one_more], truncate=False) == [LIMIT, LIMIT + 1]
+
+
+def test_one_tokenizer_per_file_while_held(spec: RuntimeSpec, tmp_path: Any) -> None:
+    first = load_tokenizer(spec.tokenizer_path, LIMIT)
+    assert load_tokenizer(spec.tokenizer_path, LIMIT) is first
+    assert load_tokenizer(spec.tokenizer_path, LIMIT + 1) is not first
+    copy = tmp_path / "tokenizer.json"
+    copy.write_text(Path(spec.tokenizer_path).read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_tokenizer(str(copy), LIMIT) is not first
+
+
+def test_a_reload_reuses_the_embedders_tokenizer(shared_embedder: Any) -> None:
+    kept = shared_embedder._counting_tokenizer()
+    runtime = shared_embedder._load()
+    try:
+        assert runtime.tokenizer is kept
+    finally:
+        runtime.close()

@@ -20,7 +20,7 @@ from lazyembed.runtime.onnx import (
     load_runtime,
     session_options,
 )
-from lazyembed.runtime.tokens import char_budget, encode_truncated, load_tokenizer
+from lazyembed.runtime.tokens import char_budget, encode_truncated, load_tokenizer, token_counts
 
 __all__ = [
     "MAX_RUN_TOKENS",
@@ -37,4 +37,5 @@ __all__ = [
     "padded_inputs",
     "plan_batches",
     "session_options",
+    "token_counts",
 ]

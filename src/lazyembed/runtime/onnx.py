@@ -33,7 +33,6 @@ TRIM_AFTER_TOKENS = 512
 SHRINK_AFTER_TOKENS = 256
 #: How long an intra-op worker spins for the next operator before it sleeps (µs).
 SPIN_US = 20
-_WARMUP_TEXT = "lazyembed warm-up"
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,9 @@ class OnnxRuntime:
 
 
 def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> OnnxRuntime:
-    """Load the session and run one warm-up inference, so the load cost is paid here."""
-    runtime = OnnxRuntime(spec, tokenizer)
-    runtime.encode([_WARMUP_TEXT])
-    return runtime
+    """Load the session (and the tokenizer, unless one is given or already held).
+
+    No warm-up inference: the first call's run does what it would do, and a reload then
+    costs one run less before the first vector.
+    """
+    return OnnxRuntime(spec, tokenizer)

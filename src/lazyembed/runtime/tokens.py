@@ -5,11 +5,13 @@ becomes ~25k tokens (ids, offsets, strings, overflow pieces) to keep 256 of them
 `encode_truncated` cuts each text to a character budget first, and checks that the cut
 could not have changed the kept tokens; when it could, that text is tokenized again with
 twice the budget (up to the whole text). The runtime and the Embedder's token counts
-both go through it, so a vector and its usage count always see the same tokens.
+(`token_counts`) both go through it, with one shared tokenizer, so a vector and its usage
+count always see the same tokens.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -19,7 +21,10 @@ if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
 _BUDGETS: weakref.WeakKeyDictionary[Tokenizer, int] = weakref.WeakKeyDictionary()
-_BUDGETS_LOCK = threading.Lock()
+_LOADED: weakref.WeakValueDictionary[tuple[str, int, int, int], Tokenizer] = (
+    weakref.WeakValueDictionary()
+)
+_LOCK = threading.Lock()  # guards _BUDGETS and _LOADED
 
 
 def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
@@ -27,13 +32,23 @@ def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
 
     tokenizer.json of all-MiniLM-L6-v2 says truncate and pad to 128; sentence-transformers
     overrides that with max_seq_length (256) and pads per batch, so we do the same.
+    While anyone holds it, the same file (unchanged) and length give the same object,
+    never mutated after this: the Embedder keeps one for counting, and a model (re)load
+    then takes it instead of parsing tokenizer.json again.
     """
     from tokenizers import Tokenizer
 
+    stat = os.stat(path)
+    key = (os.path.abspath(path), max_seq_length, stat.st_mtime_ns, stat.st_size)
+    with _LOCK:
+        loaded = _LOADED.get(key)
+    if loaded is not None:
+        return loaded
     tokenizer = Tokenizer.from_file(path)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_length)
-    return tokenizer
+    with _LOCK:
+        return _LOADED.setdefault(key, tokenizer)
 
 
 def truncation_length(tokenizer: Tokenizer) -> int | None:
@@ -57,7 +72,7 @@ def char_budget(tokenizer: Tokenizer) -> int:
             return 0
         longest = max(map(len, tokenizer.get_vocab(with_added_tokens=True)), default=1)
         budget = (kept + 1) * (longest + 1)
-        with _BUDGETS_LOCK:
+        with _LOCK:
             _BUDGETS[tokenizer] = budget
     return budget
 
@@ -105,3 +120,17 @@ def encode_truncated(
         pending = retry
         size *= 2
     return out  # type: ignore[return-value]  # every slot was filled above
+
+
+def token_counts(
+    tokenizer: Tokenizer, texts: Sequence[str], *, past_limit: bool = False
+) -> list[int]:
+    """Real token counts with special tokens, after truncation at the tokenizer's limit.
+
+    With ``past_limit``, a text longer than the limit counts limit + 1, so "too long" is
+    visible from the same tokenisation (its encoding overflowed).
+    """
+    encodings = encode_truncated(tokenizer, texts)
+    if not past_limit:
+        return [len(e.ids) for e in encodings]
+    return [len(e.ids) + 1 if e.overflowing else len(e.ids) for e in encodings]
