@@ -7,6 +7,7 @@ the built-in defaults of `ServerSettings`. Duration flags go through the one par
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from lazyembed import __version__
 from lazyembed.cli.common import SERVER_DEFAULTS, duration_flag
@@ -14,8 +15,9 @@ from lazyembed.cli.embed import cmd_embed
 from lazyembed.cli.local import cmd_cache, cmd_models
 from lazyembed.cli.remote import cmd_status, cmd_unload
 from lazyembed.cli.serve import cmd_serve
-from lazyembed.config import parse_duration, parse_positive_seconds
+from lazyembed.config import KEYS, Settings, parse_duration, parse_positive_seconds
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
+from lazyembed.errors import ConfigError
 
 _HTTP_TIMEOUT_S = 30.0  # how long client commands wait for the server's answer
 
@@ -113,8 +115,60 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="time in-flight requests get to finish on SIGTERM ('30s', 90; setting "
         f"graceful_timeout, default {d.graceful_timeout:g} s)",
     )
-    _model_option(serve)
+    _serve_models_options(serve)
     serve.set_defaults(func=cmd_serve, prints=False)
+
+
+def _setting_flag(key: str, flag: str) -> Callable[[str], str]:
+    """An argparse ``type=`` checking the text as the setting ``key`` would (the text
+    itself goes on to the settings, so "unlimited" overrides a number from a file)."""
+
+    def check(text: str) -> str:
+        try:
+            KEYS[key].parse(text, flag, "the command line")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+def _serve_models_options(serve: argparse.ArgumentParser) -> None:
+    """What ``serve`` serves: models (the first is the default), any model, the budget."""
+    defaults = Settings()
+    serve.add_argument(
+        "--model",
+        action="append",
+        metavar="MODEL",
+        help="model name, alias or local folder to serve; repeat to serve several (the "
+        "first answers requests that name no model). Default: the settings' model and "
+        "serve_models (all-MiniLM-L6-v2)",
+    )
+    serve.add_argument(
+        "--any-model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let a request name any catalogue model or model folder present on this "
+        "machine, loaded on demand under the budget (setting serve_any_model; default off)",
+    )
+    serve.add_argument(
+        "--memory-budget-mb",
+        type=_setting_flag("memory_budget_mb", "--memory-budget-mb"),
+        help="measured MB the loaded models may hold together, or 'unlimited' (setting "
+        "memory_budget_mb; default unlimited)",
+    )
+    serve.add_argument(
+        "--max-loaded-models",
+        type=_setting_flag("max_loaded_models", "--max-loaded-models"),
+        help="models in memory at once; the least recently used idle one is unloaded to "
+        f"make room (setting max_loaded_models; default {defaults.max_loaded_models})",
+    )
+    serve.add_argument(
+        "--load-timeout",
+        type=duration_flag(parse_positive_seconds, "--load-timeout"),
+        help="how long a load waits for room before answering 503 ('30s'; setting "
+        f"load_timeout, default {defaults.load_timeout:g} s)",
+    )
 
 
 def _add_others(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

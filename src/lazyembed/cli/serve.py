@@ -1,7 +1,9 @@
 """``lazyembed serve``: the HTTP server under uvicorn, on a socket bound here.
 
-Host, port, key, batching and the graceful timeout come from the settings; flags
-override them. SIGTERM drains in-flight requests for the graceful timeout, then exits 0.
+Host, port, key, batching, the models served and their memory budget come from the
+settings; flags override them. One `Models` registry holds every model served (``model``
+first, then ``serve_models``; with ``serve_any_model`` any model present here, on
+demand). SIGTERM drains in-flight requests for the graceful timeout, then exits 0.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from lazyembed.cli.common import make_embedder, say, settings_for
-from lazyembed.config import ServerSettings
+from lazyembed.cli.common import say
+from lazyembed.config import ServerSettings, Settings, load_settings
 from lazyembed.errors import CLIError
+from lazyembed.models.catalogue import canonical_name
+from lazyembed.registry import Models
 
 if TYPE_CHECKING:
     import uvicorn
@@ -45,25 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"the server needs the 'server' extra ({exc.name} is missing): "
             "pip install 'lazyembed[server]'"
         ) from None
-    settings = settings_for(
-        args,
-        host=args.host,
-        port=args.port,
-        idle_timeout=args.idle_timeout,
-        api_key=args.api_key,
-        server_batch_wait_ms=args.batch_wait_ms,
-        server_batch_max_inputs=args.batch_max_inputs,
-        graceful_timeout=args.graceful_timeout,
-    )
+    settings = serve_settings(args)
     server = settings.server
     if not is_loopback(server.host) and not server.api_key:
         say(
             f"lazyembed: warning: serving on {server.host} without an API key: anyone who can "
             "reach this port can use it (set LAZYEMBED_API_KEY or --api-key)"
         )
-    embedder = make_embedder(settings)
-    embedder.prepare()  # resolve and convert now, so a missing model fails here, not later
-    app = create_app(embedder, close_embedder=True)  # its settings are `settings.server`
+    models = Models(settings=settings)
+    served = served_names(settings)
+    for name in served:  # resolve and convert now, so a missing model fails here, not later
+        models.get(name).prepare()
+    app = create_app(models, close_embedder=True)  # its settings are `settings.server`
     uvicorn_server = _uvicorn_server(app, server, args)
     listener = _listen(server.host, server.port)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would end the
@@ -74,8 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown_host = f"[{server.host}]" if ":" in server.host else server.host
     # uvicorn logs no start line for a socket it did not bind; say where we listen.
     logging.getLogger("uvicorn.error").info(
-        "lazyembed serving %s on http://%s:%d (press CTRL+C to quit)",
-        embedder.model_name,
+        "lazyembed serving %s%s on http://%s:%d (press CTRL+C to quit)",
+        ", ".join(served),
+        " (and any model present here, on demand)" if server.any_model else "",
         shown_host,
         listener.getsockname()[1],
     )
@@ -93,6 +91,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 stream.flush()
         os._exit(status)
     return status
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings with the flags on top. ``--model`` (repeatable) names every model
+    served: the first becomes ``model``, the others ``serve_models``."""
+    named: list[str] = args.model or []
+    return load_settings(
+        model=named[0] if named else None,
+        serve_models=named[1:] if named else None,
+        serve_any_model=args.any_model,
+        memory_budget_mb=args.memory_budget_mb,
+        max_loaded_models=args.max_loaded_models,
+        load_timeout=args.load_timeout,
+        host=args.host,
+        port=args.port,
+        idle_timeout=args.idle_timeout,
+        api_key=args.api_key,
+        server_batch_wait_ms=args.batch_wait_ms,
+        server_batch_max_inputs=args.batch_max_inputs,
+        graceful_timeout=args.graceful_timeout,
+    )
+
+
+def served_names(settings: Settings) -> list[str]:
+    """The models served from the start: ``model`` first, then ``serve_models``."""
+    names = [settings.model, *settings.server.models]
+    return list(dict.fromkeys(canonical_name(name) for name in names))
 
 
 def _uvicorn_server(

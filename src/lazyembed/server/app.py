@@ -7,7 +7,7 @@ exception to HTTP answer in ``errors.py``.
 Shutdown: ``begin_shutdown`` (called when uvicorn starts draining) arms the batcher's
 cut-off shortly before the graceful timeout ends, so requests still unanswered get a 503
 while their handlers are alive; the lifespan then closes the batcher within what is left.
-If a model call was still running, the embedder is not closed (that would wait for the
+If a model call was still running, the embedder (or registry) is not closed (that would wait for the
 call) and ``app.state.abandoned_work`` is True, so the caller can exit without joining it.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from lazyembed import __version__
+from lazyembed.registry import Models
 from lazyembed.server import admin, ollama, openai
 from lazyembed.server.batcher import EmbedderLike
 from lazyembed.server.context import ServerConfig, ServerContext, server_settings
@@ -35,7 +36,7 @@ _ANSWER_SHARE = 0.1
 
 
 def create_app(
-    embedder: EmbedderLike | None = None,
+    embedder: EmbedderLike | Models | None = None,
     *,
     config: ServerConfig | None = None,
     close_embedder: bool | None = None,
@@ -43,9 +44,14 @@ def create_app(
 ) -> FastAPI:
     """Build the app around ``embedder`` (a default ``lazyembed.Embedder`` when None).
 
+    ``embedder`` is one Embedder (the server serves its model) or a `Models` registry:
+    the server then serves its default model and ``config.models``, and with
+    ``config.any_model`` any catalogue model or local folder present here, under the
+    registry's budget; a request's ``model`` field picks one.
     ``config`` defaults to the embedder's ``settings.server`` with ``overrides`` (its
-    field names: ``api_key``, ``batch_wait_ms``, ``graceful_timeout``, ...) parsed on top.
-    ``close_embedder`` (default: only when the app created it) closes it at shutdown.
+    field names: ``api_key``, ``batch_wait_ms``, ``models``, ``any_model``, ...) parsed
+    on top. ``close_embedder`` (default: only when the app created it) closes the
+    embedder or registry at shutdown.
     """
     owned = embedder is None
     if embedder is None:
@@ -86,14 +92,20 @@ def create_app(
 def _lifespan(srv: ServerContext, close_embedder: bool) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        srv.batcher.reopen()  # no-op unless this app was started and stopped before
+        srv.models.closed = False
+        for batcher in srv.models.batchers():
+            batcher.reopen()  # no-op unless this app was started and stopped before
         srv.shutdown_began = None
         app.state.abandoned_work = False
         yield
         # uvicorn runs this once in-flight requests finished or were cancelled.
-        finished = await srv.batcher.aclose(timeout=srv.graceful_remaining())
+        srv.models.closed = True
+        remaining = srv.graceful_remaining()
+        batchers = srv.models.batchers()
+        closed = await asyncio.gather(*(b.aclose(timeout=remaining) for b in batchers))
+        finished = all(closed)
         app.state.abandoned_work = not finished
-        closer = getattr(srv.embedder, "close", None)
+        closer = getattr(srv.source, "close", None)
         if close_embedder and callable(closer) and finished:
             await asyncio.to_thread(closer)  # (not after abandoning: it would wait for it)
 
@@ -113,4 +125,5 @@ def begin_shutdown(app: FastAPI) -> None:
     srv.shutdown_began = time.monotonic()
     remaining = srv.graceful_remaining()
     with contextlib.suppress(RuntimeError):  # no running loop (a plain thread): clock only
-        srv.batcher.stop_by(remaining * (1 - _ANSWER_SHARE))
+        for batcher in srv.models.batchers():
+            batcher.stop_by(remaining * (1 - _ANSWER_SHARE))

@@ -1,4 +1,4 @@
-"""What every endpoint shares: settings, the embedder, the batcher, metrics, model facts.
+"""What every endpoint shares: settings, the served models (each with its batcher), metrics.
 
 The server's settings are `ServerSettings` (defaults defined once, in config/settings.py);
 ``create_app`` keyword overrides are parsed by the same key table as the config file,
@@ -16,12 +16,13 @@ from fastapi import Request
 
 from lazyembed.config import KEYS, RENAMED, ServerSettings
 from lazyembed.config.durations import KeepAlive, parse_keep_alive
-from lazyembed.errors import ConfigError, LazyEmbedError
-from lazyembed.models.catalogue import find_entry, names_for
+from lazyembed.errors import ConfigError
+from lazyembed.registry import Models
 from lazyembed.report import MemoryReport
 from lazyembed.server.batcher import Batcher, BatchResult, EmbedderLike
-from lazyembed.server.errors import ApiError, echo
+from lazyembed.server.errors import ApiError
 from lazyembed.server.metrics import ServerMetrics
+from lazyembed.server.served import ServedModel, ServedModels
 from lazyembed.server.wire import poll_disconnected, to_jsonable
 
 #: The server's configuration is its settings group (kept under the old name).
@@ -30,9 +31,10 @@ ServerConfig = ServerSettings
 _SERVER_KEYS = {key.field: key for key in KEYS.values() if key.group == "server"}
 
 
-def server_settings(embedder: EmbedderLike, overrides: dict[str, Any]) -> ServerSettings:
-    """The embedder's ``settings.server`` with ``overrides`` (field names) parsed on top."""
-    base = getattr(getattr(embedder, "settings", None), "server", None)
+def server_settings(source: EmbedderLike | Models, overrides: dict[str, Any]) -> ServerSettings:
+    """The embedder's (or registry's) ``settings.server`` with ``overrides`` (field names)
+    parsed on top."""
+    base = getattr(getattr(source, "settings", None), "server", None)
     settings = base if isinstance(base, ServerSettings) else ServerSettings()
     values: dict[str, Any] = {}
     for name, value in overrides.items():
@@ -50,13 +52,20 @@ def server_settings(embedder: EmbedderLike, overrides: dict[str, Any]) -> Server
 class ServerContext:
     """The state behind one app (``app.state.server``)."""
 
-    def __init__(self, embedder: EmbedderLike, config: ServerSettings) -> None:
+    def __init__(self, source: EmbedderLike | Models, config: ServerSettings) -> None:
         if config.api_key is not None and config.api_key != config.api_key.strip():
             raise ConfigError("invalid api_key: has leading or trailing whitespace")
-        self.embedder = embedder
+        self.source = source
         self.config = config
-        self.metrics = ServerMetrics(embedder)
-        self.batcher = Batcher(
+        self.metrics = ServerMetrics(self._memory_reports)
+        self.models = ServedModels(
+            source, models=config.models, any_model=config.any_model, make_batcher=self._batcher
+        )
+        self.shutdown_began: float | None = None  # time.monotonic(), set by begin_shutdown
+
+    def _batcher(self, embedder: EmbedderLike) -> Batcher:
+        config = self.config
+        return Batcher(
             embedder,
             max_inputs=config.batch_max_inputs,
             max_tokens=config.batch_max_tokens,
@@ -65,66 +74,29 @@ class ServerContext:
             on_load=self.metrics.load_seconds.observe,
             on_drop=self.metrics.dropped.inc,
         )
-        self.shutdown_began: float | None = None  # time.monotonic(), set by begin_shutdown
-        self.served = embedder.model_name
-        self._dimension: int | None = None
-        self._report: dict[str, Any] | None = None
 
-    # ---- model names and facts -----------------------------------------------------------
+    def _memory_reports(self) -> list[MemoryReport]:
+        """Every served model's report (for /metrics; called in a worker thread)."""
+        return [served.embedder.memory_report(events=False) for served in self.models.all()]
 
-    def check_model(self, requested: str | None) -> str:
-        """The served model's name, or 404 naming what is served."""
-        if requested is None or not requested.strip() or requested == self.served:
-            return self.served
-        entry = find_entry(requested)
-        if entry is not None and entry.hub_id == self.served:
-            return self.served
-        if requested.strip().lower() == self.served.rsplit("/", 1)[-1].lower():
-            return self.served
-        raise ApiError(
-            404,
-            f"model {echo(requested)} is not served here; this server serves "
-            f"{self.served!r} (aliases: {', '.join(self.aliases())})",
-            "model_not_found",
-        )
+    # ---- the default model (what a request without ``model`` gets) -----------------------
 
-    def aliases(self) -> list[str]:
-        """Other names the served model answers to (from the catalogue)."""
-        return sorted(set(names_for(self.served)) - {self.served})
+    @property
+    def embedder(self) -> EmbedderLike:
+        return self.models.default.embedder
 
-    async def dimension(self) -> int:
-        if self._dimension is None:
-            try:
-                self._dimension = await asyncio.to_thread(self.embedder.get_embedding_dimension)
-            except LazyEmbedError as exc:
-                raise ApiError(
-                    503, f"model unavailable: {exc}", "model_unavailable", "server_error"
-                ) from None
-        return self._dimension
+    @property
+    def batcher(self) -> Batcher:
+        return self.models.default.batcher
 
-    async def report(self) -> dict[str, Any]:
-        """The embedder's model report (where from, ONNX path, size, hash), cached."""
-        if self._report is None:
-            model_report = getattr(self.embedder, "model_report", None)
-            report: dict[str, Any] = {}
-            if callable(model_report):
-                report = dict(await asyncio.to_thread(model_report))
-            self._report = report
-        return self._report
+    @property
+    def served(self) -> str:
+        return self.models.default.name
 
-    async def details(self) -> dict[str, Any]:
-        report = await self.report()
-        variant = str(report.get("variant") or "fp32")
-        return {
-            "format": "onnx",
-            "family": "bert",
-            "families": ["bert"],
-            "parameter_size": str(report.get("parameter_size") or ""),
-            "quantization_level": variant.upper(),
-        }
-
-    async def memory(self) -> MemoryReport:
-        return await asyncio.to_thread(self.embedder.memory_report)
+    def check_model(self, requested: str | None) -> ServedModel:
+        """The model a request names (absent or empty: the default), or 404 naming
+        what is served."""
+        return self.models.get(requested)
 
     @staticmethod
     def memory_dict(report: MemoryReport) -> dict[str, Any]:
@@ -151,12 +123,13 @@ class ServerContext:
                     "input_too_long",
                 )
 
-    async def check_dimensions(self, dimensions: int | None) -> None:
-        if dimensions is not None and dimensions != await self.dimension():
+    @staticmethod
+    async def check_dimensions(model: ServedModel, dimensions: int | None) -> None:
+        if dimensions is not None and dimensions != await model.dimension():
             raise ApiError(
                 422,
-                f"dimensions={dimensions} is not available: this model has "
-                f"{await self.dimension()} dimensions",
+                f"dimensions={dimensions} is not available: {model.name} has "
+                f"{await model.dimension()} dimensions",
                 "invalid_dimensions",
             )
 
@@ -173,22 +146,32 @@ class ServerContext:
     # ---- work -------------------------------------------------------------------------------
 
     async def embed(
-        self, texts: list[str], keep_alive: KeepAlive, request: Request, *, truncate: bool = True
+        self,
+        model: ServedModel,
+        texts: list[str],
+        keep_alive: KeepAlive,
+        request: Request,
+        *,
+        truncate: bool = True,
     ) -> BatchResult:
-        """Embed through the batcher; the tokens are counted in the metrics."""
+        """Embed through the model's batcher; the tokens are counted in the metrics."""
         gone = Departure(request)
-        result = await self.batcher.submit(
+        result = await model.batcher.submit(
             texts, keep_alive=keep_alive, truncate=truncate, is_disconnected=gone
         )
         self.metrics.tokens.inc(sum(result.token_counts))
         return result
 
-    async def warmup(self, keep_alive: KeepAlive) -> float:
+    @staticmethod
+    async def warmup(model: ServedModel, keep_alive: KeepAlive) -> float:
         """Load the model with this keep-alive (never from the cache); load seconds."""
-        return await self.batcher.warmup(keep_alive)
+        return await model.batcher.warmup(keep_alive)
 
-    async def unload(self) -> bool:
-        return await asyncio.to_thread(self.embedder.unload_model)
+    async def unload(self, model: ServedModel | None = None) -> bool:
+        """Unload one model, or (None) every served model; waits for calls in flight."""
+        models = [model] if model is not None else self.models.all()
+        done = [await asyncio.to_thread(served.embedder.unload_model) for served in models]
+        return any(done)
 
     def graceful_remaining(self) -> float:
         """Seconds of the graceful timeout left (all of it if nobody said when it began)."""

@@ -14,6 +14,7 @@ from lazyembed.server.schemas import (
     OllamaError,
     OpenAIEmbeddingRequest,
     OpenAIError,
+    UnloadRequest,
 )
 
 _DESCRIPTIONS = {
@@ -28,9 +29,10 @@ _DESCRIPTIONS = {
 _EMBED_STATUSES = (400, 401, 404, 413, 422, 500, 503)
 
 
-def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+def body_doc(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    content = {"application/json": {"schema": ref}}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 def errors_doc(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -53,7 +55,8 @@ def install_openapi(app: FastAPI, *, secured: bool) -> None:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (OpenAIEmbeddingRequest, OllamaEmbedRequest, OllamaEmbeddingsRequest):
+        requests = (OpenAIEmbeddingRequest, OllamaEmbedRequest, OllamaEmbeddingsRequest)
+        for model in (*requests, UnloadRequest):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema

@@ -138,7 +138,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def read_json(request: Request, model: type[M], limit: int) -> M:
     """The body parsed into ``model`` (strict, one pass): 400 if not JSON, 422 if invalid."""
-    body = await read_body(request, limit)
+    return parse_json(await read_body(request, limit), model)
+
+
+def parse_json(body: bytes, model: type[M]) -> M:
+    """``body`` parsed into ``model``: 400 if not JSON, 422 if invalid."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

@@ -1,5 +1,6 @@
 """OpenAI's API: ``POST /v1/embeddings`` and ``GET /v1/models``.
 
+The request's ``model`` picks one of the served models (omitted: the default one).
 ``keep_alive`` is accepted as a lazyembed extension. Token-id input (OpenAI allows lists
 of ints) is refused with 422: ids from OpenAI's tokenizer mean nothing to this model.
 """
@@ -33,20 +34,20 @@ router = APIRouter()
 async def embeddings(request: Request) -> Response:
     srv = context(request)
     req = await read_json(request, OpenAIEmbeddingRequest, srv.config.max_body_bytes)
-    name = srv.check_model(req.model)
-    await srv.check_dimensions(req.dimensions)
+    model = srv.check_model(req.model)
+    await srv.check_dimensions(model, req.dimensions)
     keep_alive = srv.keep_alive(req.keep_alive)
     texts = [req.input] if isinstance(req.input, str) else req.input
     if not texts:
         raise ApiError(422, "input must not be an empty list", "empty_input")
     srv.check_limits(texts)
-    result = await srv.embed(texts, keep_alive, request)
+    result = await srv.embed(model, texts, keep_alive, request)
     tokens = sum(result.token_counts)
     return JSONBytes(
         {
             "object": "list",
             "data": _data(result.vectors, base64_encoded=req.encoding_format == "base64"),
-            "model": name,
+            "model": model.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
@@ -78,11 +79,17 @@ def _data(vectors: FloatArray, *, base64_encoded: bool) -> list[dict[str, Any]]:
     summary="OpenAI model list",
 )
 async def models(request: Request) -> Response:
-    served = context(request).served
+    """What can be served: the served models, then (``any_model``) catalogue models here."""
+    served = context(request).models
+    names = [model.name for model in served.all()]
+    names += [found.entry.hub_id for found in await served.available()]
     return JSONBytes(
         {
             "object": "list",
-            "data": [{"id": served, "object": "model", "created": 0, "owned_by": "lazyembed"}],
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "lazyembed"}
+                for name in names
+            ],
         }
     )
 

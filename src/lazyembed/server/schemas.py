@@ -44,12 +44,14 @@ class OpenAIEmbeddingRequest(_Request):
 
     input: str | list[str] = Field(description="A text or a list of texts.")
     model: str | None = Field(
-        default=None, description="Model name or alias; omitted means the served model."
+        default=None, description="Model name or alias; omitted means the default model."
     )
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: little-endian float32 bytes, as OpenAI sends."
     )
-    dimensions: int | None = Field(default=None, description="Must be the model's (384).")
+    dimensions: int | None = Field(
+        default=None, description="Must be the model's own (384 for all-MiniLM-L6-v2)."
+    )
     user: str | None = Field(default=None, description="Accepted and ignored.")
     keep_alive: KeepAliveField = Field(
         default=None, description="lazyembed extension: how long to keep the model loaded."
@@ -78,6 +80,12 @@ class OllamaEmbeddingsRequest(_Request):
     prompt: str | None = None
     keep_alive: KeepAliveField = None
     options: dict[str, Any] | None = Field(default=None, description="Accepted and ignored.")
+
+
+class UnloadRequest(_Request):
+    """lazyembed's ``POST /api/unload``: one model, or (no body, no model) every model."""
+
+    model: str | None = None
 
 
 # ---- responses (documentation and schema checks) ----------------------------------------
@@ -134,7 +142,10 @@ class PsModel(BaseModel):
 
 class PsResponse(BaseModel):
     models: list[PsModel]
-    lazyembed: dict[str, Any] = Field(description="The embedder's measured memory report.")
+    lazyembed: dict[str, Any] = Field(description="The default model's measured memory report.")
+    lazyembed_models: list[dict[str, Any]] = Field(
+        description="Every served model's measured memory report (loaded or not)."
+    )
 
 
 class TagModel(BaseModel):
