@@ -3,11 +3,12 @@
 One `Embedder` (so one Lifecycle) per model spec, made on first use; a call touches only
 its own model's lifecycle, never a registry-wide lock. Before a model loads, the registry
 makes room: while the load would exceed ``max_loaded_models`` or ``memory_budget_mb``
-(measured model memory; a model never loaded yet counts its converted files until its
-first load is measured), it unloads the least recently used model with nothing in flight
-and no pin (reason ``budget``); pinned models only when nothing else can make room (the
-event says "was pinned"); a model with a call in flight never. If nothing can make room
-within ``load_timeout``, the load fails with `ModelBusyError` naming what holds memory.
+(each model counts the largest RSS a load of it added, and at least its memory-mapped
+weights file, which is all resident once it has run), it unloads the least recently used
+model with nothing in flight and no pin (reason ``budget``); pinned models only when
+nothing else can make room (the event says "was pinned"); a model with a call in flight
+never. If nothing can make room within ``load_timeout``, the load fails with
+`ModelBusyError` naming what holds memory.
 
 Locks: ``_lock`` (re-entrant) guards the table of models and the reservations of loads in
 progress; it is held while deciding and while unloading a victim (so loads are admitted
@@ -56,7 +57,7 @@ class Models:
         self._lock = threading.RLock()
         self._embedders: dict[str, Embedder] = {}
         self._reserved: dict[str, float] = {}  # name → MB held for a load in progress
-        self._measured: dict[str, float] = {}  # name → MB its last load took
+        self._measured: dict[str, float] = {}  # name → the largest MB a load of it added
         self._idle = threading.Condition(threading.Lock())
         self._generation = 0  # bumped (under _idle) when a model goes idle or unloads
         self._waiters = 0
@@ -166,7 +167,7 @@ class Models:
     def _admit(self, embedder: Embedder) -> Iterator[None]:
         """The Embedder's load gate: returns when the load fits, holding its place."""
         name = embedder.model_name
-        need = self._measured.get(name) or _file_estimate_mb(embedder)
+        need = self.footprint_mb(embedder)
         deadline = self._clock() + self.settings.load_timeout
         with self._lock:
             while True:
@@ -235,16 +236,24 @@ class Models:
             if other in self._reserved:
                 mb = self._reserved[other]
             else:
-                mb = embedder.lifecycle.status(events=False).model_mb
-                if mb > 0:
-                    self._remember(other, mb)
+                mb = self._remember(embedder, embedder.lifecycle.status(events=False).model_mb)
             holders.append((embedder, mb))
         return holders
 
-    def _remember(self, name: str, mb: float) -> None:
-        if name not in self._measured:
-            log.info("%s: measured %.1f MB after its first load (estimates corrected)", name, mb)
-        self._measured[name] = mb
+    def footprint_mb(self, embedder: Embedder) -> float:
+        """What one model counts against the budget: its largest measured load, and at
+        least its weights file (memory-mapped, all resident after its first inference,
+        even when a load's RSS delta is hidden by memory the process had freed)."""
+        floor = _weights_mb(embedder)
+        return max(floor, self._measured.get(embedder.model_name, 0.0))
+
+    def _remember(self, embedder: Embedder, mb: float) -> float:
+        name = embedder.model_name
+        if mb > self._measured.get(name, 0.0):
+            if name not in self._measured:
+                log.info("%s: %.1f MB measured at its first load", name, mb)
+            self._measured[name] = mb
+        return self.footprint_mb(embedder)
 
     def _victim(self, *, exclude: str) -> Embedder | None:
         """The least recently used idle model: unpinned ones first, pinned ones last."""
@@ -281,8 +290,8 @@ class Models:
         )
 
 
-def _file_estimate_mb(embedder: Embedder) -> float:
-    """Before a first load: the converted model's files (weights are memory-mapped)."""
+def _weights_mb(embedder: Embedder) -> float:
+    """The converted model's files (the weights are memory-mapped from them)."""
     converted = embedder.prepare().converted
     size = sum(p.stat().st_size for p in (converted.path, converted.data_path) if p.exists())
     return to_mb(size)
