@@ -232,6 +232,14 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
+def free_port() -> int:
+    """A port nobody listens on now (for commands that bind it themselves)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def connected(url: str) -> socket.socket:
     """A raw TCP connection to a LiveServer's ``url``."""
     host, port = url.removeprefix("http://").split(":")

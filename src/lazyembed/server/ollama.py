@@ -113,18 +113,16 @@ async def embeddings(request: Request) -> Response:
 )
 async def ps(request: Request) -> Response:
     """Every loaded model with its measured size and expiry; ``lazyembed``: the default
-    model's memory report, ``lazyembed_models``: every served model's."""
+    model's memory report, ``lazyembed_models``: every served model's, by name."""
     srv = context(request)
     running: list[dict[str, Any]] = []
-    reports: list[dict[str, Any]] = []
-    default: dict[str, Any] = {}
+    reports: dict[str, dict[str, Any]] = {}
     for model in srv.models.all():
         memory = await model.memory()
-        reports.append(srv.memory_dict(memory))
-        if model is srv.models.default:
-            default = reports[-1]
+        reports[model.name] = srv.memory_dict(memory)
         if memory.model_loaded:  # a model loading or unloading is not listed
             running.append(await _running(model, memory))
+    default = reports[srv.models.default.name]
     return JSONBytes({"models": running, "lazyembed": default, "lazyembed_models": reports})
 
 

@@ -143,8 +143,8 @@ class PsModel(BaseModel):
 class PsResponse(BaseModel):
     models: list[PsModel]
     lazyembed: dict[str, Any] = Field(description="The default model's measured memory report.")
-    lazyembed_models: list[dict[str, Any]] = Field(
-        description="Every served model's measured memory report (loaded or not)."
+    lazyembed_models: dict[str, dict[str, Any]] = Field(
+        description="Every served model's measured memory report (loaded or not), by name."
     )
 
 

@@ -4,7 +4,7 @@ A server built on one Embedder serves that model. One built on a `Models` regist
 serves the registry's default model and ``server.models``, and with ``server.any_model``
 also any catalogue model or local folder present here, made on the first request that
 names it (the registry keeps them all under its memory budget). Each model has its own
-batcher, so a model call never mixes models. The table is touched on the event loop only.
+batcher, so a model call never mixes models. The table changes on the event loop only.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ class ServedModels:
     ) -> None:
         self._make_batcher = make_batcher
         self._table: dict[str, ServedModel] = {}
+        self._all: tuple[ServedModel, ...] = ()  # replaced whole: worker threads read it
         self.closed = False
         embedders: list[tuple[str, EmbedderLike]]
         if isinstance(source, Models):
@@ -175,16 +176,16 @@ class ServedModels:
 
     def all(self) -> list[ServedModel]:
         """Every model served so far: the configured ones first, then those on demand."""
-        return list(self._table.values())
+        return list(self._all)
 
     def batchers(self) -> list[Batcher]:
-        return [served.batcher for served in self._table.values()]
+        return [served.batcher for served in self._all]
 
     def get(self, requested: str | None) -> ServedModel:
         """The model a request names (absent or empty: the default), or 404."""
         if requested is None or not requested.strip():
             return self.default
-        for served in self._table.values():
+        for served in self._all:
             if served.answers_to(requested):
                 return served
         if self.any_model and (spec := self._present(requested)) is not None:
@@ -219,11 +220,12 @@ class ServedModels:
     def _add(self, name: str, embedder: EmbedderLike) -> ServedModel:
         served = ServedModel(name, embedder, self._make_batcher(embedder))
         self._table[name] = served
+        self._all = (*self._all, served)
         return served
 
     def _not_served(self, requested: str) -> str:
         served = []
-        for model in self._table.values():
+        for model in self._all:
             aliases = model.aliases()
             served.append(
                 repr(model.name) + (f" (aliases: {', '.join(aliases)})" if aliases else "")
