@@ -52,7 +52,6 @@ def profile(texts: Sequence[str], repeats: int, ort_profile: bool) -> dict[str, 
     spec = prepared.spec
     runtime = OnnxRuntime(spec)
     runtime.encode(["warm-up"])
-    runtime.upgraded.wait(300)  # profile the pre-packed session the runtime settles on
     session = runtime._session  # the profile needs the raw session; nothing else does
     assert session is not None
     config = json.loads((Path(prepared.resolved.directory) / "config.json").read_text())
@@ -120,7 +119,7 @@ def _ort_operator_split(
     """ONNX Runtime's session profiler: % of kernel time per operator type."""
     from lazyembed.runtime import load_tokenizer, padded_inputs
 
-    options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=True)
+    options = session_options(spec.threads, pre_optimized=spec.pre_optimized)
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import threading
 import time
 from typing import Any
-
-import numpy as np
 
 from lazyembed.runtime import (
     MAX_RUN_TOKENS,
@@ -77,8 +74,6 @@ def test_an_idle_loaded_model_uses_no_cpu(shared_embedder: Any) -> None:
     """CPU time (not wall time) of the process while a loaded model sits idle."""
     runtime = load_runtime(shared_embedder.prepare().spec)
     try:
-        runtime.encode(["a first call starts the pre-packed session's build"])
-        assert runtime.upgraded.wait(120)
         for _ in range(5):
             runtime.encode(["a short sentence to wake the thread pool"])
         before = sum(os.times()[:2])
@@ -107,8 +102,6 @@ class _RecordingSession:
 
 def test_only_big_runs_shrink_the_arena(shared_embedder: Any) -> None:
     runtime = OnnxRuntime(shared_embedder.prepare().spec)
-    runtime.encode(["the upgrade swaps the session once: let it happen first"])
-    assert runtime.upgraded.wait(120)
     recorder = _RecordingSession(runtime._session)
     runtime._session = recorder  # type: ignore[assignment]
     runtime.encode(["short", "texts"])  # one small run
@@ -117,45 +110,3 @@ def test_only_big_runs_shrink_the_arena(shared_embedder: Any) -> None:
     assert recorder.shrank == [False, True, False, True]
     assert SHRINK_AFTER_TOKENS <= 256
     runtime.close()
-
-
-def test_the_first_call_upgrades_to_prepacked_weights_with_the_same_vectors(
-    shared_embedder: Any,
-) -> None:
-    runtime = load_runtime(shared_embedder.prepare().spec)
-    texts = ["a short sentence", "another, slightly longer sentence for the second row"]
-    try:
-        first = runtime.encode(texts).vectors
-        first_session = runtime._session
-        assert runtime.upgraded.wait(120)
-        session = runtime._session
-        assert session is not None and session is not first_session
-        options = session.get_session_options()
-        assert options.get_session_config_entry("session.disable_prepacking") == "0"
-        assert first_session is not None
-        old = first_session.get_session_options()
-        assert old.get_session_config_entry("session.disable_prepacking") == "1"
-        np.testing.assert_allclose(runtime.encode(texts).vectors, first, atol=1e-6)
-    finally:
-        runtime.close()
-
-
-def test_close_during_the_upgrade_drops_the_new_session(shared_embedder: Any) -> None:
-    runtime = load_runtime(shared_embedder.prepare().spec)
-    release = threading.Event()
-    real = runtime._new_session
-
-    def slow(*, prepack: bool) -> Any:
-        release.wait(60)  # held until close() has run
-        return real(prepack=prepack)
-
-    runtime._new_session = slow  # type: ignore[method-assign]
-    runtime.encode(["starts the upgrade"])
-    closer = threading.Thread(target=runtime.close)
-    closer.start()
-    while runtime._session is not None:  # close() has dropped the session, waits now
-        time.sleep(0.01)
-    release.set()
-    closer.join(60)
-    assert not closer.is_alive() and runtime._session is None
-    assert not runtime.upgraded.is_set()

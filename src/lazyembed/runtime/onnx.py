@@ -8,7 +8,6 @@ Knows nothing of lifecycles: `load_runtime` makes "a loaded thing" with `encode(
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,14 +65,9 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
-def session_options(
-    threads: int, *, pre_optimized: bool, prepack: bool = False
-) -> ort.SessionOptions:
-    """Options measured to keep memory low, a short text fast and an idle model at zero CPU.
-
-    ``prepack``: lay the weights out for the matrix kernels once, at creation, instead of
-    in every run (see `OnnxRuntime`).
-    """
+def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
+    """Options measured to keep memory low, a quick (re)load, a short text fast and an idle
+    model at zero CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -90,10 +84,11 @@ def session_options(
     # each time (slower by a third for long documents and batches of sentences, measured).
     # Its memory is handed back after big runs instead (see `OnnxRuntime._run_options`).
     options.enable_cpu_mem_arena = True
-    # Without pre-packing every MatMul re-lays its weights out in every run: nothing for
-    # a big batch, most of the time of a short text. With it, the session takes longer to
-    # create; the memory held afterwards is the same (measured).
-    options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
+    # Without pre-packing every MatMul re-lays its weights out in every run, which is
+    # most of a short text's time; with it, creating the session takes several times
+    # longer (a slower reload), and a session swapped in later would change the vectors'
+    # last bits between calls. The memory held once loaded is the same (measured).
+    options.add_session_config_entry("session.disable_prepacking", "1")
     # Within a run the intra-op workers spin between operators instead of sleeping: a
     # short text runs many small operators, and waking a sleeping worker for each costs
     # more than the operator. The spin is short (`SPIN_US`: the gap between two
@@ -109,13 +104,7 @@ def session_options(
 
 
 class OnnxRuntime:
-    """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run()).
-
-    It loads a session without pre-packed weights, which is quick to create, so the first
-    vector after a (re)load comes soon; after that first call a background thread builds
-    the pre-packed session (fast for short texts) and swaps it in (`upgraded` is set).
-    Calls in flight finish on the session they started with.
-    """
+    """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run())."""
 
     #: Padded tokens per ONNX run: bounds a call's working memory (see `plan_batches`).
     max_run_tokens = MAX_RUN_TOKENS
@@ -125,7 +114,11 @@ class OnnxRuntime:
 
         self.spec = spec
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
-        self._session: ort.InferenceSession | None = self._new_session(prepack=False)
+        self._session: ort.InferenceSession | None = ort.InferenceSession(
+            spec.onnx_path,
+            sess_options=session_options(spec.threads, pre_optimized=spec.pre_optimized),
+            providers=["CPUExecutionProvider"],
+        )
         self._output_names = ["last_hidden_state"]
         # Shrink the arena at the end of big runs: the arena's speed within a run, not its
         # peak held between runs (the default arena keeps a big batch's whole peak).
@@ -133,39 +126,6 @@ class OnnxRuntime:
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._small_run_options = ort.RunOptions()
-        self._swap_lock = threading.Lock()  # guards _session against close() and _upgrader
-        self._upgrader: threading.Thread | None = None
-        self.upgraded = threading.Event()
-
-    def _new_session(self, *, prepack: bool) -> ort.InferenceSession:
-        import onnxruntime as ort
-
-        spec = self.spec
-        options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=prepack)
-        return ort.InferenceSession(
-            spec.onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
-        )
-
-    def _start_upgrade(self) -> None:
-        with self._swap_lock:
-            if self._upgrader is not None or self._session is None:
-                return
-            # Not a daemon: exit waits for it (ONNX Runtime aborts the process if the
-            # interpreter ends while a session is being created).
-            self._upgrader = threading.Thread(target=self._upgrade, name="lazyembed-prepack")
-            self._upgrader.start()
-
-    def _upgrade(self) -> None:
-        try:
-            session = self._new_session(prepack=True)
-        except Exception:  # the first session still works; say so and keep it
-            log.warning("lazyembed: pre-packed session not built; keeping the first", exc_info=True)
-            return
-        with self._swap_lock:
-            if self._session is None:  # closed meanwhile: the new session is dropped here
-                return
-            self._session = session
-        self.upgraded.set()
 
     def encode(self, texts: Sequence[str]) -> EncodeResult:
         """Embed texts: tokenize once (cut to what is kept), run length-sorted runs bounded
@@ -195,8 +155,6 @@ class OnnxRuntime:
             # A big batch grew the heap; give it back now (cheap) rather than hold the
             # peak while the model sits idle.
             memory.trim_heap()
-        if self._upgrader is None:
-            self._start_upgrade()
         return EncodeResult(out, lengths.tolist())
 
     def _pool(self, hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> FloatArray:
@@ -211,13 +169,8 @@ class OnnxRuntime:
         return pooled
 
     def close(self) -> None:
-        """Drop the session (and wait for an upgrade under way, which then drops its own);
-        the caller returns the freed pages to the OS."""
-        with self._swap_lock:
-            self._session = None
-            upgrader = self._upgrader
-        if upgrader is not None and upgrader is not threading.current_thread():
-            upgrader.join()
+        """Drop the session; the caller returns the freed pages to the OS."""
+        self._session = None
 
 
 def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> OnnxRuntime:
