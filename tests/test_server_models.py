@@ -314,37 +314,59 @@ def test_no_room_within_load_timeout_is_503_naming_what_holds_the_memory() -> No
         models.close()
 
 
-def test_any_model_serves_catalogue_models_and_folders_present_here(tmp_path: Path) -> None:
-    folder = shutil.copytree(FIXTURE, tmp_path / "on-demand")
+def fake_hub_cache(root: Path, hub_id: str, weights_of: str) -> Path:
+    """A hub cache (``HF_HUB_CACHE``) holding ``hub_id`` with the files of ``weights_of``."""
+    repo = root / ("models--" + hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    shutil.copytree(weights_of, repo / "snapshots" / "0123abcd")
+    return root
+
+
+def test_any_model_serves_catalogue_models_and_folders_present_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture_reference: np.ndarray
+) -> None:
+    # Here: MiniLM (its package), bge-small (a hub cache holding the fixture's files under
+    # that name) and a model folder; every other catalogue model is absent.
+    bge = "BAAI/bge-small-en-v1.5"
+    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub_cache(tmp_path / "hub", bge, FIXTURE)))
+    folder = str(shutil.copytree(FIXTURE, tmp_path / "on-demand"))
+    absent = next(e.hub_id for e in CATALOGUE if e.hub_id not in (SERVED, bge))
+    assert locate(absent) is None
     models = make_models()  # serves MiniLM only, from the start
-    absent = next((e.hub_id for e in CATALOGUE if locate(e.hub_id) is None), None)
-    present = [e.hub_id for e in CATALOGUE if e.hub_id != SERVED and locate(e.hub_id)]
     try:
         with LiveServer(create_app(models, any_model=True, batch_wait_ms=5)) as live:
-            tags = [t["name"] for t in httpx.get(f"{live.url}/api/tags").json()["models"]]
-            assert tags == [SERVED, *present]
+            tags = httpx.get(f"{live.url}/api/tags").json()["models"]
+            assert [t["name"] for t in tags] == [SERVED, bge]
+            weights = Path(FIXTURE, "model.safetensors").stat().st_size
+            assert tags[1]["size"] == weights and tags[1]["details"]["family"] == "bert"
+
             answer = httpx.post(
                 f"{live.url}/api/embed", json={"model": f"{folder}/", "input": TEXTS}
             )
             assert answer.status_code == 200, answer.text
-            assert np.array(answer.json()["embeddings"]).shape == (len(TEXTS), 48)
+            assert np.allclose(np.array(answer.json()["embeddings"]), fixture_reference, atol=1e-6)
             assert answer.json()["model"] == f"{folder}/"
-            again = httpx.post(
-                f"{live.url}/v1/embeddings", json={"model": str(folder), "input": "x"}
+            again = httpx.post(f"{live.url}/v1/embeddings", json={"model": folder, "input": "x"})
+            assert again.json()["model"] == folder  # the same model, named without "/"
+            by_alias = httpx.post(
+                f"{live.url}/v1/embeddings", json={"model": "bge-small", "input": TEXTS}
             )
-            assert again.json()["model"] == str(folder)  # the same model, named without "/"
+            assert by_alias.status_code == 200 and by_alias.json()["model"] == bge
+            got = np.array([d["embedding"] for d in by_alias.json()["data"]])
+            assert np.allclose(got, fixture_reference, atol=1e-6)
+
             ids = [m["id"] for m in httpx.get(f"{live.url}/v1/models").json()["data"]]
-            assert ids == [SERVED, str(folder), *present]
+            assert ids == [SERVED, folder, bge]  # served first, in the order they came
             ps = httpx.get(f"{live.url}/api/ps").json()
-            assert [m["model"] for m in ps["models"]] == [str(folder)]  # MiniLM never loaded
-            if absent is not None:  # a catalogue model that is not here (and no download)
-                missing = httpx.post(f"{live.url}/api/embed", json={"model": absent, "input": "x"})
-                assert missing.status_code == 404
-                assert "present on this machine" in missing.json()["error"]
+            assert [m["model"] for m in ps["models"]] == [folder, bge]  # MiniLM never loaded
+            missing = httpx.post(f"{live.url}/api/embed", json={"model": absent, "input": "x"})
+            assert missing.status_code == 404
+            assert "present on this machine" in missing.json()["error"]
             not_a_model = httpx.post(
                 f"{live.url}/api/embed", json={"model": str(tmp_path), "input": "x"}
             )
             assert not_a_model.status_code == 404
-        assert sorted(models.names()) == sorted([SERVED, str(folder)])
+        assert models.names() == [SERVED, folder, bge]
     finally:
         models.close()

@@ -90,7 +90,10 @@ def test_bad_budget_flags_are_refused_by_name(
     with pytest.raises(SystemExit) as exited:
         cli.main(["serve", flag, value])
     assert exited.value.code == 2
-    assert flag in capsys.readouterr().err
+    assert (
+        f"argument {flag}: invalid {flag}={value!r} from the command line"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_missing_model_fails_at_start(
