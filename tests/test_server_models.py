@@ -71,6 +71,7 @@ def test_two_models_through_the_openai_client(
         ("all-minilm", minilm_reference),
         (FIXTURE, fixture_reference),
         ("bert-mean-norm", fixture_reference),  # the folder's last part
+        (f"{FIXTURE}/", fixture_reference),
         ("", minilm_reference),  # empty: the default model
     ]:
         result = client.embeddings.create(model=name, input=TEXTS)

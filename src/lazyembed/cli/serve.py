@@ -23,7 +23,6 @@ from lazyembed.cli.common import say
 from lazyembed.config import ServerSettings, Settings, load_settings
 from lazyembed.errors import CLIError
 from lazyembed.models.catalogue import canonical_name
-from lazyembed.registry import Models
 
 if TYPE_CHECKING:
     import uvicorn
@@ -49,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"the server needs the 'server' extra ({exc.name} is missing): "
             "pip install 'lazyembed[server]'"
         ) from None
+    from lazyembed.registry import Models
+
     settings = serve_settings(args)
     server = settings.server
     if not is_loopback(server.host) and not server.api_key:

@@ -46,7 +46,7 @@ class ServedModel:
     def answers_to(self, requested: str) -> bool:
         """Its name, a catalogue alias of it, or the last part of its name (any case)."""
         text = requested.strip()
-        if text == self.name or canonical_name(text) == self.name:
+        if self.name in (text, text.rstrip("/"), canonical_name(text)):
             return True
         return text.lower() == self.name.rstrip("/").rsplit("/", 1)[-1].lower()
 
