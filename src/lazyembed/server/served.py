@@ -4,7 +4,8 @@ A server built on one Embedder serves that model. One built on a `Models` regist
 serves the registry's default model and ``server.models``, and with ``server.any_model``
 also any catalogue model or local folder present here, made on the first request that
 names it (the registry keeps them all under its memory budget). Each model has its own
-batcher, so a model call never mixes models. The table changes on the event loop only.
+batcher and model thread, so a model call never mixes models, and a load waiting for
+room never blocks the calls whose end will make it. The table changes on the loop only.
 """
 
 from __future__ import annotations
