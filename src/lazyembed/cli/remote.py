@@ -66,10 +66,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2, default=str))
         return 0
     memory: dict[str, Any] = body.get("lazyembed") or {}
-    models = body.get("models") or []
-    name = models[0].get("name") if models else None
+    reports: dict[str, Any] = body.get("lazyembed_models") or {}
     print(f"server     {url}")
-    print(f"state      {memory.get('state', '-')}" + (f" ({name})" if name else ""))
+    print(f"state      {memory.get('state', '-')} (the default model)")
+    if len(reports) > 1:  # several models served: each one's state and measured size
+        for name, report in reports.items():
+            print(
+                f"model      {name}: {report.get('state', '-')}, {_fmt_mb(report.get('model_mb'))}"
+            )
     print(f"in flight  {memory.get('in_flight', '-')}")
     print(
         f"memory     model {_fmt_mb(memory.get('model_mb'))}, process RSS "
