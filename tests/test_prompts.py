@@ -121,3 +121,19 @@ def test_reading_prompts(tmp_path: Path) -> None:
     (tmp_path / "config_sentence_transformers.json").write_text("{broken")
     with pytest.raises(ModelConversionError, match="cannot read"):
         read_prompts(tmp_path)
+
+
+def test_a_prompt_left_out_of_the_pooling_keys_the_cache_apart() -> None:
+    """include_prompt: false (a fixture model): the vector of prompt + text is not the
+    vector of the same characters sent without a prompt, and the cache keeps them apart."""
+    folder = Path(__file__).parent / "fixtures" / "models" / "bert-classic-exclude-prompt"
+    embedder = Embedder(str(folder), idle_timeout="never")
+    try:
+        prompted = embedder.embed("leases", prompt_name="query")
+        literal = embedder.embed("query: leases")  # the same characters, no prompt
+        assert not np.allclose(prompted, literal, atol=1e-4)
+        assert np.allclose(prompted, embedder.embed(["leases"], prompt_name="query")[0])
+        assert embedder.embed("leases", prompt_name="query") == prompted  # a cache hit
+        assert embedder.get_memory_usage()["cache"]["hits"] >= 1
+    finally:
+        embedder.close()

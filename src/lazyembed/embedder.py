@@ -56,6 +56,9 @@ from lazyembed.report import MemoryReport
 from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runtime, load_tokenizer
 
 FloatArray = npt.NDArray[np.float32]
+#: Marks the cache keys of texts whose prompt is left out of the pooling (a lone
+#: surrogate: `check_text` refuses it in any input, so no text's own key can match).
+_EXCLUDED = "\ud800"
 
 _LIVE: weakref.WeakSet[Embedder] = weakref.WeakSet()
 
@@ -150,6 +153,9 @@ class Embedder:
             threads=effective_threads(settings),
             batch_size=settings.encode_batch_size,
             normalize=info.normalize,
+            include_prompt=info.include_prompt,
+            pooling=(info.pooling,),
+            lowercase=info.do_lower_case,
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()
@@ -237,7 +243,13 @@ class Embedder:
             text = check_text(texts)
             prepared = self._prepared or self.prepare()
             if prompt_name is not None or prompt is not None or prepared.prompts.default_name:
-                text = prepared.prompts.text_for(prompt_name, prompt) + text
+                prefix = prepared.prompts.text_for(prompt_name, prompt)
+                if prefix and not prepared.info.include_prompt:  # the rare path: no shortcut
+                    vector: list[float] = self._embed([prefix + text], prefix, keep_alive=seconds)[
+                        0
+                    ].tolist()
+                    return vector
+                text = prefix + text
             cache = prepared.cache
             if cache is None:
                 plain: list[float] = self._encode([text], seconds).vectors[0].tolist()
@@ -251,7 +263,7 @@ class Embedder:
             result: list[float] = fresh[0].tolist()
             return result
         items, single = normalize_inputs(texts)
-        vectors = self._embed(self._with_prompt(items, prompt_name, prompt), seconds)
+        vectors = self._embed(*self._with_prompt(items, prompt_name, prompt), keep_alive=seconds)
         if single:
             one: list[float] = vectors[0].tolist()
             return one
@@ -269,7 +281,7 @@ class Embedder:
         """Vectors as one float32 array of shape (n, dim), for bulk use."""
         seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
-        return self._embed(self._with_prompt(items, prompt_name, prompt), seconds)
+        return self._embed(*self._with_prompt(items, prompt_name, prompt), keep_alive=seconds)
 
     def embed_with_usage(
         self,
@@ -282,8 +294,8 @@ class Embedder:
         """Vectors plus each input's real token count (for servers that report usage)."""
         seconds = self._keep_alive_seconds(keep_alive)
         items, _ = normalize_inputs(texts)
-        items = self._with_prompt(items, prompt_name, prompt)
-        vectors = self._embed(items, seconds)
+        items, prefix = self._with_prompt(items, prompt_name, prompt)
+        vectors = self._embed(items, prefix, keep_alive=seconds)
         return vectors, self.count_tokens(items)
 
     @overload
@@ -319,41 +331,60 @@ class Embedder:
 
     def _with_prompt(
         self, items: list[str], prompt_name: str | None, prompt: str | None
-    ) -> list[str]:
-        """Prepend the prompt a call asked for (or the model's default) to every text.
-
-        The prompt is then part of each text, so of its embedding-cache key too.
-        """
+    ) -> tuple[list[str], str]:
+        """Prepend the prompt a call asked for (or the model's default) to every text;
+        the texts and the prompt. The prompt is then part of each text's cache key."""
         prompts = (self._prepared or self.prepare()).prompts
         if prompt_name is None and prompt is None and not prompts.default_name:
-            return items
+            return items, ""
         prefix = prompts.text_for(prompt_name, prompt)
-        return [prefix + item for item in items] if prefix else items
+        return ([prefix + item for item in items] if prefix else items), prefix
 
-    def _embed(self, items: list[str], keep_alive: KeepAlive) -> FloatArray:
+    def _embed(self, items: list[str], prefix: str = "", *, keep_alive: KeepAlive) -> FloatArray:
+        """Vectors of ``items`` (prompt already prepended), through the cache.
+
+        With ``include_prompt: false`` the prompt's tokens are left out of the pooling, so
+        the vector depends on where the prompt ends: the cache key then carries it, behind
+        a lone surrogate that no valid input text can contain.
+        """
         prepared = self._prepared or self.prepare()
+        excluded = prefix if prefix and not prepared.info.include_prompt else ""
+        prompt_length = self._prompt_length(excluded) if excluded else 0
+        keys = [f"{_EXCLUDED}{excluded}{_EXCLUDED}{item}" for item in items] if excluded else items
         cache = prepared.cache
         if cache is None:
-            return self._encode(items, keep_alive).vectors
-        found = cache.get_many(items)
+            return self._encode(items, keep_alive, prompt_length).vectors
+        found = cache.get_many(keys)
         missing = [i for i, vector in enumerate(found) if vector is None]
         if not missing:  # all hits: the model is neither loaded nor its deadline touched
             return np.stack(found)  # type: ignore[arg-type]
         # Each distinct missing text is embedded once, however often it repeats.
         unique: dict[str, int] = {}
         for i in missing:
-            unique.setdefault(items[i], len(unique))
-        fresh = self._encode(list(unique), keep_alive).vectors
-        cache.put_many(list(unique), fresh)
+            unique.setdefault(keys[i], i)
+        fresh = self._encode([items[i] for i in unique.values()], keep_alive, prompt_length)
+        cache.put_many(list(unique), fresh.vectors)
         if len(missing) == len(items) and len(unique) == len(items):
-            return fresh
+            return fresh.vectors
+        row = {key: n for n, key in enumerate(unique)}
         out = np.empty((len(items), prepared.info.dimension), dtype=np.float32)
         for i, vector in enumerate(found):
-            out[i] = fresh[unique[items[i]]] if vector is None else vector
+            out[i] = fresh.vectors[row[keys[i]]] if vector is None else vector
         return out
 
-    def _encode(self, items: list[str], keep_alive: KeepAlive) -> EncodeResult:
+    def _prompt_length(self, prompt: str) -> int:
+        """The prompt's tokens as sentence-transformers counts them for ``include_prompt:
+        false``: the prompt tokenized alone, less a trailing special token ([SEP])."""
+        encoding = self._counting_tokenizer().encode(prompt, add_special_tokens=True)
+        length = len(encoding.ids)
+        return length - 1 if length and encoding.special_tokens_mask[-1] else length
+
+    def _encode(
+        self, items: list[str], keep_alive: KeepAlive, prompt_length: int = 0
+    ) -> EncodeResult:
         with self._lifecycle.acquire(keep_alive=keep_alive) as runtime:
+            if prompt_length:
+                return runtime.encode(items, prompt_length=prompt_length)
             return runtime.encode(items)
 
     @staticmethod
@@ -368,6 +399,8 @@ class Embedder:
         from lazyembed.runtime import token_counts  # the runtime's own cut-then-tokenize
 
         items, _ = normalize_inputs(texts)
+        if self.prepare().info.do_lower_case:  # as the runtime tokenizes them
+            items = [item.lower() for item in items]
         return token_counts(self._counting_tokenizer(), items, past_limit=not truncate)
 
     def _counting_tokenizer(self) -> Tokenizer:

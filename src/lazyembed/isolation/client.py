@@ -21,7 +21,13 @@ import numpy as np
 import psutil
 
 from lazyembed._fork import after_fork_in_child
-from lazyembed.errors import ClosedError, ConfigError, WorkerDiedError, WorkerTimeoutError
+from lazyembed.errors import (
+    ClosedError,
+    ConfigError,
+    UnsupportedModelError,
+    WorkerDiedError,
+    WorkerTimeoutError,
+)
 from lazyembed.isolation import _multiprocessing_workarounds as workarounds
 from lazyembed.isolation.process import WorkerProcess, describe_exit, uses_fork_server
 from lazyembed.isolation.protocol import (
@@ -185,8 +191,13 @@ class IsolatedRuntime:
 
     # ---- calls ------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str]) -> EncodeResult:
+    def encode(self, texts: Sequence[str], *, prompt_length: int = 0) -> EncodeResult:
         """Embed in the worker; see the class doc for deaths, timeouts and fork."""
+        if prompt_length:
+            raise UnsupportedModelError(
+                "a model whose pooling leaves out its prompt (include_prompt: false) cannot "
+                "take a prompt with isolation='process' yet; use isolation='none'"
+            )
         items = list(texts)
         n, dim = len(items), self.spec.dimension
         if not n:  # nothing for the worker to do: answer as the in-process runtime

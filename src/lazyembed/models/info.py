@@ -31,8 +31,8 @@ POOLING_FLAGS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 POOLING_MODES = tuple(POOLING_FLAGS.values())
-#: What the runtime pools today; `read_model_info` refuses other modes unless told.
-RUNTIME_POOLING = ("mean",)
+#: What the runtime pools (lazyembed.pooling); `read_model_info` refuses other modes.
+RUNTIME_POOLING = POOLING_MODES
 #: Modules a folder may chain; anything else (Dense, ...) would change the vectors.
 KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
 #: Hugging Face writes this (int(1e30)) for "no limit" in tokenizer_config.json.

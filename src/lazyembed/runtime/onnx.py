@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from lazyembed import memory
+from lazyembed.errors import ClosedError
+from lazyembed.pooling import pool
 from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
 from lazyembed.runtime.tokens import encode_truncated, load_tokenizer
 
@@ -47,6 +49,13 @@ class RuntimeSpec:
     batch_size: int
     normalize: bool = True
     pre_optimized: bool = True
+    #: sentence-transformers' pooling modes (one, or several concatenated).
+    pooling: tuple[str, ...] = ("mean",)
+    #: Lowercase texts before tokenizing (sentence_bert_config.json's do_lower_case).
+    lowercase: bool = False
+    #: Pool over a prompt's tokens too (False: ``encode(..., prompt_length=n)`` leaves the
+    #: first n tokens of each text out of the pooling; the encoder still sees them).
+    include_prompt: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class EncodeResult:
 class LoadedModel(Protocol):
     """What the lifecycle holds: in-process `OnnxRuntime` or an isolated worker."""
 
-    def encode(self, texts: Sequence[str]) -> EncodeResult: ...
+    def encode(self, texts: Sequence[str], *, prompt_length: int = 0) -> EncodeResult: ...
 
     def close(self) -> None: ...
 
@@ -127,12 +136,15 @@ class OnnxRuntime:
         self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._small_run_options = ort.RunOptions()
 
-    def encode(self, texts: Sequence[str]) -> EncodeResult:
+    def encode(self, texts: Sequence[str], *, prompt_length: int = 0) -> EncodeResult:
         """Embed texts: tokenize once (cut to what is kept), run length-sorted runs bounded
-        in texts and padded tokens, pool, normalise."""
+        in texts and padded tokens, pool (leaving the first ``prompt_length`` tokens out
+        when the model excludes its prompt), normalise."""
         session = self._session
         if session is None:
-            raise RuntimeError("OnnxRuntime.encode() after close()")  # lifecycle prevents this
+            raise ClosedError("OnnxRuntime.encode() after close()")  # the lifecycle prevents it
+        if self.spec.lowercase:
+            texts = [text.lower() for text in texts]
         encodings = encode_truncated(self.tokenizer, texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
@@ -149,24 +161,20 @@ class OnnxRuntime:
                 self._run_options if ids.size >= SHRINK_AFTER_TOKENS else self._small_run_options
             )
             hidden = session.run(self._output_names, feeds, options)[0]
-            out[rows] = self._pool(hidden, mask)
+            lengths_excluded = np.full(len(rows), prompt_length) if prompt_length else None
+            out[rows] = pool(
+                hidden,
+                mask,
+                self.spec.pooling,
+                normalize=self.spec.normalize,
+                prompt_lengths=lengths_excluded,
+            )
             largest = max(largest, ids.size)
         if largest >= TRIM_AFTER_TOKENS:
             # A big batch grew the heap; give it back now (cheap) rather than hold the
             # peak while the model sits idle.
             memory.trim_heap()
         return EncodeResult(out, lengths.tolist())
-
-    def _pool(self, hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> FloatArray:
-        """Mean over real tokens, then L2 normalisation (as sentence-transformers does)."""
-        weights = mask.astype(np.float32)
-        summed = np.matmul(weights[:, None, :], hidden)[:, 0, :]
-        counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
-        pooled: FloatArray = (summed / counts).astype(np.float32, copy=False)
-        if self.spec.normalize:
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            pooled /= np.maximum(norms, 1e-12)
-        return pooled
 
     def close(self) -> None:
         """Drop the session; the caller returns the freed pages to the OS."""

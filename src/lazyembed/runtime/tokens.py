@@ -45,10 +45,24 @@ def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
     if loaded is not None:
         return loaded
     tokenizer = Tokenizer.from_file(path)
+    _split_words_first(tokenizer)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_length)
     with _LOCK:
         return _LOADED.setdefault(key, tokenizer)
+
+
+def _split_words_first(tokenizer: Tokenizer) -> None:
+    """A SentencePiece (Unigram) tokenizer with a bare Metaspace pre-tokenizer, as hub
+    XLM-RoBERTa models ship it, splits on whitespace first, as transformers builds it for
+    sentence-transformers: whitespace-only text then gives no lone "▁" piece, nor does a
+    trailing space. Tokenizers saved that way already are left as they are."""
+    from tokenizers import pre_tokenizers
+    from tokenizers.models import Unigram
+
+    pre = tokenizer.pre_tokenizer
+    if isinstance(tokenizer.model, Unigram) and isinstance(pre, pre_tokenizers.Metaspace):
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre])
 
 
 def truncation_length(tokenizer: Tokenizer) -> int | None:
