@@ -75,7 +75,8 @@ KeepAlive.FOREVER = KeepAlive("forever")
 KeepAliveLike = KeepAlive | float | int | str | None
 
 
-def _fail(key: str, value: object, source: str, why: str) -> ConfigError:
+def config_error(key: str, value: object, source: str, why: str) -> ConfigError:
+    """The one shape of a bad-setting message: key, value (shortened), source, why."""
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
@@ -88,24 +89,24 @@ _ABSURD = "not a finite duration of at most one year; say 'never' for no timeout
 def _seconds_of(value: object, key: str, source: str) -> float:
     """Signed seconds (negative = never) by the module's rule; raises ConfigError."""
     if isinstance(value, bool):
-        raise _fail(key, value, source, "expected a duration, not a boolean")
+        raise config_error(key, value, source, "expected a duration, not a boolean")
     if isinstance(value, (int, float)):
         try:
             seconds = float(value)
         except OverflowError:  # an int beyond any float
-            raise _fail(key, value, source, _ABSURD) from None
+            raise config_error(key, value, source, _ABSURD) from None
     elif isinstance(value, str):
         text = value.strip().lower()
         if text in NEVER_WORDS:
             return -1.0
         if text.lstrip("+-") in ("inf", "infinity"):  # a number's spelling, not a word
-            raise _fail(key, value, source, _ABSURD)
+            raise config_error(key, value, source, _ABSURD)
         if _PLAIN_NUMBER_RE.fullmatch(text):
             seconds = float(text)
         else:
             match = _DURATION_RE.fullmatch(text)
             if match is None:
-                raise _fail(
+                raise config_error(
                     key, value, source, 'expected seconds or a duration like "90s", "30m", "1h"'
                 )
             total = sum(
@@ -113,9 +114,9 @@ def _seconds_of(value: object, key: str, source: str) -> float:
             )
             seconds = -total if match.group(1) == "-" else total
     else:
-        raise _fail(key, value, source, f"expected a duration, not {type(value).__name__}")
+        raise config_error(key, value, source, f"expected a duration, not {type(value).__name__}")
     if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_S:
-        raise _fail(key, value, source, _ABSURD)
+        raise config_error(key, value, source, _ABSURD)
     return seconds
 
 
@@ -123,7 +124,7 @@ def parse_duration(value: object, *, key: str, source: str = "argument") -> Keep
     """A duration setting such as `idle_timeout`: seconds ≥ 0 or FOREVER (never DEFAULT)."""
     if isinstance(value, KeepAlive):
         if value.is_default:
-            raise _fail(key, value, source, "expected a duration or 'never'")
+            raise config_error(key, value, source, "expected a duration or 'never'")
         return value
     seconds = _seconds_of(value, key, source)
     return KeepAlive.FOREVER if seconds < 0 else KeepAlive("seconds", seconds)
@@ -143,8 +144,8 @@ def parse_keep_alive(
 def parse_positive_seconds(value: object, *, key: str, source: str = "argument") -> float:
     """A duration that must be a finite number of seconds > 0 (intervals, grace periods)."""
     if isinstance(value, KeepAlive):
-        raise _fail(key, value, source, "must be a positive duration")
+        raise config_error(key, value, source, "must be a positive duration")
     seconds = _seconds_of(value, key, source)
     if seconds <= 0:
-        raise _fail(key, value, source, "must be a positive duration")
+        raise config_error(key, value, source, "must be a positive duration")
     return seconds

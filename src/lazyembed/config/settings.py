@@ -24,7 +24,12 @@ from typing import Any, Literal
 
 import platformdirs
 
-from lazyembed.config.durations import KeepAlive, parse_duration, parse_positive_seconds
+from lazyembed.config.durations import (
+    KeepAlive,
+    config_error,
+    parse_duration,
+    parse_positive_seconds,
+)
 from lazyembed.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -156,13 +161,6 @@ Settings.__getattr__ = _deprecated_flat_name  # type: ignore[attr-defined]
 Parser = Callable[[object, str, str], Any]
 
 
-def _fail(key: str, value: object, source: str, why: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"invalid {key}={shown} from {source}: {why}")
-
-
 def _parse_bool(value: object, key: str, source: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -174,7 +172,7 @@ def _parse_bool(value: object, key: str, source: str) -> bool:
             return False
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise _fail(key, value, source, "expected true/false/1/0/yes/no/on/off")
+    raise config_error(key, value, source, "expected true/false/1/0/yes/no/on/off")
 
 
 def _int(lo: int, hi: int | None = None, *, optional: str | None = None) -> Parser:
@@ -182,7 +180,7 @@ def _int(lo: int, hi: int | None = None, *, optional: str | None = None) -> Pars
         if optional is not None and isinstance(value, str) and value.strip().lower() == optional:
             return None
         if isinstance(value, bool):
-            raise _fail(key, value, source, "expected an integer, not a boolean")
+            raise config_error(key, value, source, "expected an integer, not a boolean")
         number: int
         if isinstance(value, int):
             number = value
@@ -192,12 +190,12 @@ def _int(lo: int, hi: int | None = None, *, optional: str | None = None) -> Pars
             try:
                 number = int(value.strip())  # Python's own digit grouping: 1_000, not 1__0
             except ValueError:
-                raise _fail(key, value, source, "expected an integer") from None
+                raise config_error(key, value, source, "expected an integer") from None
         else:
-            raise _fail(key, value, source, "expected an integer")
+            raise config_error(key, value, source, "expected an integer")
         if number < lo or (hi is not None and number > hi):
             bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-            raise _fail(key, value, source, f"must be {bounds}")
+            raise config_error(key, value, source, f"must be {bounds}")
         return number
 
     return parse
@@ -206,24 +204,24 @@ def _int(lo: int, hi: int | None = None, *, optional: str | None = None) -> Pars
 def _float(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Parser:
     def parse(value: object, key: str, source: str) -> float:
         if isinstance(value, bool):
-            raise _fail(key, value, source, "expected a number, not a boolean")
+            raise config_error(key, value, source, "expected a number, not a boolean")
         if isinstance(value, (int, float)):
             try:
                 number = float(value)
             except OverflowError:  # an int beyond any float
-                raise _fail(key, value, source, "must be a finite number") from None
+                raise config_error(key, value, source, "must be a finite number") from None
         elif isinstance(value, str):
             try:
                 number = float(value.strip())
             except ValueError:
-                raise _fail(key, value, source, "expected a number") from None
+                raise config_error(key, value, source, "expected a number") from None
         else:
-            raise _fail(key, value, source, "expected a number")
+            raise config_error(key, value, source, "expected a number")
         if not math.isfinite(number):
-            raise _fail(key, value, source, "must be a finite number")
+            raise config_error(key, value, source, "must be a finite number")
         if number < lo or (lo_open and number == lo) or (hi is not None and number > hi):
             low = f"> {lo}" if lo_open else f">= {lo}"
-            raise _fail(
+            raise config_error(
                 key, value, source, f"must be {low}" + (f" and <= {hi}" if hi is not None else "")
             )
         return number
@@ -247,7 +245,7 @@ def _choice(*choices: str) -> Parser:
     def parse(value: object, key: str, source: str) -> str:
         if isinstance(value, str) and value.strip().lower() in choices:
             return value.strip().lower()
-        raise _fail(key, value, source, f"expected one of {', '.join(choices)}")
+        raise config_error(key, value, source, f"expected one of {', '.join(choices)}")
 
     return parse
 
@@ -255,9 +253,9 @@ def _choice(*choices: str) -> Parser:
 def _string(*, empty_ok: bool) -> Parser:
     def parse(value: object, key: str, source: str) -> str:
         if not isinstance(value, str):
-            raise _fail(key, value, source, "expected a string")
+            raise config_error(key, value, source, "expected a string")
         if not empty_ok and not value.strip():
-            raise _fail(key, value, source, "must not be empty")
+            raise config_error(key, value, source, "must not be empty")
         return value
 
     return parse
@@ -267,14 +265,14 @@ def _secret(value: object, key: str, source: str) -> str:
     """A key compared byte for byte: surrounding whitespace is surely a paste mistake."""
     text = _string(empty_ok=False)(value, key, source)
     if text != text.strip():
-        raise _fail(key, "<hidden>", source, "has leading or trailing whitespace")
+        raise config_error(key, "<hidden>", source, "has leading or trailing whitespace")
     return str(text)
 
 
 def _url(value: object, key: str, source: str) -> str:
     text = str(_string(empty_ok=False)(value, key, source)).strip().rstrip("/")
     if not text.startswith(("http://", "https://")):
-        raise _fail(key, value, source, "expected an http:// or https:// URL")
+        raise config_error(key, value, source, "expected an http:// or https:// URL")
     return text
 
 
@@ -286,9 +284,9 @@ def _names(value: object, key: str, source: str) -> tuple[str, ...]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise _fail(key, value, source, "expected a list of model names")
+        raise config_error(key, value, source, "expected a list of model names")
     if not all(isinstance(item, str) and item.strip() for item in items):
-        raise _fail(key, value, source, "expected non-empty model names")
+        raise config_error(key, value, source, "expected non-empty model names")
     return tuple(str(item).strip() for item in items)
 
 
@@ -297,7 +295,7 @@ def _path(value: object, key: str, source: str) -> Path:
         return value.expanduser()
     if isinstance(value, str) and value.strip():
         return Path(value).expanduser()
-    raise _fail(key, value, source, "expected a path")
+    raise config_error(key, value, source, "expected a path")
 
 
 def _duration(value: object, key: str, source: str) -> KeepAlive:
