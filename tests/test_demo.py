@@ -33,9 +33,9 @@ def test_demo_warm_call_reaches_the_model_and_the_cache_hit_does_not(
     events: list[tuple[str, Any]] = []
     encode = Embedder._encode
 
-    def spy(self: Embedder, items: list[str], keep_alive: Any) -> Any:
+    def spy(self: Embedder, items: list[str], *args: Any) -> Any:
         events.append(("model", list(items)))
-        return encode(self, items, keep_alive)
+        return encode(self, items, *args)
 
     monkeypatch.setattr(Embedder, "_encode", spy)
     monkeypatch.setattr("sys.stdout", _Recorder(events))
