@@ -695,20 +695,37 @@ class FlakyProbe:
         return self.mem.rss()
 
 
-@pytest.mark.parametrize("fail_on", [{1}, {2}, {3}, {4}, {1, 2, 3, 4}])
+@pytest.mark.parametrize("fail_on", [{1}, {2}, {3}, {4}, {5}, {1, 2, 3, 4, 5}])
 def test_a_failing_memory_probe_never_strands_the_lifecycle(
     mem: FakeMemory, fail_on: set[int]
 ) -> None:
     lc = make(Loader(mem), mem, memory_probe=FlakyProbe(mem, fail_on))
-    use(lc)  # probes 1 and 2: around the load
+    use(lc)  # probes 1 and 2: around the load; 3: after the first call
     assert state_of(lc) is State.LOADED
-    assert lc.unload() is True  # probes 3 and 4: around the unload
+    assert lc.unload() is True  # probes 4 and 5: around the unload
     assert state_of(lc) is State.UNLOADED
     use(lc)  # and it loads again
     status = lc.status().as_dict()
     assert status["loads"] == 2 and status["unloads"] == 1
-    if fail_on & {3, 4}:
+    if fail_on & {4, 5}:
         assert status["last_unload"]["returned_mb"] == 0.0  # not measured, not invented
+
+
+def test_model_mb_is_measured_after_the_first_call_since_the_load(mem: FakeMemory) -> None:
+    """A load maps weights without touching them: what the model takes shows once it ran."""
+    first_run_grows = 30 * MB
+
+    class Growing(FakeModel):
+        def use(self) -> int:
+            if not self.uses:
+                mem.base += first_run_grows  # the first inference faults the weights in
+            return super().use()
+
+    lc = make(lambda: Growing(mem), mem)
+    use(lc)
+    assert lc.status().model_mb == 80.0  # 50 at load + 30 by the first call
+    use(lc)
+    assert lc.status().model_mb == 80.0  # measured once per load, not per call
 
 
 def test_a_failing_memory_release_still_ends_in_unloaded(mem: FakeMemory) -> None:

@@ -133,7 +133,10 @@ class _Call(Generic[T]):
                 lc._wake.notify()
         if reason:
             lc._finish_unload(reason)  # tells on_idle when done
-        elif lc._on_idle is not None:
+            return
+        if lc._rss_before_load is not None:
+            lc._measure_first_call()
+        if lc._on_idle is not None:
             lc._notify_idle()
 
 
@@ -195,6 +198,10 @@ class Lifecycle(Generic[T]):
         self._watcher_thread: threading.Thread | None = None
         self._wakeups = 0
         self._model_mb = 0.0
+        # RSS before the current load, until the first call after it has run: a load
+        # maps the weights without touching them, so what the model takes shows after
+        # its first inference (`_measure_first_call`).
+        self._rss_before_load: int | None = None
         self._journal = Journal(max_events)
 
         self._default_call: _Call[T] = _Call(self, None)
@@ -286,6 +293,7 @@ class Lifecycle(Generic[T]):
             self._state = State.LOADED
             attempt.done = True
             self._model_mb = mb
+            self._rss_before_load = before
             if self._check is not None:
                 self._next_check = self._clock() + self._check_interval
             self._journal.loaded(reason, ms, mb)
@@ -321,6 +329,7 @@ class Lifecycle(Generic[T]):
         self._dying = self._obj
         self._obj = None
         self._state = State.UNLOADING
+        self._rss_before_load = None
         self._pinned = False
         self._explicit_until = _NEG_INF
         self._default_done = None
@@ -368,6 +377,14 @@ class Lifecycle(Generic[T]):
             record["rss_before_mb"],
             record["rss_after_mb"],
         )
+
+    def _measure_first_call(self) -> None:
+        """After the first call since a load: model_mb = RSS now - RSS before the load."""
+        now = self._measure()
+        with self._lock:
+            before, self._rss_before_load = self._rss_before_load, None
+            if now is not None and before is not None and self._state is State.LOADED:
+                self._model_mb = max(self._model_mb, (now - before) / memory.MB)
 
     def _notify_idle(self) -> None:
         assert self._on_idle is not None
@@ -612,6 +629,7 @@ class Lifecycle(Generic[T]):
             if obj is not None:
                 _INHERITED.append(obj)
         self._obj = self._dying = None
+        self._rss_before_load = None
         self._state = State.UNLOADED
         self._in_flight = self._unload_waiting = self._waiting = 0
         self._attempt = None
