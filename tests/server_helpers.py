@@ -38,16 +38,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def wait_until(predicate: Any, limit: float = 60.0) -> bool:
-    """Poll with a generous limit (machines are noisy; no timing is asserted)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 class FakeEmbedder:
     """Deterministic vectors per text; records every model call; can block or fail."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,9 @@ import psutil
 import pytest
 
 import lazyembed.embedder as embedder_module
+from helpers import wait_until
 from lazyembed import Embedder
 from lazyembed.runtime import EncodeResult, OnnxRuntime, RuntimeSpec
-
-
-def _wait_for(predicate: Callable[[], bool], limit: float = 30.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class _Clock:
@@ -203,7 +195,7 @@ def test_set_idle_timeout_shortens_a_running_countdown(uncached: Embedder) -> No
     uncached.embed("x")
     assert uncached.get_memory_usage()["unload_in_s"] > 3000
     uncached.set_idle_timeout(0.2)
-    assert _wait_for(lambda: uncached.get_memory_usage()["state"] == "unloaded")
+    assert wait_until(lambda: uncached.get_memory_usage()["state"] == "unloaded")
     assert uncached.get_memory_usage()["last_unload"]["reason"] == "idle"
 
 
@@ -218,7 +210,7 @@ def test_pressure_unloads_an_idle_model_early() -> None:
     )
     try:
         e.embed("under pressure")
-        assert _wait_for(lambda: e.get_memory_usage()["state"] == "unloaded")
+        assert wait_until(lambda: e.get_memory_usage()["state"] == "unloaded")
         usage = e.get_memory_usage()
         assert usage["last_unload"]["reason"] == "pressure"
         assert usage["pressure"]["last_trigger"] is not None
@@ -240,7 +232,7 @@ def test_isolated_mode_matches_in_process_and_unload_ends_the_worker(uncached: E
         assert report["model_mb"] == worker["worker_uss_mb"] > 10
         pid = worker["worker_pid"]
         assert e.unload_model() is True
-        assert _wait_for(lambda: not psutil.pid_exists(pid))  # exited and reaped: no zombie
+        assert wait_until(lambda: not psutil.pid_exists(pid))  # exited and reaped: no zombie
     finally:
         e.close()
     assert np.abs(got - expected).max() < 1e-6

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from helpers import wait_until
 from lazyembed.config import KeepAlive, parse_duration, parse_keep_alive
 from lazyembed.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from lazyembed.lifecycle import _INHERITED, Lifecycle, State
@@ -143,15 +144,6 @@ def use(lc: Lifecycle[FakeModel], keep_alive: float | None = None) -> FakeModel:
 def state_of(lc: Lifecycle[FakeModel]) -> State:
     """The state, read through a function so mypy does not narrow it between reads."""
     return lc.state
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 # ---- loading ----------------------------------------------------------------------------
@@ -540,7 +532,7 @@ def test_periodic_check_unloads_with_its_reason_and_sleeps_while_unloaded(
 def test_watcher_unloads_after_a_real_one_second_timeout(mem: FakeMemory) -> None:
     lc = make(Loader(mem), mem, idle_timeout=1.0, watcher=True)
     use(lc)
-    assert wait_until(lambda: state_of(lc) is State.UNLOADED, timeout=10)
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED, limit=10)
     assert lc.status().last_unload["reason"] == "idle"
     lc.close()
 

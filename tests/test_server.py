@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from helpers import wait_until
 from lazyembed import Embedder
 from lazyembed.config import ServerSettings
 from lazyembed.errors import (
@@ -26,7 +27,7 @@ from lazyembed.errors import (
     WorkerDiedError,
 )
 from lazyembed.server import create_app
-from server_helpers import SERVED, TEXTS, FakeEmbedder, metric, wait_until
+from server_helpers import SERVED, TEXTS, FakeEmbedder, metric
 
 # ---- fixtures -----------------------------------------------------------------------------
 

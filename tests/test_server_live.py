@@ -15,6 +15,7 @@ import numpy as np
 import ollama
 import pytest
 
+from helpers import wait_until
 from lazyembed import Embedder
 from lazyembed.config import KeepAlive
 from lazyembed.server import HalfCloseProtocol, begin_shutdown, create_app
@@ -28,7 +29,6 @@ from server_helpers import (
     metric,
     request_bytes,
     split_response,
-    wait_until,
 )
 
 
