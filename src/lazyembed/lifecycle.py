@@ -18,8 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
@@ -27,6 +26,7 @@ from lazyembed.config.durations import KeepAlive
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
 from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
 from lazyembed.journal import Journal
+from lazyembed.lease import Call, Closeable
 from lazyembed.report import LifecycleStatus, State
 from lazyembed.watcher import Shared, on_collected, watch
 
@@ -34,10 +34,6 @@ log = logging.getLogger("lazyembed")
 
 _INF = math.inf
 _NEG_INF = -math.inf
-
-
-class Closeable(Protocol):
-    def close(self) -> None: ...
 
 
 T = TypeVar("T", bound=Closeable)
@@ -69,75 +65,6 @@ class _Attempt:
     def __init__(self) -> None:
         self.done = False
         self.error: BaseException | None = None
-
-
-class _Call(Generic[T]):
-    """The context manager `acquire()` returns: a tiny object, no generator.
-
-    It holds no per-call state, so one instance for keep_alive=None is reused by every
-    call. The fast paths (loaded, nobody unloading) are inlined here because they run
-    on every call: one lock round trip each way and one clock() at release.
-    """
-
-    __slots__ = ("_keep_alive", "_lifecycle")
-
-    def __init__(self, lifecycle: Lifecycle[T], keep_alive: float | None) -> None:
-        # Private encoding, inside this module only: None = the default lease,
-        # inf = a pin, else seconds (from the KeepAlive that acquire() was given).
-        self._lifecycle = lifecycle
-        self._keep_alive = keep_alive
-
-    def __enter__(self) -> T:
-        lc = self._lifecycle
-        with lc._lock:
-            if lc._state is _LOADED and not lc._unload_waiting:
-                lc._in_flight += 1
-                return lc._obj  # type: ignore[return-value]
-        return lc._enter_slow()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lc = self._lifecycle
-        keep_alive = self._keep_alive
-        now = lc._clock()
-        with lc._lock:
-            lc._in_flight -= 1
-            lc._last_done = now
-            if keep_alive is None:
-                lc._default_done = now
-            elif keep_alive == _INF:
-                lc._pinned = True
-            else:
-                lease = now + keep_alive
-                if lease > lc._explicit_until:
-                    lc._explicit_until = lease
-            if lc._in_flight:
-                return
-            if lc._unload_waiting:
-                lc._changed.notify_all()
-                return
-            reason = ""
-            if lc._state is _LOADED and lc._deadline()[0] <= now:
-                # Every lease has expired already (keep_alive=0, idle_timeout 0): unload
-                # before the call returns, so the caller never sees it still loaded.
-                reason = lc._deadline()[1]
-                lc._begin_unload_locked(reason)
-            elif lc._watch_until == _INF and lc._wake_target() < _INF:
-                # Leases only grow, so a watcher asleep towards a finite time is never
-                # late; one asleep without timeout (it planned while calls were in
-                # flight, or there was no deadline) must re-plan.
-                lc._wake.notify()
-        if reason:
-            lc._finish_unload(reason)  # tells on_idle when done
-            return
-        if lc._rss_before_load is not None:
-            lc._measure_first_call()
-        if lc._on_idle is not None:
-            lc._notify_idle()
 
 
 class Lifecycle(Generic[T]):
@@ -204,18 +131,18 @@ class Lifecycle(Generic[T]):
         self._rss_before_load: int | None = None
         self._journal = Journal(max_events)
 
-        self._default_call: _Call[T] = _Call(self, None)
+        self._default_call: Call[T] = Call(self, None)
         _LIVE.add(self)
         weakref.finalize(self, on_collected, self._shared)
 
     # ---- using the thing ---------------------------------------------------------------
 
-    def acquire(self, keep_alive: KeepAlive = KeepAlive.DEFAULT) -> _Call[T]:
+    def acquire(self, keep_alive: KeepAlive = KeepAlive.DEFAULT) -> Call[T]:
         """Context manager yielding the loaded thing; see the keep-alive rule above."""
         kind = keep_alive.kind
         if kind == "default":
             return self._default_call
-        return _Call(self, _INF if kind == "forever" else keep_alive.seconds)
+        return Call(self, _INF if kind == "forever" else keep_alive.seconds)
 
     def _enter_slow(self) -> T:
         joined: _Attempt | None = None
