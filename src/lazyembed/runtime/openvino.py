@@ -35,7 +35,6 @@ Hint = Literal["LATENCY", "THROUGHPUT"]
 CACHE_SUBDIR = "openvino"
 #: OpenVINO's names for the two precisions.
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-_INPUTS = ("input_ids", "attention_mask")
 
 
 def import_openvino() -> Any:
