@@ -43,7 +43,7 @@ from lazyembed.config import (
     parse_duration,
     parse_keep_alive,
 )
-from lazyembed.errors import InputTypeError, InvalidInputError
+from lazyembed.errors import ConfigError, InputTypeError, InvalidInputError
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
@@ -102,6 +102,11 @@ class Embedder:
             settings = load_settings(model=model, **overrides)
         elif model is not None or overrides:
             raise TypeError("pass either settings= or model/keyword settings, not both")
+        if settings.backend == "onnxruntime" and settings.precision == "bf16":
+            raise ConfigError(
+                "precision='bf16' is OpenVINO's (backend='openvino', the lazyembed[openvino] "
+                "extra, on a CPU with AMX or AVX512-BF16); ONNX Runtime runs fp32"
+            )
         self.settings = settings
         self.model_name = canonical_spec(settings.model)
         self._prepare_lock = threading.Lock()
@@ -155,6 +160,9 @@ class Embedder:
             normalize=info.normalize,
             include_prompt=info.include_prompt,
             pooling=(info.pooling,),
+            backend=settings.backend,
+            precision=settings.precision,
+            compile_cache_dir=str(settings.model_cache_dir),
             lowercase=info.do_lower_case,
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).

@@ -53,6 +53,11 @@ class RuntimeSpec:
     pooling: tuple[str, ...] = ("mean",)
     #: Lowercase texts before tokenizing (sentence_bert_config.json's do_lower_case).
     lowercase: bool = False
+    #: "onnxruntime" (this module) or "openvino" (runtime/openvino.py, the extra), with
+    #: OpenVINO's precision and where it keeps compiled models.
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    compile_cache_dir: str | None = None
     #: Pool over a prompt's tokens too (False: ``encode(..., prompt_length=n)`` leaves the
     #: first n tokens of each text out of the pooling; the encoder still sees them).
     include_prompt: bool = True
@@ -181,10 +186,20 @@ class OnnxRuntime:
         self._session = None
 
 
-def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> OnnxRuntime:
-    """Load the session (and the tokenizer, unless one is given or already held).
+def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> LoadedModel:
+    """Load the session (and the tokenizer, unless one is given or already held), with
+    the spec's backend: ONNX Runtime, or OpenVINO (the ``openvino`` extra).
 
     No warm-up inference: the first call's run does what it would do, and a reload then
     costs one run less before the first vector.
     """
+    if spec.backend == "openvino":
+        from lazyembed.runtime.openvino import load_openvino
+
+        return load_openvino(
+            spec,
+            precision=spec.precision,  # type: ignore[arg-type]  # checked by the settings
+            cache_dir=spec.compile_cache_dir,
+            tokenizer=tokenizer,
+        )
     return OnnxRuntime(spec, tokenizer)
