@@ -555,6 +555,15 @@ class Run:
         result = long_texts.compare(["."], scenarios, repeats, self.cfg.threads, env=env)
         return result, long_texts.markdown(result)
 
+    def openvino(self) -> tuple[Result, str]:
+        """ONNX Runtime against OpenVINO in lazyembed's own encode path (where installed)."""
+        try:
+            from bench import openvino_bench
+        except ImportError as exc:  # openvino not in this venv: say so, measure nothing
+            return {"skipped": str(exc)}, f"Skipped: {exc} (install lazyembed[openvino])."
+        result = openvino_bench.compare(2 if self.cfg.quick else 5, self.cfg.threads)
+        return result, openvino_bench.markdown(result)
+
     def idle_cpu(self) -> tuple[Result, str]:
         cfg = self.cfg
         seconds = f"--seconds={cfg.idle_seconds}"
@@ -1299,6 +1308,7 @@ SECTION_KEYS = (
     "reload",
     "one_text",
     "long_texts",
+    "openvino",
     "idle_cpu",
     "throughput",
     "server",
@@ -1316,6 +1326,7 @@ def sections(run: Run) -> list[tuple[str, str, Callable[[], tuple[Result, str]]]
         ("reload", "Reload latency", run.reload),
         ("one_text", "One short text per call (issue 14.1)", run.one_text),
         ("long_texts", "Long texts: peak memory and docs/s", run.long_texts),
+        ("openvino", "OpenVINO backend against ONNX Runtime (issue 14.2)", run.openvino),
         ("idle_cpu", "Idle CPU of a loaded model", run.idle_cpu),
         ("throughput", "Throughput and fidelity", run.throughput),
         ("server", "Server throughput (issue 5)", run.server),

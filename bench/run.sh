@@ -40,7 +40,7 @@ if [ ! -f "$PEERS_STAMP" ] || [ "$(cat "$PEERS_STAMP")" != "$RECIPE" ]; then
 fi
 if [ ! -f "$LAZYEMBED_STAMP" ] || [ pyproject.toml -nt "$LAZYEMBED_STAMP" ]; then
     echo "bench/run.sh: installing lazyembed (editable, with the server extra) into $VENV"
-    $PIP install --quiet -e '.[server]'
+    $PIP install --quiet -e '.[server,openvino]'
     touch "$LAZYEMBED_STAMP"
 fi
 if $PY -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ or not torch.cuda.is_available() else 1)"; then :; else
