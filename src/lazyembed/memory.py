@@ -1,24 +1,16 @@
 """Measured process memory (psutil) and returning freed memory to the OS (glibc).
 
-Figures here are measurements, never estimates. RSS (`process_rss_bytes`) is cheap
-(~40 µs through psutil) and is what the lifecycle records around loads and unloads.
-USS (`process_uss_bytes`) counts only the pages private to this process — what would
-really be freed if it exited — but reads /proc/self/smaps: ~0.3 ms in a bare Python,
-~1.5 ms once onnxruntime is imported (measured with timeit). So it is read for status
-reports only, never per call.
+Figures here are measurements, never estimates. RSS (`process_rss_bytes`) is cheap and
+is what the lifecycle records around loads and unloads. USS (`process_uss_bytes`) counts
+only the pages private to this process — what would really be freed if it exited — but
+reads /proc/self/smaps, so it is read for status reports only, never per call.
 
-Why `release_to_os` exists: after an ONNX session is dropped, glibc keeps the freed heap
-pages inside the process (60 to 300 MB, DESIGN.md); ``malloc_trim(0)`` hands them back
-(~13 ms including gc.collect with onnxruntime imported).
-
-Why not ``mallopt(M_TRIM_THRESHOLD, 0)`` for the whole process: it keeps a loaded model
-~100 MB smaller, but every large free then goes back to the kernel and every batch faults
-its pages in again — measured at 121-139 sentences/s against 225-304 without it (2,000
-pydoc sentences, batch 32, 2 threads). `trim_heap` after big batches gets the same memory
-back for ~0.1 ms per call, and leaves the host process's allocator alone.
-Both are no-ops on non-glibc platforms (musl, macOS, Windows).
-
-Nothing here is ONNX-specific. The cached psutil.Process is rebuilt in a forked child.
+`release_to_os` exists because glibc keeps the freed heap pages of a dropped ONNX session
+inside the process; ``malloc_trim(0)`` hands them back. `trim_heap` does the same after
+big batches. A process-wide ``mallopt(M_TRIM_THRESHOLD, 0)`` was measured and rejected:
+every batch would fault its pages in again (docs/ARCHITECTURE.md, "Memory and files").
+Both are no-ops on non-glibc platforms (musl, macOS, Windows). The cached psutil.Process
+is rebuilt in a forked child.
 """
 
 from __future__ import annotations
