@@ -145,7 +145,7 @@ class Embedder:
         settings = self.settings
         resolved = resolve_model(settings.model, allow_download=settings.allow_download)
         info = read_model_info(resolved.directory)
-        # A first conversion runs in a child process: its imports and ~500 MB peak must
+        # A first conversion runs in a child process: its imports and memory peak must
         # not stay in this (long-running) process.
         converted = ensure_onnx_in_child(
             resolved.directory, variant=settings.variant, cache_dir=Path(settings.model_cache_dir)
@@ -412,7 +412,7 @@ class Embedder:
         return token_counts(self._counting_tokenizer(), items, past_limit=not truncate)
 
     def _counting_tokenizer(self) -> Tokenizer:
-        """The tokenizer kept by this Embedder (~9 MB, loaded on the first count or load).
+        """The tokenizer kept by this Embedder (loaded on the first count or load).
 
         Counting must not load or keep alive the model, so the runtime borrows this one,
         not the other way round (`load_tokenizer` hands the same object to both).

@@ -117,7 +117,7 @@ def release_to_os() -> bool:
 
 
 def trim_heap() -> bool:
-    """glibc malloc_trim(0) without a gc pass: cheap (~0.1 ms), for after big batches."""
+    """glibc malloc_trim(0) without a gc pass: cheap, for after big batches."""
     lib = glibc()
     if lib is None:
         return False

@@ -32,7 +32,7 @@ from lazyembed.errors import ModelConversionError
 from lazyembed.models.bert_weights import Bert, FloatArray, Layer, load_bert
 from lazyembed.models.encoder_config import EncoderConfig
 
-if TYPE_CHECKING:  # importing onnx costs ~200 ms; the cache-hit path must not pay it
+if TYPE_CHECKING:  # importing onnx is slow; the cache-hit path must not pay it
     import onnx
 
 #: Bump whenever the emitted graph changes, so stale cached models are not reused.

@@ -72,7 +72,7 @@ class ConvertedModel:
 
 
 def _ort_version() -> str:
-    """The installed onnxruntime's version, read without importing it (~30 MB) if possible.
+    """The installed onnxruntime's version, read without importing it if possible.
 
     A cache hit then costs an isolated parent no onnxruntime at all.
     """

@@ -274,7 +274,7 @@ def _superseded(manifest_file: Path, target: Target) -> dict[str, Any] | None:
 
 
 def prune_superseded(cache_dir: Path, target: Target, *, keep: Path) -> None:
-    """Delete older conversions of the same weights and variant (~90 MB each).
+    """Delete older conversions of the same weights and variant.
 
     A conversion is superseded when its (converter version, ONNX Runtime version) is
     strictly older than the one just built; nothing newer, or of other weights or another

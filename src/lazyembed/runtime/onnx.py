@@ -21,7 +21,7 @@ from lazyembed.pooling import pool
 from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
 from lazyembed.runtime.tokens import encode_truncated, load_tokenizer
 
-if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime (~30 MB)
+if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
