@@ -245,9 +245,11 @@ class _Fake:
 
 def bookkeeping(iterations: int, timer_iterations: int) -> dict[str, Any]:
     """Per-call cost (µs) of Lifecycle.acquire/release vs a new threading.Timer per call."""
+    from lazyembed.config import KeepAlive
     from lazyembed.lifecycle import Lifecycle
 
-    lifecycle: Lifecycle[_Fake] = Lifecycle(_Fake, idle_timeout=1800.0)
+    lifecycle: Lifecycle[_Fake] = Lifecycle(_Fake, idle_timeout=KeepAlive.after(1800.0))
+    minute = KeepAlive.after(60.0)
     with lifecycle.acquire():
         pass  # the one load (and the watcher's start) are not per-call costs
 
@@ -256,7 +258,7 @@ def bookkeeping(iterations: int, timer_iterations: int) -> dict[str, Any]:
             pass
 
     def acquire_keep_alive() -> None:
-        with lifecycle.acquire(keep_alive=60.0):
+        with lifecycle.acquire(keep_alive=minute):
             pass
 
     def noop() -> None:
@@ -287,7 +289,7 @@ def bookkeeping(iterations: int, timer_iterations: int) -> dict[str, Any]:
         "lifecycle_us": per_call_us(acquire_release, iterations),
         "lifecycle_keep_alive_us": per_call_us(acquire_keep_alive, iterations),
         "timer_per_call_us": per_call_us(timer_per_call, timer_iterations),
-        "watcher_wakeups": lifecycle.status()["watcher_wakeups"],
+        "watcher_wakeups": lifecycle.status().watcher_wakeups,
     }
     for timer in timers:
         timer.cancel()

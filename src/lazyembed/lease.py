@@ -77,9 +77,12 @@ class Call(Generic[T]):
                 lc._changed.notify_all()
                 return
             reason = ""
-            if lc._state is _LOADED and lc._deadline()[0] <= now:
-                # Every lease has expired already (keep_alive=0, idle_timeout 0): unload
-                # before the call returns, so the caller never sees it still loaded.
+            # Only a lease of zero (keep_alive=0, or the default under idle_timeout 0) can
+            # have expired already; then, if no other lease holds, unload before the call
+            # returns, so the caller never sees it still loaded. (Checked only then: the
+            # deadline's computation is not free, and this runs on every call.)
+            zero = keep_alive == 0.0 or (keep_alive is None and lc._idle_timeout == 0.0)
+            if zero and lc._state is _LOADED and lc._deadline()[0] <= now:
                 reason = lc._deadline()[1]
                 lc._begin_unload_locked(reason)
             elif lc._watch_until == _INF and lc._wake_target() < _INF:
