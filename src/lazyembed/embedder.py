@@ -246,7 +246,7 @@ class Embedder:
         ``prompt_name`` picks one of the model's prompts, ``prompt`` gives the text to
         prepend; with neither, the model's ``default_prompt_name`` applies (if any).
         """
-        seconds = self._keep_alive_seconds(keep_alive)  # a bad value fails even on a hit
+        seconds = parse_keep_alive(keep_alive)  # a bad value fails even on a hit
         if isinstance(texts, str):  # the hot single-text path: no list, no stack
             text = check_text(texts)
             prepared = self._prepared or self.prepare()
@@ -287,7 +287,7 @@ class Embedder:
         prompt: str | None = None,
     ) -> FloatArray:
         """Vectors as one float32 array of shape (n, dim), for bulk use."""
-        seconds = self._keep_alive_seconds(keep_alive)
+        seconds = parse_keep_alive(keep_alive)
         items, _ = normalize_inputs(texts)
         return self._embed(*self._with_prompt(items, prompt_name, prompt), keep_alive=seconds)
 
@@ -300,7 +300,7 @@ class Embedder:
         prompt: str | None = None,
     ) -> tuple[FloatArray, list[int]]:
         """Vectors plus each input's real token count (for servers that report usage)."""
-        seconds = self._keep_alive_seconds(keep_alive)
+        seconds = parse_keep_alive(keep_alive)
         items, _ = normalize_inputs(texts)
         items, prefix = self._with_prompt(items, prompt_name, prompt)
         vectors = self._embed(items, prefix, keep_alive=seconds)
@@ -395,11 +395,6 @@ class Embedder:
                 return runtime.encode(items, prompt_length=prompt_length)
             return runtime.encode(items)
 
-    @staticmethod
-    def _keep_alive_seconds(keep_alive: KeepAliveLike) -> KeepAlive:
-        """The edge: None → DEFAULT (the idle timeout); a duration; "never"/negative → pin."""
-        return parse_keep_alive(keep_alive)
-
     def count_tokens(self, texts: str | Iterable[str], *, truncate: bool = True) -> list[int]:
         """Real token counts, including [CLS] and [SEP]: after truncation at the model's
         limit, or (``truncate=False``) up to one past it, so that a count above
@@ -439,7 +434,7 @@ class Embedder:
         Goes straight to the lifecycle, never through the cache: Ollama's "load (or pin)
         the model" idiom must load even when every text it could embed is cached.
         """
-        with self._lifecycle.acquire(keep_alive=self._keep_alive_seconds(keep_alive)):
+        with self._lifecycle.acquire(keep_alive=parse_keep_alive(keep_alive)):
             pass
 
     def set_idle_timeout(self, value: KeepAliveLike) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 
 from lazyembed._fork import after_fork_in_child
+from lazyembed.config.settings import Settings
 from lazyembed.errors import (
     ClosedError,
     ConfigError,
@@ -54,7 +55,7 @@ log = logging.getLogger("lazyembed")
 LOAD_TIMEOUT = 120.0
 #: Seconds every call may wait for its reply on top of `PER_TEXT_TIMEOUT` per text, and
 #: the longest a read or write on the pipe may make no progress.
-CALL_TIMEOUT = 120.0
+CALL_TIMEOUT = Settings.worker_call_timeout  # the setting's default, defined once
 #: Extra seconds a call may wait per text (texts are truncated, so each costs at most
 #: one full-length sequence).
 PER_TEXT_TIMEOUT = 1.0
