@@ -103,6 +103,35 @@ def test_a_waiting_load_proceeds_when_a_call_finishes(
         assert unload_reasons(models, a) == ["budget"] and models.get(b).is_loaded
 
 
+def test_two_loads_waiting_for_room_do_not_count_each_other(folders: dict[str, str]) -> None:
+    # A load waiting for admission holds no memory: two of them waiting for one slot
+    # must not each see the other as a holder (they would both wait out load_timeout).
+    a, b, c = folders["a"], folders["b"], folders["c"]
+    models = Models(cache_memory_mb=0, idle_timeout="never", max_loaded_models=1, load_timeout=20)
+    errors: list[BaseException] = []
+
+    def load(folder: str) -> None:
+        try:
+            models.embed("x", model=folder)
+        except BaseException as exc:  # pragma: no cover - shown by the assert below
+            errors.append(exc)
+
+    try:
+        models.embed("x", model=a)
+        with models.get(a).lifecycle.acquire():  # a busy: b and c both wait for its slot
+            waiters = [threading.Thread(target=load, args=(f,)) for f in (b, c)]
+            for waiter in waiters:
+                waiter.start()
+            assert wait_until(lambda: models._waiters == 2)
+        for waiter in waiters:
+            waiter.join(60)
+        assert not errors, errors
+        assert len(models.loaded()) == 1
+        assert unload_reasons(models, a) == ["budget"]
+    finally:
+        models.close()
+
+
 def test_pinned_models_go_last_and_the_event_says_so(folders: dict[str, str]) -> None:
     a, b, c = folders["a"], folders["b"], folders["c"]
     models = Models(cache_memory_mb=0, idle_timeout="never", max_loaded_models=2)

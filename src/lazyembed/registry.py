@@ -10,12 +10,13 @@ nothing else can make room (the event says "was pinned"); a model with a call in
 never. If nothing can make room within ``load_timeout``, the load fails with
 `ModelBusyError` naming what holds memory.
 
-Locks: ``_lock`` (re-entrant) guards the table of models and the reservations of loads in
-progress; it is held while deciding and while unloading a victim (so loads are admitted
-one at a time), and may take a lifecycle's lock inside it, never the reverse. Lifecycles
-report "idle or unloaded" through ``on_idle`` after releasing their own lock; that only
-bumps a counter under ``_idle`` (a small lock never held for long), and only while some
-load is waiting, so a call's hot path pays one attribute read.
+Locks: ``_lock`` (re-entrant) guards the table of models, the loads waiting for room
+(``_admitting``: they hold no memory yet, so they never count against each other) and the
+reservations of admitted loads; it is held while deciding and while unloading a victim (so
+loads are admitted one at a time), and may take a lifecycle's lock inside it, never the
+reverse. Lifecycles report "idle or unloaded" through ``on_idle`` after releasing their own
+lock; that only bumps a counter under ``_idle`` (a small lock never held for long), and only
+while some load is waiting, so a call's hot path pays one attribute read.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Models:
         self._lock = threading.RLock()
         self._embedders: dict[str, Embedder] = {}
         self._reserved: dict[str, float] = {}  # name → MB held for a load in progress
+        self._admitting: set[str] = set()  # loads still waiting for room: they hold nothing
         self._measured: dict[str, float] = {}  # name → the largest MB a load of it added
         self._idle = threading.Condition(threading.Lock())
         self._generation = 0  # bumped (under _idle) when a model goes idle or unloads
@@ -170,33 +172,41 @@ class Models:
         need = self.footprint_mb(embedder)
         deadline = self._clock() + self.settings.load_timeout
         with self._lock:
-            while True:
-                with self._idle:
-                    generation = self._generation
-                    self._waiters += 1
-                try:
-                    if self._try_make_room(name, need):
-                        self._reserved[name] = need
-                        break
-                    remaining = deadline - self._clock()
-                    if remaining <= 0:
-                        raise ModelBusyError(self._busy_message(name, need))
-                    self._lock.release()  # let others unload or finish while we wait
-                    try:
-                        with self._idle:
-                            if self._generation == generation:
-                                self._idle.wait(min(remaining, 1.0))
-                    finally:
-                        self._lock.acquire()
-                finally:
-                    with self._idle:
-                        self._waiters -= 1
+            self._admitting.add(name)
+            try:
+                self._wait_for_room(name, need, deadline)
+            finally:
+                self._admitting.discard(name)
         try:
             yield
         finally:
             with self._lock:
                 self._reserved.pop(name, None)
             self._on_idle()  # the reservation is gone: another waiting load may fit now
+
+    def _wait_for_room(self, name: str, need: float, deadline: float) -> None:
+        """Under _lock (released while waiting): returns once ``name`` holds a reservation."""
+        while True:
+            with self._idle:
+                generation = self._generation
+                self._waiters += 1
+            try:
+                if self._try_make_room(name, need):
+                    self._reserved[name] = need
+                    return
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise ModelBusyError(self._busy_message(name, need))
+                self._lock.release()  # let others unload or finish while we wait
+                try:
+                    with self._idle:
+                        if self._generation == generation:
+                            self._idle.wait(min(remaining, 1.0))
+                finally:
+                    self._lock.acquire()
+            finally:
+                with self._idle:
+                    self._waiters -= 1
 
     def _try_make_room(self, name: str, need: float) -> bool:
         """Under _lock: True when ``name`` fits; unloads victims (LRU, unpinned first)."""
@@ -228,10 +238,14 @@ class Models:
                 )
 
     def _holders(self, *, exclude: str) -> list[tuple[Embedder, float]]:
-        """Models holding memory now (loading, loaded, unloading) with their MB."""
+        """Models holding memory now (loading, loaded, unloading) with their MB. A load
+        still waiting for room holds nothing yet: counting it would let two waiting loads
+        each wait for the other until load_timeout."""
         holders = []
         for other, embedder in self._embedders.items():
-            if other == exclude or embedder.lifecycle.state not in _HOLDS_MEMORY:
+            if other == exclude or other in self._admitting:
+                continue
+            if embedder.lifecycle.state not in _HOLDS_MEMORY:
                 continue
             if other in self._reserved:
                 mb = self._reserved[other]
