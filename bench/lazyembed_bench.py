@@ -49,7 +49,8 @@ FOOTPRINT_LONG = 64  # the largest batch: 64 long documents, truncated to 256 pi
 
 
 def make_embedder(variant: str, threads: int, **settings: Any) -> Embedder:
-    """An Embedder as the benchmark needs it: cache off, never idle-unloaded, fixed threads."""
+    """An Embedder as the benchmark needs it: cache off, never idle-unloaded, fixed threads
+    (so prepack_weights="auto" pre-packs, unless a caller says otherwise)."""
     from lazyembed import Embedder
 
     options: dict[str, Any] = {"cache_memory_mb": 0, "idle_timeout": "never"}
@@ -119,7 +120,8 @@ def footprint(variant: str, threads: int) -> dict[str, Any]:
 def cycles(variant: str, threads: int, n: int) -> dict[str, Any]:
     """RSS over n load → embed → unload cycles; growth = after cycle n - after cycle 10."""
     texts = corpus.sentences(min(n, 2000))
-    embedder = make_embedder(variant, threads)
+    # A model that comes and goes: what prepack_weights="auto" gives one with an idle timeout.
+    embedder = make_embedder(variant, threads, prepack_weights=False)
     embedder.prepare()
     gc.collect()
     before = rss_bytes()
@@ -207,10 +209,14 @@ def timeline(threads: int, idle_timeout_s: float, interval_s: float) -> dict[str
 # ---- time -----------------------------------------------------------------------------------
 
 
-def reload_latency(variant: str, threads: int, repeats: int) -> dict[str, Any]:
-    """unload_model() → embed(a NEW text) → first vector, in a warm process, in ms."""
+def reload_latency(variant: str, threads: int, repeats: int, prepack: bool) -> dict[str, Any]:
+    """unload_model() → embed(a NEW text) → first vector, in a warm process, in ms.
+
+    ``prepack`` False is what a model with an idle timeout gets (prepack_weights="auto"):
+    the model that reloads; True is what a never-idle model gets, shown for the trade.
+    """
     pool = corpus.sentences(repeats + 1)
-    embedder = make_embedder(variant, threads)
+    embedder = make_embedder(variant, threads, prepack_weights=prepack)
     embedder.embed(pool[0])  # warm: imports done, files in the page cache
     totals: list[float] = []
     loads: list[float] = []
@@ -221,7 +227,7 @@ def reload_latency(variant: str, threads: int, repeats: int) -> dict[str, Any]:
         totals.append(1000.0 * (time.perf_counter() - started))
         loads.append(float(embedder.get_memory_usage()["last_load_ms"]))
     return {
-        "contender": f"lazyembed-{variant}",
+        "contender": f"lazyembed-{variant}{'-prepacked' if prepack else ''}",
         "threads": threads,
         "repeats": repeats,
         "ms": spread(totals),
@@ -557,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_argument("--variant", choices=("fp32", "int8"), default="fp32")
         if name == "reload":
             sub.add_argument("--repeats", type=int, default=20)
+            sub.add_argument("--prepack", action="store_true", help="prepack_weights=true")
     peer = commands.add_parser("peer-reload", help="sentence-transformers' reload latency")
     peer.add_argument("--repeats", type=int, default=20)
     cyc = commands.add_parser("cycles")
@@ -596,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "footprint":
         result = footprint(args.variant, threads)
     elif args.command == "reload":
-        result = reload_latency(args.variant, threads, args.repeats)
+        result = reload_latency(args.variant, threads, args.repeats, args.prepack)
     elif args.command == "peer-reload":
         result = peer_reload(threads, args.repeats)
     elif args.command == "cycles":

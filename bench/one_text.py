@@ -1,6 +1,8 @@
 """One short text per call, the call made most: calls/s and per-call latency (p50, p99).
 
-lazyembed: `Embedder.embed(str)` (cache off, so every call runs the model);
+lazyembed: `Embedder.embed(str)` (cache off, so every call runs the model; never idle, so
+``prepack_weights = "auto"`` pre-packs; ``lazyembed-unpacked`` is the same with
+``prepack_weights = false``, what a model with an idle timeout runs);
 fastembed: ``list(TextEmbedding.embed([text]))``; sentence-transformers:
 ``SentenceTransformer.encode([text])`` (both through bench.peers, same threads). Each
 contender is one long-lived subprocess; they are driven in turn for a second each, many
@@ -28,15 +30,19 @@ from typing import Any
 from bench import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONTENDERS = ("lazyembed", "fastembed", "sentence-transformers")
+DEFAULT_CONTENDERS = ("lazyembed", "lazyembed-unpacked", "fastembed", "sentence-transformers")
 WARMUP_CALLS = 30
 
 
 def _load(name: str, threads: int) -> Callable[[str], object]:
-    if name == "lazyembed":
+    if name in ("lazyembed", "lazyembed-unpacked"):
         from lazyembed import Embedder
 
-        embedder = Embedder(cache_memory_mb=0, idle_timeout="never", intra_op_threads=threads)
+        # Only the unpacked contender names the setting: an older checkout lacks it.
+        unpacked = {"prepack_weights": False} if name == "lazyembed-unpacked" else {}
+        embedder = Embedder(
+            cache_memory_mb=0, idle_timeout="never", intra_op_threads=threads, **unpacked
+        )
         return embedder.embed
     from bench import peers
 

@@ -119,7 +119,7 @@ def _ort_operator_split(
     """ONNX Runtime's session profiler: % of kernel time per operator type."""
     from lazyembed.runtime import load_tokenizer, padded_inputs
 
-    options = session_options(spec.threads, pre_optimized=spec.pre_optimized)
+    options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=spec.prepack)
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
@@ -166,7 +166,7 @@ def gemm_ceiling(spec: Any, hidden: int, intermediate: int, rows: int = GEMM_ROW
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = session_options(spec.threads, pre_optimized=False)
+    options = session_options(spec.threads, pre_optimized=False, prepack=spec.prepack)
     session = ort.InferenceSession(
         model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
     )

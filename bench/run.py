@@ -454,6 +454,7 @@ class Run:
         result: Result = {}
         for variant in ("fp32", "int8"):
             result[f"lazyembed-{variant}"] = lazy_bench(cfg, "reload", f"--variant={variant}", n)
+        result["lazyembed-fp32-prepacked"] = lazy_bench(cfg, "reload", "--prepack", n)
         result[REFERENCE] = lazy_bench(cfg, "peer-reload", n)
         rows = []
         for name, row in result.items():
@@ -463,7 +464,10 @@ class Run:
         markdown += (
             f"\n\nMedian (min-max) of {cfg.reload_repeats}, warm process (imports done, files "
             "in the page cache). lazyembed: `unload_model()` then `embed()` of a new text "
-            "(cache disabled). sentence-transformers: a fresh `SentenceTransformer(path)` + "
+            "(cache disabled), with the weights not pre-packed (what `prepack_weights = 'auto'` "
+            "gives a model with an idle timeout, the one that reloads); -prepacked: "
+            "`prepack_weights = true` (what a never-idle model gets: slower to load, faster "
+            "calls). sentence-transformers: a fresh `SentenceTransformer(path)` + "
             "encode of one sentence. lazyembed's load column is the lifecycle's own load event "
             "(the session; the Embedder keeps its tokenizer across unloads, no warm-up run)."
         )

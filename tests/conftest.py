@@ -40,9 +40,14 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_embedder() -> Iterator[object]:
-    """One real Embedder (cache off) for tests that only need vectors."""
+    """One real Embedder (cache off) for tests that only need vectors.
+
+    Never idle (tests must not race its unload), yet with the weights not pre-packed:
+    the layout a default Embedder (which has an idle timeout) runs, so its vectors are
+    bit-identical to the CLI's, the server's and the integrations' defaults.
+    """
     from lazyembed import Embedder
 
-    embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
+    embedder = Embedder(cache_memory_mb=0, idle_timeout="never", prepack_weights=False)
     yield embedder
     embedder.close()

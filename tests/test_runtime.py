@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
 import time
 from typing import Any
 
+import numpy as np
+import pytest
+
+from lazyembed import Embedder
 from lazyembed.runtime import (
     MAX_RUN_TOKENS,
     PAD_GROWTH,
@@ -61,7 +66,7 @@ def test_runs_are_bounded_by_padded_tokens() -> None:
 
 
 def test_workers_spin_only_briefly_and_only_within_a_run() -> None:
-    options = session_options(2, pre_optimized=True)
+    options = session_options(2, pre_optimized=True, prepack=False)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert options.get_session_config_entry("session.intra_op.spin_duration_us") == str(SPIN_US)
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
@@ -70,9 +75,11 @@ def test_workers_spin_only_briefly_and_only_within_a_run() -> None:
     assert options.intra_op_num_threads == 2
 
 
-def test_an_idle_loaded_model_uses_no_cpu(shared_embedder: Any) -> None:
+@pytest.mark.parametrize("prepack", [False, True])
+def test_an_idle_loaded_model_uses_no_cpu(shared_embedder: Any, prepack: bool) -> None:
     """CPU time (not wall time) of the process while a loaded model sits idle."""
-    runtime = load_runtime(shared_embedder.prepare().spec)
+    spec = dataclasses.replace(shared_embedder.prepare().spec, prepack=prepack)
+    runtime = load_runtime(spec)
     try:
         for _ in range(5):
             runtime.encode(["a short sentence to wake the thread pool"])
@@ -110,3 +117,38 @@ def test_only_big_runs_shrink_the_arena(shared_embedder: Any) -> None:
     assert recorder.shrank == [False, True, False, True]
     assert SHRINK_AFTER_TOKENS <= 256
     runtime.close()
+
+
+TEXTS = ["a short query", "a somewhat longer sentence about memory-mapped weights", ""]
+
+
+def test_prepacked_weights_give_the_same_vectors_by_other_kernels(shared_embedder: Any) -> None:
+    spec = shared_embedder.prepare().spec
+    assert spec.prepack is False  # the fixture pins the default layout
+    plain = OnnxRuntime(dataclasses.replace(spec, prepack=False))
+    packed = OnnxRuntime(dataclasses.replace(spec, prepack=True))
+    try:
+        entry = "session.disable_prepacking"
+        assert plain._session.get_session_options().get_session_config_entry(entry) == "1"
+        assert packed._session.get_session_options().get_session_config_entry(entry) == "0"
+        a, b = plain.encode(TEXTS).vectors, packed.encode(TEXTS).vectors
+        assert np.allclose(a, b, atol=1e-5)
+        # The packed kernels really ran: they round differently in the last bits.
+        assert not np.array_equal(a, b)
+    finally:
+        plain.close()
+        packed.close()
+
+
+def test_auto_prepacks_a_model_that_never_idles_out_and_keeps_its_bits_across_reloads() -> None:
+    staying = Embedder(cache_memory_mb=0, idle_timeout="never")
+    coming_and_going = Embedder(cache_memory_mb=0, idle_timeout="5m")
+    try:
+        assert staying.prepare().spec.prepack is True
+        assert coming_and_going.prepare().spec.prepack is False
+        first = staying.embed_numpy(TEXTS)
+        assert staying.unload_model()
+        assert np.array_equal(staying.embed_numpy(TEXTS), first)  # one layout per Embedder
+    finally:
+        staying.close()
+        coming_and_going.close()

@@ -15,6 +15,7 @@ from lazyembed.config import (
     Settings,
     effective_threads,
     load_settings,
+    prepack_resolved,
 )
 from lazyembed.errors import ConfigError
 
@@ -224,6 +225,8 @@ def test_file_types_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("LAZYEMBED_PRESSURE_CHECK_INTERVAL", "never"),
         ("LAZYEMBED_GRACEFUL_TIMEOUT", "0"),
         ("LAZYEMBED_INTRA_OP_THREADS", "0"),
+        ("LAZYEMBED_PREPACK_WEIGHTS", "sometimes"),
+        ("LAZYEMBED_PREPACK_WEIGHTS", "2"),
         ("LAZYEMBED_HOST", "  "),
         ("LAZYEMBED_URL", "localhost:80"),
     ],
@@ -340,3 +343,32 @@ def test_effective_threads() -> None:
     expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     threads = effective_threads(Settings())
     assert threads >= 1 and (expected is None or threads == expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "idle_timeout", "expected"),
+    [
+        ("auto", "never", True),  # loaded once per process: the faster calls win
+        ("auto", "5m", False),  # comes and goes: the quicker reload wins
+        ("auto", 0, False),
+        (True, "5m", True),
+        ("on", "5m", True),
+        (False, "never", False),
+        ("0", "never", False),
+    ],
+)
+def test_prepack_weights_auto_follows_the_idle_timeout(
+    value: object, idle_timeout: object, expected: bool
+) -> None:
+    settings = load_settings(prepack_weights=value, idle_timeout=idle_timeout)
+    assert prepack_resolved(settings) is expected
+
+
+def test_prepack_weights_from_env_and_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().prepack_weights == "auto"
+    monkeypatch.setenv("LAZYEMBED_PREPACK_WEIGHTS", " Auto ")
+    assert load_settings().prepack_weights == "auto"
+    monkeypatch.setenv("LAZYEMBED_PREPACK_WEIGHTS", "yes")
+    assert load_settings().prepack_weights is True
+    with pytest.raises(ConfigError, match="expected auto, true or false"):
+        load_settings(prepack_weights=1.5)

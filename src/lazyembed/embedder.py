@@ -42,6 +42,7 @@ from lazyembed.config import (
     load_settings,
     parse_duration,
     parse_keep_alive,
+    prepack_resolved,
 )
 from lazyembed.errors import ConfigError, InputTypeError, InvalidInputError
 from lazyembed.inputs import check_text, normalize_inputs
@@ -164,12 +165,15 @@ class Embedder:
             precision=settings.precision,
             compile_cache_dir=str(settings.model_cache_dir),
             lowercase=info.do_lower_case,
+            prepack=prepack_resolved(settings),
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()
         fingerprint = (
             f"{converted.fingerprint};{info.fingerprint_part()};tokenizer={tokenizer_sha[:24]}"
         )
+        if spec.prepack:  # other kernels, other last bits: cached vectors stay bit-exact
+            fingerprint += ";prepacked"
         cache = None
         wanted = settings.cache
         if wanted.memory_mb > 0 or wanted.persistent:

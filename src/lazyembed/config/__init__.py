@@ -23,6 +23,7 @@ from lazyembed.config.settings import (
     CacheSettings,
     Isolation,
     Precision,
+    PrepackWeights,
     PressureSettings,
     ServerSettings,
     Settings,
@@ -33,6 +34,7 @@ from lazyembed.config.settings import (
     effective_cache_path,
     effective_threads,
     load_settings,
+    prepack_resolved,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "KeepAlive",
     "KeepAliveLike",
     "Precision",
+    "PrepackWeights",
     "PressureSettings",
     "ServerSettings",
     "Settings",
@@ -60,4 +63,5 @@ __all__ = [
     "parse_duration",
     "parse_keep_alive",
     "parse_positive_seconds",
+    "prepack_resolved",
 ]

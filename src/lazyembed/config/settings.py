@@ -47,6 +47,9 @@ Variant = Literal["fp32", "int8"]
 Backend = Literal["onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "auto"]
 Isolation = Literal["none", "process"]
+#: Pre-pack the weights for ONNX Runtime's matrix kernels when a model loads: True, False,
+#: or "auto" (only when the model never idles out, so a load is paid once).
+PrepackWeights = bool | Literal["auto"]
 
 
 def _default_model_cache_dir() -> Path:
@@ -124,6 +127,7 @@ class Settings:
     backend: Backend = "onnxruntime"  # "openvino": the lazyembed[openvino] extra
     precision: Precision = "fp32"  # OpenVINO's inference precision; "auto": bf16 if the CPU has it
     encode_batch_size: int = 32  # texts per ONNX run
+    prepack_weights: PrepackWeights = "auto"  # faster calls, slower (re)loads; see runtime/onnx.py
     intra_op_threads: int | None = None  # None → CPUs this process may run on
     idle_timeout: KeepAlive = DEFAULT_IDLE_TIMEOUT
     max_events: int = 64
@@ -241,6 +245,17 @@ def _optional_float(word: str, *, lo: float) -> Parser:
     return parse
 
 
+def _bool_or_auto(value: object, key: str, source: str) -> bool | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool | str | int):
+        try:
+            return _parse_bool(value, key, source)
+        except ConfigError:
+            pass
+    raise config_error(key, value, source, "expected auto, true or false")
+
+
 def _choice(*choices: str) -> Parser:
     def parse(value: object, key: str, source: str) -> str:
         if isinstance(value, str) and value.strip().lower() in choices:
@@ -336,6 +351,7 @@ def _keys() -> dict[str, Key]:
         "backend": _choice("onnxruntime", "openvino"),
         "precision": _choice("fp32", "bf16", "auto"),
         "encode_batch_size": _int(1, 4096),
+        "prepack_weights": _bool_or_auto,
         "intra_op_threads": _int(1, 1024, optional="auto"),
         "idle_timeout": _duration,
         "max_events": _int(1, 100_000),
@@ -508,6 +524,15 @@ def effective_threads(settings: Settings) -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def prepack_resolved(settings: Settings) -> bool:
+    """prepack_weights, with "auto" on only for a model that never idles out: its load is
+    paid once per process, so the faster calls win; a model that comes and goes keeps
+    the quicker reload."""
+    if settings.prepack_weights == "auto":
+        return settings.idle_timeout.kind == "forever"
+    return settings.prepack_weights
 
 
 def effective_cache_path(settings: Settings) -> Path:

@@ -61,6 +61,8 @@ class RuntimeSpec:
     #: Pool over a prompt's tokens too (False: ``encode(..., prompt_length=n)`` leaves the
     #: first n tokens of each text out of the pooling; the encoder still sees them).
     include_prompt: bool = True
+    #: Pre-pack the MatMul weights when the session is created (see `session_options`).
+    prepack: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,9 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
-def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
+def session_options(threads: int, *, pre_optimized: bool, prepack: bool) -> ort.SessionOptions:
     """Options measured to keep memory low, a quick (re)load, a short text fast and an idle
-    model at zero CPU."""
+    model at zero CPU; ``prepack`` trades a slower load for faster calls."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -98,11 +100,14 @@ def session_options(threads: int, *, pre_optimized: bool) -> ort.SessionOptions:
     # each time (slower by a third for long documents and batches of sentences, measured).
     # Its memory is handed back after big runs instead (see `OnnxRuntime._run_options`).
     options.enable_cpu_mem_arena = True
-    # Without pre-packing every MatMul re-lays its weights out in every run, which is
-    # most of a short text's time; with it, creating the session takes several times
-    # longer (a slower reload), and a session swapped in later would change the vectors'
-    # last bits between calls. The memory held once loaded is the same (measured).
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    # Pre-packing lays every MatMul's weights out for the matrix kernel once, when the
+    # session is created; without it each run re-lays them out, which is a large part of
+    # a short text's time. The price is a session that takes several times longer to
+    # create (page faults of the packed copy and the packing itself), so every reload is
+    # slower; the memory held once loaded is the same (the packed copy replaces the mapped
+    # weights). The two layouts round differently in the last bits (~1e-6), so one
+    # Embedder never mixes them: `prepack_weights` is resolved once, when it prepares.
+    options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
     # Within a run the intra-op workers spin between operators instead of sleeping: a
     # short text runs many small operators, and waking a sleeping worker for each costs
     # more than the operator. The spin is short (`SPIN_US`: the gap between two
@@ -130,7 +135,9 @@ class OnnxRuntime:
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
         self._session: ort.InferenceSession | None = ort.InferenceSession(
             spec.onnx_path,
-            sess_options=session_options(spec.threads, pre_optimized=spec.pre_optimized),
+            sess_options=session_options(
+                spec.threads, pre_optimized=spec.pre_optimized, prepack=spec.prepack
+            ),
             providers=["CPUExecutionProvider"],
         )
         self._output_names = ["last_hidden_state"]
