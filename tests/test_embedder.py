@@ -141,3 +141,24 @@ def test_module_functions_use_one_default_embedder() -> None:
     assert lazyembed.get_memory_usage()["model_loaded"] is True
     assert lazyembed.unload_model() is True
     assert lazyembed.unload_model() is False
+
+
+def test_the_cache_keeps_apart_vectors_of_other_kernels() -> None:
+    """Pre-packed weights and OpenVINO round the last bits differently from the default,
+    so their cached vectors live under other fingerprints (hits stay bit-exact)."""
+    configurations = {
+        "default": {},  # an idle timeout: not pre-packed
+        "never, not pre-packed": {"idle_timeout": "never", "prepack_weights": False},
+        "never": {"idle_timeout": "never"},  # auto: pre-packed
+        "openvino": {"idle_timeout": "never", "backend": "openvino"},
+    }
+    prepared = {}
+    for name, settings in configurations.items():
+        embedder = Embedder(cache_memory_mb=1, **settings)
+        prepared[name] = embedder.prepare()
+        embedder.close()
+    fingerprints = {name: p.fingerprint for name, p in prepared.items()}
+    assert fingerprints["default"] == fingerprints["never, not pre-packed"]
+    assert len({fingerprints["default"], fingerprints["never"], fingerprints["openvino"]}) == 3
+    assert prepared["never"].spec.prepack is True
+    assert prepared["openvino"].spec.prepack is False  # an ONNX Runtime option only

@@ -165,14 +165,18 @@ class Embedder:
             precision=settings.precision,
             compile_cache_dir=str(settings.model_cache_dir),
             lowercase=info.do_lower_case,
-            prepack=prepack_resolved(settings),
+            prepack=settings.backend == "onnxruntime" and prepack_resolved(settings),
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()
         fingerprint = (
             f"{converted.fingerprint};{info.fingerprint_part()};tokenizer={tokenizer_sha[:24]}"
         )
-        if spec.prepack:  # other kernels, other last bits: cached vectors stay bit-exact
+        # Other kernels round the last bits differently: keyed apart, cached vectors stay
+        # bit-identical to the ones this Embedder computes.
+        if spec.backend != "onnxruntime":
+            fingerprint += f";backend={spec.backend}-{spec.precision}"
+        elif spec.prepack:
             fingerprint += ";prepacked"
         cache = None
         wanted = settings.cache
