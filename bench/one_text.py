@@ -39,7 +39,9 @@ def _load(name: str, threads: int) -> Callable[[str], object]:
         from lazyembed import Embedder
 
         # Only the unpacked contender names the setting: an older checkout lacks it.
-        unpacked = {"prepack_weights": False} if name == "lazyembed-unpacked" else {}
+        unpacked: dict[str, Any] = (
+            {"prepack_weights": False} if name == "lazyembed-unpacked" else {}
+        )
         embedder = Embedder(
             cache_memory_mb=0, idle_timeout="never", intra_op_threads=threads, **unpacked
         )

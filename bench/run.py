@@ -50,6 +50,7 @@ LOCK_HELD_ENV = "LAZYEMBED_BENCH_LOCK_HELD"  # set by bench/run.sh, which holds 
 # Environment variables that may stay: they say where files live, not how lazyembed runs.
 KEPT_LAZYEMBED_ENV = frozenset({"LAZYEMBED_CACHE_DIR"})
 SERVER_CLIENTS = 16
+LONE_CLIENT_TEXTS = 300  # requests of the server section's one-client row
 
 Result = dict[str, Any]
 
@@ -773,6 +774,12 @@ class Run:
                         flush=True,
                     )
                 batch_after = _batch_metrics(base)
+                # One client, one sentence per request: the call an editor or agent makes.
+                lone_texts = texts[:LONE_CLIENT_TEXTS]
+                lone = [
+                    len(lone_texts) / asyncio.run(_drive(base, lone_texts, 1, timeout=300.0))
+                    for _ in range(cfg.server_repeats)
+                ]
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -795,6 +802,7 @@ class Run:
             "library_calls_of_clients_sentences_per_s": fed,
             "fraction_of_library_fed_like_server": fraction_fed,
             "mean_model_batch": mean_batch,
+            "lone_client_requests_per_s": spread(lone),
             "server_exit_code": proc.returncode,
         }
         rows = [
@@ -809,6 +817,7 @@ class Run:
                 fmt_spread(fed),
             ],
             ["server / library fed like the server", f"{100 * fraction_fed:.0f} %"],
+            ["server, 1 client, one sentence per request (requests/s)", fmt_spread(spread(lone))],
         ]
         markdown = md_table(["lazyembed fp32", "sentences/s"], rows) + (
             f"\n\n`lazyembed serve` on 127.0.0.1 (cache off, {cfg.threads} threads), "
@@ -820,7 +829,9 @@ class Run:
             "embeds the whole corpus in one call, sorted by length; a server only ever sees "
             "the texts its clients have sent, so the second comparison feeds the library "
             "the same stream, one call per "
-            f"{SERVER_CLIENTS} texts."
+            f"{SERVER_CLIENTS} texts. The lone client sends "
+            f"{min(LONE_CLIENT_TEXTS, len(texts))} requests in turn, "
+            "each after the last answer."
         )
         return result, markdown
 

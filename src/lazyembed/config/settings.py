@@ -102,7 +102,9 @@ class ServerSettings:
     max_inputs_per_request: int = 2048
     max_chars_per_input: int = 100_000
     max_body_bytes: int = 16 * 2**20
-    batch_wait_ms: float = 2.0
+    # 0: a lone request runs at once; requests arriving while a batch runs form the next
+    # one anyway. A wait (ms) also gathers a burst that reaches an idle server together.
+    batch_wait_ms: float = 0.0
     batch_max_inputs: int = 64
     batch_max_tokens: int = 4096
     graceful_timeout: float = 30.0
