@@ -508,6 +508,8 @@ class Embedder:
             "weights_sha256": prepared.converted.weights_sha256,
             "converter_version": prepared.converted.converter_version,
             "fingerprint": prepared.fingerprint,
+            "backend": prepared.spec.backend,
+            "prepacked_weights": prepared.spec.prepack,
             "dimension": prepared.info.dimension,
             "max_seq_length": prepared.info.max_seq_length,
         }
