@@ -10,10 +10,12 @@ import asyncio
 import hashlib
 import logging
 import re
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -260,3 +262,23 @@ def split_response(raw: bytes) -> tuple[int, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, body
+
+
+@contextmanager
+def uvicorn_runs_recorded(
+    monkeypatch: Any, record: Callable[[uvicorn.Config], None]
+) -> Iterator[None]:
+    """`lazyembed serve` up to uvicorn's run, which hands its config to ``record``
+    instead of serving; the signal handlers the command installs are put back after."""
+
+    def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
+        record(self.config)
+        self.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

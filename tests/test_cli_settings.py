@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from lazyembed import cli
+from server_helpers import uvicorn_runs_recorded
 
 
 class _StubHandler(BaseHTTPRequestHandler):
@@ -140,21 +140,9 @@ def test_an_unreachable_server_is_named_in_the_error(
 @pytest.fixture
 def recorded_serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     """`lazyembed serve` up to uvicorn's run, which records its config instead of serving."""
-    import uvicorn
-
     ran: list[Any] = []
-
-    def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
-        ran.append(self.config)
-        self.started = True
-
-    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with uvicorn_runs_recorded(monkeypatch, ran.append):
         yield ran
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def test_graceful_timeout_comes_from_the_settings(

@@ -6,10 +6,8 @@ start serving; the app it would serve is inspected.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
@@ -18,7 +16,7 @@ from fastapi import FastAPI
 from lazyembed import cli
 from lazyembed.registry import Models
 from lazyembed.server.context import ServerContext
-from server_helpers import SERVED, free_port
+from server_helpers import SERVED, free_port, uvicorn_runs_recorded
 
 PORT = str(free_port())
 FIXTURE = str(Path(__file__).parent / "fixtures" / "models" / "bert-mean-norm")
@@ -29,19 +27,15 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerContext]]:
     """The server context of every app `lazyembed serve` would have served."""
     contexts: list[ServerContext] = []
 
-    def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
-        app = self.config.app
+    def record(config: uvicorn.Config) -> None:
+        app = config.app
         assert isinstance(app, FastAPI)
         contexts.append(app.state.server)
-        self.started = True
 
-    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield contexts
+        with uvicorn_runs_recorded(monkeypatch, record):
+            yield contexts
     finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
         for srv in contexts:
             assert isinstance(srv.source, Models)
             srv.source.close()
