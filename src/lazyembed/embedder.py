@@ -165,7 +165,7 @@ class Embedder:
             precision=settings.precision,
             compile_cache_dir=str(settings.model_cache_dir),
             lowercase=info.do_lower_case,
-            prepack=settings.backend == "onnxruntime" and prepack_resolved(settings),
+            prepack=prepack_resolved(settings),
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()

@@ -531,7 +531,9 @@ def effective_threads(settings: Settings) -> int:
 def prepack_resolved(settings: Settings) -> bool:
     """prepack_weights, with "auto" on only for a model that never idles out: its load is
     paid once per process, so the faster calls win; a model that comes and goes keeps
-    the quicker reload."""
+    the quicker reload. An ONNX Runtime option: always off for another backend."""
+    if settings.backend != "onnxruntime":
+        return False
     if settings.prepack_weights == "auto":
         return settings.idle_timeout.kind == "forever"
     return settings.prepack_weights
