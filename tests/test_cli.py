@@ -134,8 +134,8 @@ def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[
     assert Path(report["onnx_path"]).is_file()
     assert report["onnx_mb"] > 1 and len(report["weights_sha256"]) == 64
     assert report["source"] and report["dimension"] == 384
-    # The CLI's default idle timeout: a model that reloads, so prepack_weights=auto is off.
-    assert report["backend"] == "onnxruntime" and report["prepacked_weights"] is False
+    # The CLI's default idle timeout: a model that reloads, so auto pre-packs when busy.
+    assert report["backend"] == "onnxruntime" and report["prepack_weights"] == "when_busy"
 
 
 def test_loopback_detection() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from lazyembed import Embedder
+from lazyembed.errors import ClosedError
 from lazyembed.runtime import (
     MAX_RUN_TOKENS,
     PAD_GROWTH,
@@ -22,6 +25,7 @@ from lazyembed.runtime import (
     plan_batches,
     session_options,
 )
+from lazyembed.runtime import onnx as onnx_runtime
 from lazyembed.runtime.onnx import SHRINK_AFTER_TOKENS, SPIN_US
 
 
@@ -75,14 +79,20 @@ def test_workers_spin_only_briefly_and_only_within_a_run() -> None:
     assert options.intra_op_num_threads == 2
 
 
-@pytest.mark.parametrize("prepack", [False, True])
-def test_an_idle_loaded_model_uses_no_cpu(shared_embedder: Any, prepack: bool) -> None:
+@pytest.mark.parametrize("prepack", ["never", "at_load", "when_busy"])
+def test_an_idle_loaded_model_uses_no_cpu(
+    shared_embedder: Any, prepack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CPU time (not wall time) of the process while a loaded model sits idle."""
+    monkeypatch.setattr(onnx_runtime, "PREPACK_AFTER_RUNS", 3)
     spec = dataclasses.replace(shared_embedder.prepare().spec, prepack=prepack)
     runtime = load_runtime(spec)
+    assert isinstance(runtime, OnnxRuntime)
     try:
         for _ in range(5):
             runtime.encode(["a short sentence to wake the thread pool"])
+        _wait_for_prepacking(runtime)
+        assert runtime.prepacked is (prepack != "never")
         before = sum(os.times()[:2])
         time.sleep(1.0)
         # Spinning workers would burn a good part of a core each for the whole second.
@@ -122,11 +132,16 @@ def test_only_big_runs_shrink_the_arena(shared_embedder: Any) -> None:
 TEXTS = ["a short query", "a somewhat longer sentence about memory-mapped weights", ""]
 
 
+def _wait_for_prepacking(runtime: OnnxRuntime) -> None:
+    if runtime._prepacking is not None:
+        runtime._prepacking.result()
+
+
 def test_prepacked_weights_give_the_same_vectors_by_other_kernels(shared_embedder: Any) -> None:
     spec = shared_embedder.prepare().spec
-    assert spec.prepack is False  # the fixture pins the default layout
-    plain = OnnxRuntime(dataclasses.replace(spec, prepack=False))
-    packed = OnnxRuntime(dataclasses.replace(spec, prepack=True))
+    assert spec.prepack == "never"  # the fixture pins the default layout
+    plain = OnnxRuntime(dataclasses.replace(spec, prepack="never"))
+    packed = OnnxRuntime(dataclasses.replace(spec, prepack="at_load"))
     try:
         entry = "session.disable_prepacking"
         assert plain._session.get_session_options().get_session_config_entry(entry) == "1"
@@ -144,11 +159,133 @@ def test_auto_prepacks_a_model_that_never_idles_out_and_keeps_its_bits_across_re
     staying = Embedder(cache_memory_mb=0, idle_timeout="never")
     coming_and_going = Embedder(cache_memory_mb=0, idle_timeout="5m")
     try:
-        assert staying.prepare().spec.prepack is True
-        assert coming_and_going.prepare().spec.prepack is False
+        assert staying.prepare().spec.prepack == "at_load"
+        assert coming_and_going.prepare().spec.prepack == "when_busy"
         first = staying.embed_numpy(TEXTS)
         assert staying.unload_model()
         assert np.array_equal(staying.embed_numpy(TEXTS), first)  # one layout per Embedder
     finally:
         staying.close()
         coming_and_going.close()
+
+
+def _when_busy(shared_embedder: Any, monkeypatch: pytest.MonkeyPatch) -> OnnxRuntime:
+    monkeypatch.setattr(onnx_runtime, "PREPACK_AFTER_RUNS", 3)
+    spec = dataclasses.replace(shared_embedder.prepare().spec, prepack="when_busy")
+    return OnnxRuntime(spec)
+
+
+def test_a_busy_model_swaps_in_prepacked_weights_in_the_background(
+    shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = _when_busy(shared_embedder, monkeypatch)
+    packed = OnnxRuntime(dataclasses.replace(runtime.spec, prepack="at_load"))
+
+    def one_by_one(model: OnnxRuntime) -> Any:  # one run per text
+        return np.stack([model.encode([text]).vectors[0] for text in TEXTS])
+
+    try:
+        runtime.encode(["run 1"])
+        runtime.encode(["run 2"])
+        assert not runtime.prepacked and runtime._prepacking is None  # counted in runs
+        before = one_by_one(runtime)  # runs 3-5 keep the session they started with
+        _wait_for_prepacking(runtime)
+        assert runtime.prepacked
+        after = one_by_one(runtime)
+        # Now the very kernels of a session pre-packed at load, bit for bit.
+        assert np.array_equal(after, one_by_one(packed))
+        assert np.allclose(before, after, atol=1e-5) and not np.array_equal(before, after)
+        swap = runtime._prepacking
+        for _ in range(10):  # one swap per load, however busy it stays
+            runtime.encode(["more"])
+        assert runtime._prepacking is swap
+    finally:
+        runtime.close()
+        packed.close()
+
+
+def test_close_waits_for_a_prepacking_under_way_and_drops_its_session(
+    shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = _when_busy(shared_embedder, monkeypatch)
+    real_new_session = runtime._new_session
+    creating, go_on = threading.Event(), threading.Event()
+    created: list[object] = []
+
+    def slow_new_session(*, prepack: bool) -> Any:
+        creating.set()
+        go_on.wait()
+        session = real_new_session(prepack=prepack)
+        created.append(session)
+        return session
+
+    monkeypatch.setattr(runtime, "_new_session", slow_new_session)
+    try:  # the process's one pre-packing thread must not stay blocked if this fails
+        for text in TEXTS:
+            runtime.encode([text])
+        assert creating.wait(timeout=30)
+        closing = threading.Thread(target=runtime.close)
+        closing.start()
+        closing.join(timeout=0.2)
+        assert closing.is_alive()  # waiting for the pre-packed session, not leaving it
+    finally:
+        go_on.set()
+    closing.join()
+    assert created and runtime._session is None and not runtime.prepacked
+    assert runtime._prepacking is not None and runtime._prepacking.done()
+    with pytest.raises(ClosedError):
+        runtime.encode(["after close"])
+
+
+def test_a_failed_prepacking_leaves_the_model_running_unpacked(
+    shared_embedder: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = _when_busy(shared_embedder, monkeypatch)
+    real_new_session = runtime._new_session
+
+    def failing(*, prepack: bool) -> Any:
+        if prepack:
+            raise MemoryError("no room for the packed copy")  # the sort of thing that fails
+        return real_new_session(prepack=prepack)
+
+    monkeypatch.setattr(runtime, "_new_session", failing)
+    try:
+        expected = runtime.encode(TEXTS).vectors
+        with caplog.at_level(logging.WARNING, logger="lazyembed"):
+            for text in TEXTS:  # three runs at least: the third starts the pre-packing
+                runtime.encode([text])
+            _wait_for_prepacking(runtime)
+        assert "pre-packing the weights failed" in caplog.text
+        assert not runtime.prepacked
+        assert np.array_equal(runtime.encode(TEXTS).vectors, expected)
+    finally:
+        runtime.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_prepacks_on_a_thread_of_its_own(
+    shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = _when_busy(shared_embedder, monkeypatch)
+    for text in TEXTS:  # the parent's pre-packing thread now exists
+        parent.encode([text])
+    _wait_for_prepacking(parent)
+    assert parent.prepacked
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its own pre-packing ran
+        code = 1
+        try:
+            child = OnnxRuntime(parent.spec)
+            for text in TEXTS:
+                child.encode([text])
+            assert child._prepacking is not None
+            child._prepacking.result(timeout=60)  # a thread copied from the parent: never
+            code = 0 if child.prepacked else 2
+            child.close()
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        parent.close()

@@ -348,20 +348,20 @@ def test_effective_threads() -> None:
 @pytest.mark.parametrize(
     ("value", "idle_timeout", "expected"),
     [
-        ("auto", "never", True),  # loaded once per process: the faster calls win
-        ("auto", "5m", False),  # comes and goes: the quicker reload wins
-        ("auto", 0, False),
-        (True, "5m", True),
-        ("on", "5m", True),
-        (False, "never", False),
-        ("0", "never", False),
+        ("auto", "never", "at_load"),  # loaded once per process: the faster calls win
+        ("auto", "5m", "when_busy"),  # comes and goes: a quick reload, then faster calls
+        ("auto", 0, "never"),  # unloaded after every call: never busy for long
+        (True, "5m", "at_load"),
+        ("on", "5m", "at_load"),
+        (False, "never", "never"),
+        ("0", "never", "never"),
     ],
 )
 def test_prepack_weights_auto_follows_the_idle_timeout(
-    value: object, idle_timeout: object, expected: bool
+    value: object, idle_timeout: object, expected: str
 ) -> None:
     settings = load_settings(prepack_weights=value, idle_timeout=idle_timeout)
-    assert prepack_resolved(settings) is expected
+    assert prepack_resolved(settings) == expected
 
 
 def test_prepack_weights_from_env_and_its_default(monkeypatch: pytest.MonkeyPatch) -> None:

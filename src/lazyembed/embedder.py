@@ -173,11 +173,14 @@ class Embedder:
             f"{converted.fingerprint};{info.fingerprint_part()};tokenizer={tokenizer_sha[:24]}"
         )
         # Other kernels round the last bits differently: keyed apart, cached vectors stay
-        # bit-identical to the ones this Embedder computes.
+        # bit-identical to the ones this Embedder computes (a "when_busy" one computes
+        # both layouts, so it keeps a key of its own and leaves the others pure).
         if spec.backend != "onnxruntime":
             fingerprint += f";backend={spec.backend}-{spec.precision}"
-        elif spec.prepack:
+        elif spec.prepack == "at_load":
             fingerprint += ";prepacked"
+        elif spec.prepack == "when_busy":
+            fingerprint += ";prepacked-when-busy"
         cache = None
         wanted = settings.cache
         if wanted.memory_mb > 0 or wanted.persistent:
@@ -509,7 +512,7 @@ class Embedder:
             "converter_version": prepared.converted.converter_version,
             "fingerprint": prepared.fingerprint,
             "backend": prepared.spec.backend,
-            "prepacked_weights": prepared.spec.prepack,
+            "prepack_weights": prepared.spec.prepack,
             "dimension": prepared.info.dimension,
             "max_seq_length": prepared.info.max_seq_length,
         }

@@ -50,6 +50,9 @@ Isolation = Literal["none", "process"]
 #: Pre-pack the weights for ONNX Runtime's matrix kernels when a model loads: True, False,
 #: or "auto" (only when the model never idles out, so a load is paid once).
 PrepackWeights = bool | Literal["auto"]
+#: When a session's weights are pre-packed: at load, in the background once the model
+#: is busy (see runtime/onnx.py), or never.
+PrepackMode = Literal["at_load", "when_busy", "never"]
 
 
 def _default_model_cache_dir() -> Path:
@@ -528,15 +531,21 @@ def effective_threads(settings: Settings) -> int:
     return os.cpu_count() or 1
 
 
-def prepack_resolved(settings: Settings) -> bool:
-    """prepack_weights, with "auto" on only for a model that never idles out: its load is
-    paid once per process, so the faster calls win; a model that comes and goes keeps
-    the quicker reload. An ONNX Runtime option: always off for another backend."""
+def prepack_resolved(settings: Settings) -> PrepackMode:
+    """When this Embedder's sessions pre-pack their weights. ``true``: at load; ``false``:
+    never. ``"auto"``: at load for a model that never idles out (its load is paid once per
+    process, so the faster calls win); for one that comes and goes, in the background once
+    a load has done a few runs (the reload stays quick, a busy model gets the faster
+    calls); never under an idle timeout of 0, which unloads after every call. An ONNX
+    Runtime option: always "never" for another backend."""
     if settings.backend != "onnxruntime":
-        return False
+        return "never"
     if settings.prepack_weights == "auto":
-        return settings.idle_timeout.kind == "forever"
-    return settings.prepack_weights
+        idle = settings.idle_timeout
+        if idle.kind == "forever":
+            return "at_load"
+        return "never" if idle.kind == "seconds" and idle.seconds == 0 else "when_busy"
+    return "at_load" if settings.prepack_weights else "never"
 
 
 def effective_cache_path(settings: Settings) -> Path:
