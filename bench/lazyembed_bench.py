@@ -120,7 +120,8 @@ def footprint(variant: str, threads: int) -> dict[str, Any]:
 def cycles(variant: str, threads: int, n: int) -> dict[str, Any]:
     """RSS over n load → embed → unload cycles; growth = after cycle n - after cycle 10."""
     texts = corpus.sentences(min(n, 2000))
-    # A model that comes and goes: what prepack_weights="auto" gives one with an idle timeout.
+    # A model that comes and goes: with an idle timeout, prepack_weights="auto" creates
+    # each load unpacked and a load serving one call never gets busy enough to pre-pack.
     embedder = make_embedder(variant, threads, prepack_weights=False)
     embedder.prepare()
     gc.collect()
@@ -212,8 +213,9 @@ def timeline(threads: int, idle_timeout_s: float, interval_s: float) -> dict[str
 def reload_latency(variant: str, threads: int, repeats: int, prepack: bool) -> dict[str, Any]:
     """unload_model() → embed(a NEW text) → first vector, in a warm process, in ms.
 
-    ``prepack`` False is what a model with an idle timeout gets (prepack_weights="auto"):
-    the model that reloads; True is what a never-idle model gets, shown for the trade.
+    ``prepack`` False is how a model with an idle timeout reloads (prepack_weights="auto"
+    creates the session unpacked and pre-packs only once that load is busy); True is what
+    a never-idle model gets at load, shown for the trade.
     """
     pool = corpus.sentences(repeats + 1)
     embedder = make_embedder(variant, threads, prepack_weights=prepack)

@@ -119,7 +119,8 @@ def _ort_operator_split(
     """ONNX Runtime's session profiler: % of kernel time per operator type."""
     from lazyembed.runtime import load_tokenizer, padded_inputs
 
-    options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=spec.prepack)
+    prepack = spec.prepack == "at_load"
+    options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=prepack)
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
