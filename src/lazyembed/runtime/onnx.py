@@ -49,10 +49,10 @@ SPIN_US = 20
 PREPACK_AFTER_RUNS = 16
 
 # One thread, for the whole process, creates every pre-packed session ("when_busy"). Not a
-# thread per load: glibc gives each new thread its own malloc arena, and the arenas of
-# short-lived threads kept ~0.5 MB more after every unload (24 → 30 MB after 20 cycles,
-# measured); one long-lived thread reuses one arena (flat at +1 MB). Created on first use;
-# idle it waits on a queue (no CPU). `_PREPACKER_LOCK` guards its creation.
+# thread per load: glibc gives each new thread its own malloc arena, and what short-lived
+# threads' arenas keep made the RSS left after unload creep up cycle after cycle; one
+# long-lived thread reuses one arena (docs/ARCHITECTURE.md, "Weight pre-packing"). Made
+# on first use; idle, it waits on a queue (no CPU). `_PREPACKER_LOCK` guards its creation.
 _PREPACKER_LOCK = threading.Lock()
 _prepacker: ThreadPoolExecutor | None = None
 
