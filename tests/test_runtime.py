@@ -7,7 +7,6 @@ import itertools
 import logging
 import os
 import random
-import threading
 import time
 from typing import Any
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 from lazyembed import Embedder
-from lazyembed.errors import ClosedError
 from lazyembed.runtime import (
     MAX_RUN_TOKENS,
     PAD_GROWTH,
@@ -91,7 +89,6 @@ def test_an_idle_loaded_model_uses_no_cpu(
     try:
         for _ in range(5):
             runtime.encode(["a short sentence to wake the thread pool"])
-        _wait_for_prepacking(runtime)
         assert runtime.prepacked is (prepack != "never")
         before = sum(os.times()[:2])
         time.sleep(1.0)
@@ -132,11 +129,6 @@ def test_only_big_runs_shrink_the_arena(shared_embedder: Any) -> None:
 TEXTS = ["a short query", "a somewhat longer sentence about memory-mapped weights", ""]
 
 
-def _wait_for_prepacking(runtime: OnnxRuntime) -> None:
-    if runtime._prepacking is not None:
-        runtime._prepacking.result()
-
-
 def test_prepacked_weights_give_the_same_vectors_by_other_kernels(shared_embedder: Any) -> None:
     spec = shared_embedder.prepare().spec
     assert spec.prepack == "never"  # the fixture pins the default layout
@@ -175,10 +167,11 @@ def _when_busy(shared_embedder: Any, monkeypatch: pytest.MonkeyPatch) -> OnnxRun
     return OnnxRuntime(spec)
 
 
-def test_a_busy_model_swaps_in_prepacked_weights_in_the_background(
+def test_a_busy_model_swaps_in_prepacked_weights(
     shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime = _when_busy(shared_embedder, monkeypatch)
+    unpacked = OnnxRuntime(dataclasses.replace(runtime.spec, prepack="never"))
     packed = OnnxRuntime(dataclasses.replace(runtime.spec, prepack="at_load"))
 
     def one_by_one(model: OnnxRuntime) -> Any:  # one run per text
@@ -186,55 +179,39 @@ def test_a_busy_model_swaps_in_prepacked_weights_in_the_background(
 
     try:
         runtime.encode(["run 1"])
+        first_session = runtime._session
         runtime.encode(["run 2"])
-        assert not runtime.prepacked and runtime._prepacking is None  # counted in runs
-        before = one_by_one(runtime)  # runs 3-5 keep the session they started with
-        _wait_for_prepacking(runtime)
+        assert not runtime.prepacked and runtime._session is first_session  # counted in runs
+        # Run 3 still runs on the mapped weights; the swap follows its vectors.
+        assert np.array_equal(runtime.encode(TEXTS[:1]).vectors, unpacked.encode(TEXTS[:1]).vectors)
         assert runtime.prepacked
         after = one_by_one(runtime)
         # Now the very kernels of a session pre-packed at load, bit for bit.
         assert np.array_equal(after, one_by_one(packed))
+        before = one_by_one(unpacked)
         assert np.allclose(before, after, atol=1e-5) and not np.array_equal(before, after)
-        swap = runtime._prepacking
+        swapped = runtime._session
         for _ in range(10):  # one swap per load, however busy it stays
             runtime.encode(["more"])
-        assert runtime._prepacking is swap
+        assert runtime._session is swapped
     finally:
-        runtime.close()
-        packed.close()
+        for model in (runtime, unpacked, packed):
+            model.close()
 
 
-def test_close_waits_for_a_prepacking_under_way_and_drops_its_session(
+def test_one_call_keeps_one_layout_across_the_swap(
     shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A call whose runs cross the mark finishes on the session it started with."""
     runtime = _when_busy(shared_embedder, monkeypatch)
-    real_new_session = runtime._new_session
-    creating, go_on = threading.Event(), threading.Event()
-    created: list[object] = []
-
-    def slow_new_session(*, prepack: bool) -> Any:
-        creating.set()
-        go_on.wait()
-        session = real_new_session(prepack=prepack)
-        created.append(session)
-        return session
-
-    monkeypatch.setattr(runtime, "_new_session", slow_new_session)
-    try:  # the process's one pre-packing thread must not stay blocked if this fails
-        for text in TEXTS:
-            runtime.encode([text])
-        assert creating.wait(timeout=30)
-        closing = threading.Thread(target=runtime.close)
-        closing.start()
-        closing.join(timeout=0.2)
-        assert closing.is_alive()  # waiting for the pre-packed session, not leaving it
+    unpacked = OnnxRuntime(dataclasses.replace(runtime.spec, prepack="never"))
+    texts = [f"text {i} " + "word " * (i * 40) for i in range(5)]  # lengths apart: 5 runs
+    try:
+        assert np.array_equal(runtime.encode(texts).vectors, unpacked.encode(texts).vectors)
+        assert runtime.prepacked
     finally:
-        go_on.set()
-    closing.join()
-    assert created and runtime._session is None and not runtime.prepacked
-    assert runtime._prepacking is not None and runtime._prepacking.done()
-    with pytest.raises(ClosedError):
-        runtime.encode(["after close"])
+        runtime.close()
+        unpacked.close()
 
 
 def test_a_failed_prepacking_leaves_the_model_running_unpacked(
@@ -252,40 +229,10 @@ def test_a_failed_prepacking_leaves_the_model_running_unpacked(
     try:
         expected = runtime.encode(TEXTS).vectors
         with caplog.at_level(logging.WARNING, logger="lazyembed"):
-            for text in TEXTS:  # three runs at least: the third starts the pre-packing
+            for text in TEXTS:  # three runs at least: the third tries to pre-pack
                 runtime.encode([text])
-            _wait_for_prepacking(runtime)
         assert "pre-packing the weights failed" in caplog.text
         assert not runtime.prepacked
         assert np.array_equal(runtime.encode(TEXTS).vectors, expected)
     finally:
         runtime.close()
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
-def test_a_forked_child_prepacks_on_a_thread_of_its_own(
-    shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    parent = _when_busy(shared_embedder, monkeypatch)
-    for text in TEXTS:  # the parent's pre-packing thread now exists
-        parent.encode([text])
-    _wait_for_prepacking(parent)
-    assert parent.prepacked
-    pid = os.fork()
-    if pid == 0:  # the child: exit 0 only if its own pre-packing ran
-        code = 1
-        try:
-            child = OnnxRuntime(parent.spec)
-            for text in TEXTS:
-                child.encode([text])
-            assert child._prepacking is not None
-            child._prepacking.result(timeout=60)  # a thread copied from the parent: never
-            code = 0 if child.prepacked else 2
-            child.close()
-        finally:
-            os._exit(code)
-    try:
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        parent.close()

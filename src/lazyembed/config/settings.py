@@ -47,11 +47,11 @@ Variant = Literal["fp32", "int8"]
 Backend = Literal["onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "auto"]
 Isolation = Literal["none", "process"]
-#: Pre-pack the weights for ONNX Runtime's matrix kernels when a model loads: True, False,
-#: or "auto" (only when the model never idles out, so a load is paid once).
+#: Pre-pack the weights for ONNX Runtime's matrix kernels: True (at load), False, or
+#: "auto" (at load when the model never idles out, else once a load is busy).
 PrepackWeights = bool | Literal["auto"]
-#: When a session's weights are pre-packed: at load, in the background once the model
-#: is busy (see runtime/onnx.py), or never.
+#: When a session's weights are pre-packed: at load, once the load is busy (see
+#: runtime/onnx.py), or never.
 PrepackMode = Literal["at_load", "when_busy", "never"]
 
 
@@ -534,10 +534,10 @@ def effective_threads(settings: Settings) -> int:
 def prepack_resolved(settings: Settings) -> PrepackMode:
     """When this Embedder's sessions pre-pack their weights. ``true``: at load; ``false``:
     never. ``"auto"``: at load for a model that never idles out (its load is paid once per
-    process, so the faster calls win); for one that comes and goes, in the background once
-    a load has done a few runs (the reload stays quick, a busy model gets the faster
-    calls); never under an idle timeout of 0, which unloads after every call. An ONNX
-    Runtime option: always "never" for another backend."""
+    process, so the faster calls win); for one that comes and goes, once a load has done
+    a few runs (the reload stays quick, a busy model gets the faster calls); never under
+    an idle timeout of 0, which unloads after every call. An ONNX Runtime option: always
+    "never" for another backend."""
     if settings.backend != "onnxruntime":
         return "never"
     if settings.prepack_weights == "auto":

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 
 from lazyembed import memory
-from lazyembed._fork import after_fork_in_child
 from lazyembed.errors import ClosedError
 from lazyembed.pooling import pool
 from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
@@ -45,32 +41,8 @@ SHRINK_AFTER_TOKENS = 256
 SPIN_US = 20
 #: Runs on the mapped weights before a "when_busy" session is pre-packed: enough to show
 #: the model is in use (a load that serves one call and idles out never pays for it),
-#: few enough that its cost (one pre-packed creation, in the background) is soon repaid.
+#: few enough that its cost (one pre-packed session creation) is soon repaid.
 PREPACK_AFTER_RUNS = 16
-
-# One thread, for the whole process, creates every pre-packed session ("when_busy"). Not a
-# thread per load: glibc gives each new thread its own malloc arena, and what short-lived
-# threads' arenas keep made the RSS left after unload creep up cycle after cycle; one
-# long-lived thread reuses one arena (docs/ARCHITECTURE.md, "Weight pre-packing"). Made
-# on first use; idle, it waits on a queue (no CPU). `_PREPACKER_LOCK` guards its creation.
-_PREPACKER_LOCK = threading.Lock()
-_prepacker: ThreadPoolExecutor | None = None
-
-
-def _prepacking_thread() -> ThreadPoolExecutor:
-    global _prepacker
-    with _PREPACKER_LOCK:
-        if _prepacker is None:
-            _prepacker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lazyembed-prepack")
-        return _prepacker
-
-
-@after_fork_in_child
-def _forget_the_parents_prepacking_thread() -> None:
-    """A forked child has no copy of the thread: the next pre-packing starts its own."""
-    global _PREPACKER_LOCK, _prepacker
-    _PREPACKER_LOCK = threading.Lock()
-    _prepacker = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +70,7 @@ class RuntimeSpec:
     #: first n tokens of each text out of the pooling; the encoder still sees them).
     include_prompt: bool = True
     #: When the MatMul weights are pre-packed (see `session_options`): "at_load",
-    #: "when_busy" (`OnnxRuntime` swaps a pre-packed session in) or "never".
+    #: "when_busy" (`OnnxRuntime` swaps in a pre-packed session once busy) or "never".
     prepack: PrepackMode = "never"
 
 
@@ -163,12 +135,14 @@ class OnnxRuntime:
     """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run()).
 
     With ``prepack = "when_busy"`` the session first runs on the memory-mapped weights,
-    so a (re)load gives its first vector quickly; after `PREPACK_AFTER_RUNS` runs a
-    thread creates a pre-packed session and swaps it in. A call keeps the session it
+    so a (re)load gives its first vector quickly. The call during which the load reaches
+    `PREPACK_AFTER_RUNS` runs creates a pre-packed session once its own vectors are done
+    and swaps it in, so it returns later by about one pre-packed load. It does so on its
+    own thread, on purpose: a helper thread's malloc arena kept the packed copy's pages
+    after unload (docs/ARCHITECTURE.md, "Weight pre-packing"). A call keeps the session it
     started with, so one call's vectors come from one layout; calls after the swap round
-    the last bits differently (~1e-7). ``_swap_lock`` guards ``_session`` against a swap
-    racing `close`; `encode` only reads the attribute (one reference, atomic). The one
-    pre-packing thread of the process does the work (see `_prepacking_thread`).
+    the last bits differently (~1e-7). `encode` reads ``_session`` once (one reference,
+    atomic); the old session goes with the last call holding it.
     """
 
     #: Padded tokens per ONNX run: bounds a call's working memory (see `plan_batches`).
@@ -179,15 +153,13 @@ class OnnxRuntime:
 
         self.spec = spec
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
-        self._swap_lock = threading.Lock()
         self._session: ort.InferenceSession | None = self._new_session(
             prepack=spec.prepack == "at_load"
         )
-        # Counts runs until the swap ("when_busy" only); next() on a count is atomic.
+        # Counts runs until the swap ("when_busy" only); next() on a count is atomic, so
+        # of concurrent calls exactly one sees the count reach the mark.
         self._runs = itertools.count(1)
         self._prepack_at_run = PREPACK_AFTER_RUNS if spec.prepack == "when_busy" else 0
-        self._prepacking: Future[None] | None = None
-        self._prepacking_pid = 0  # the process whose thread runs it (a fork has no copy)
         self._output_names = ["last_hidden_state"]
         # Shrink the arena at the end of big runs: the arena's speed within a run, not its
         # peak held between runs (the default arena keeps a big batch's whole peak).
@@ -217,28 +189,21 @@ class OnnxRuntime:
             session.get_session_options().get_session_config_entry(entry) == "0"
         )
 
-    def _start_prepacking(self) -> None:
-        with self._swap_lock:
-            if self._session is None:
-                return
-            self._prepacking = _prepacking_thread().submit(self._prepack_in_background)
-            self._prepacking_pid = os.getpid()
+    def _prepack(self) -> None:
+        """Swap in a pre-packed session; a failure leaves the mapped weights in use.
 
-    def _prepack_in_background(self) -> None:
-        """Create the pre-packed session (ONNX Runtime releases the GIL meanwhile), then
-        swap it in, unless `close` came first; a failure leaves the mapped weights."""
+        ONNX Runtime releases the GIL while it creates the session, so other threads'
+        calls go on meanwhile, on the old one."""
         started = time.perf_counter()
         try:
             packed = self._new_session(prepack=True)
         except Exception:
             log.warning("pre-packing the weights failed; runs go on unpacked", exc_info=True)
             return
-        with self._swap_lock:
-            if self._session is None:  # closed meanwhile: `packed` is dropped here
-                return
+        if self._session is not None:  # None: closed by a caller not using the lifecycle
             self._session = packed
-        # The old session goes with the last run still holding it; what creating the
-        # packed copy left in the heap goes back to the OS now.
+        del packed
+        # What creating the packed copy left in the heap goes back to the OS now.
         memory.trim_heap()
         log.info(
             "weights pre-packed in %.0f ms, after %d runs",
@@ -261,6 +226,7 @@ class OnnxRuntime:
         # Sorting by length wastes almost nothing on padding (unsorted, much is padding).
         order = np.argsort(lengths, kind="stable")
         largest = 0
+        prepack_now = False
         for start, end in plan_batches(
             lengths[order].tolist(), self.spec.batch_size, self.max_run_tokens
         ):
@@ -281,7 +247,10 @@ class OnnxRuntime:
             )
             largest = max(largest, ids.size)
             if self._prepack_at_run and next(self._runs) == self._prepack_at_run:
-                self._start_prepacking()
+                prepack_now = True
+        if prepack_now:
+            del session  # so the old session goes at the swap (unless a call still runs on it)
+            self._prepack()
         if largest >= TRIM_AFTER_TOKENS:
             # A big batch grew the heap; give it back now (cheap) rather than hold the
             # peak while the model sits idle.
@@ -289,14 +258,8 @@ class OnnxRuntime:
         return EncodeResult(out, lengths.tolist())
 
     def close(self) -> None:
-        """Drop the session; the caller returns the freed pages to the OS. A pre-packing
-        still under way is waited for (it cannot be cancelled), so its copy is freed
-        before that, not after."""
-        with self._swap_lock:
-            self._session = None
-            prepacking = self._prepacking
-        if prepacking is not None and self._prepacking_pid == os.getpid():
-            prepacking.result()  # never raises: failures are logged where they happen
+        """Drop the session; the caller returns the freed pages to the OS."""
+        self._session = None
 
 
 def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> LoadedModel:
