@@ -2,8 +2,8 @@
 
 lazyembed: `Embedder.embed(str)` (cache off, so every call runs the model; never idle, so
 ``prepack_weights = "auto"`` pre-packs at load; ``lazyembed-default`` keeps the default
-idle timeout, so its weights are pre-packed in the background once it is busy, during the
-warm-up; ``lazyembed-unpacked`` sets ``prepack_weights = false``);
+idle timeout, so its weights are pre-packed once it is busy (the 16th run, in the
+warm-up); ``lazyembed-unpacked`` sets ``prepack_weights = false``);
 fastembed: ``list(TextEmbedding.embed([text]))``; sentence-transformers:
 ``SentenceTransformer.encode([text])`` (both through bench.peers, same threads). Each
 contender is one long-lived subprocess; they are driven in turn for a second each, many
@@ -39,8 +39,6 @@ DEFAULT_CONTENDERS = (
     "sentence-transformers",
 )
 WARMUP_CALLS = 30
-#: After the warm-up: time for a background pre-packing to finish before the rounds.
-SETTLE_S = 1.0
 
 
 def _load(name: str, threads: int) -> Callable[[str], object]:
@@ -67,7 +65,6 @@ def serve(name: str, threads: int) -> None:
     call = _load(name, threads)
     for text in texts[:WARMUP_CALLS]:
         call(text)
-    time.sleep(SETTLE_S)
     i = 0
     print(json.dumps({"ready": name}), flush=True)
     for line in sys.stdin:
