@@ -73,6 +73,11 @@ class RuntimeSpec:
     #: "when_busy" (`OnnxRuntime` swaps in a pre-packed session once busy) or "never".
     prepack: PrepackMode = "never"
 
+    @property
+    def prepack_at_load(self) -> bool:
+        """Whether the session a load creates is pre-packed (the swap comes later)."""
+        return self.prepack == "at_load"
+
 
 @dataclass(frozen=True)
 class EncodeResult:
@@ -114,8 +119,8 @@ def session_options(threads: int, *, pre_optimized: bool, prepack: bool) -> ort.
     # a short text's time. The price is a session that takes several times longer to
     # create (page faults of the packed copy and the packing itself), so every reload is
     # slower; the memory held once loaded is the same (the packed copy replaces the mapped
-    # weights). The two layouts round differently in the last bits (~1e-6), so one
-    # Embedder never mixes them: `prepack_weights` is resolved once, when it prepares.
+    # weights). The two layouts round differently in the last bits (~1e-7); when each is
+    # used is `RuntimeSpec.prepack` (docs/ARCHITECTURE.md, "Weight pre-packing").
     options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
     # Within a run the intra-op workers spin between operators instead of sleeping: a
     # short text runs many small operators, and waking a sleeping worker for each costs
@@ -153,9 +158,7 @@ class OnnxRuntime:
 
         self.spec = spec
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
-        self._session: ort.InferenceSession | None = self._new_session(
-            prepack=spec.prepack == "at_load"
-        )
+        self._session: ort.InferenceSession | None = self._new_session(prepack=spec.prepack_at_load)
         # Counts runs until the swap ("when_busy" only); next() on a count is atomic, so
         # of concurrent calls exactly one sees the count reach the mark.
         self._runs = itertools.count(1)
@@ -203,8 +206,6 @@ class OnnxRuntime:
         if self._session is not None:  # None: closed by a caller not using the lifecycle
             self._session = packed
         del packed
-        # What creating the packed copy left in the heap goes back to the OS now.
-        memory.trim_heap()
         log.info(
             "weights pre-packed in %.0f ms, after %d runs",
             (time.perf_counter() - started) * 1e3,
@@ -251,9 +252,9 @@ class OnnxRuntime:
         if prepack_now:
             del session  # so the old session goes at the swap (unless a call still runs on it)
             self._prepack()
-        if largest >= TRIM_AFTER_TOKENS:
-            # A big batch grew the heap; give it back now (cheap) rather than hold the
-            # peak while the model sits idle.
+        if prepack_now or largest >= TRIM_AFTER_TOKENS:
+            # A big batch (or creating the packed copy) grew the heap; give it back now
+            # (cheap) rather than hold the peak while the model sits idle.
             memory.trim_heap()
         return EncodeResult(out, lengths.tolist())
 
