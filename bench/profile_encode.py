@@ -45,6 +45,7 @@ def profile(texts: Sequence[str], repeats: int, ort_profile: bool) -> dict[str, 
     import onnxruntime as ort
 
     from lazyembed import Embedder
+    from lazyembed.pooling import pool
     from lazyembed.runtime import OnnxRuntime, padded_inputs, plan_batches, session_options
 
     embedder = Embedder(cache_memory_mb=0, idle_timeout="never")
@@ -82,7 +83,7 @@ def profile(texts: Sequence[str], repeats: int, ort_profile: bool) -> dict[str, 
                 runtime._run_options,
             )[0]
             t2 = time.perf_counter()
-            runtime._pool(hidden_states, mask)
+            pool(hidden_states, mask, spec.pooling, normalize=spec.normalize)
             t3 = time.perf_counter()
             spent["inputs"] += t1 - t0
             spent["ort_run"] += t2 - t1
@@ -119,8 +120,9 @@ def _ort_operator_split(
     """ONNX Runtime's session profiler: % of kernel time per operator type."""
     from lazyembed.runtime import load_tokenizer, padded_inputs
 
-    prepack = spec.prepack == "at_load"
-    options = session_options(spec.threads, pre_optimized=spec.pre_optimized, prepack=prepack)
+    options = session_options(
+        spec.threads, pre_optimized=spec.pre_optimized, prepack=spec.prepack_at_load
+    )
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
@@ -167,7 +169,7 @@ def gemm_ceiling(spec: Any, hidden: int, intermediate: int, rows: int = GEMM_ROW
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = session_options(spec.threads, pre_optimized=False, prepack=spec.prepack)
+    options = session_options(spec.threads, pre_optimized=False, prepack=spec.prepack_at_load)
     session = ort.InferenceSession(
         model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
     )
