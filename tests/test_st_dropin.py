@@ -234,7 +234,7 @@ def test_int8_needs_two_texts_as_in_sentence_transformers(embedder: Embedder) ->
     with pytest.raises(InvalidInputError, match="precision='int8'"):
         embedder.encode("one text has no range", precision="int8")
     assert embedder.encode("x", precision="float32").dtype == np.float32
-    assert embedder.encode("x", precision=None).dtype == np.float32  # type: ignore[arg-type]
+    assert embedder.encode("x", precision=None).dtype == np.float32  # type: ignore[call-overload]
     with pytest.raises(InvalidInputError, match="'float16'"):
         embedder.encode("x", precision="float16")
 
@@ -274,7 +274,7 @@ def test_batch_size_is_checked_as_in_sentence_transformers(embedder: Embedder) -
         with pytest.raises(InvalidInputError, match="positive"):
             embedder.encode("x", batch_size=bad)
     with pytest.raises(InputTypeError, match="batch_size"):
-        embedder.encode("x", batch_size="8")  # type: ignore[arg-type]
+        embedder.encode("x", batch_size="8")  # type: ignore[call-overload]
     # sentence-transformers' own keywords that change nothing here
     assert embedder.encode("x", task="query", chunk_size=4).shape == (384,)
 

@@ -14,7 +14,7 @@ lazyembed cannot honour raises `UnsupportedOptionError` naming it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +77,46 @@ class SentenceTransformerMethods:
         raise NotImplementedError
 
     # ---- encode ---------------------------------------------------------------------------
+
+    @overload
+    def encode(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: Literal[True] = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized: ...
+
+    @overload
+    def encode(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized | list[Quantized]: ...
 
     def encode(
         self,
@@ -153,6 +193,46 @@ class SentenceTransformerMethods:
             return one
         return out if convert_to_numpy else list(out)
 
+    @overload
+    def encode_query(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: Literal[True] = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized: ...
+
+    @overload
+    def encode_query(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized | list[Quantized]: ...
+
     def encode_query(
         self,
         inputs: str | Iterable[str] | None = None,
@@ -192,6 +272,46 @@ class SentenceTransformerMethods:
             chunk_size,
             **kwargs,
         )
+
+    @overload
+    def encode_document(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: Literal[True] = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized: ...
+
+    @overload
+    def encode_document(
+        self,
+        inputs: str | Iterable[str] | None = ...,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: str | None = ...,
+        precision: str = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: bool = ...,
+        device: str | None = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+        pool: object = ...,
+        chunk_size: int | None = ...,
+        **kwargs: Any,
+    ) -> Quantized | list[Quantized]: ...
 
     def encode_document(
         self,
