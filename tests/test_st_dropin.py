@@ -353,13 +353,33 @@ def test_tokenize_matches_sentence_transformers(
         embedder.tokenize(["x"], padding="max_length")
 
 
-def test_tokenize_xlmr_pads_with_its_pad_token() -> None:
-    folder = MODELS / "xlmr-mean-norm"
+#: Per architecture: the keys Hugging Face's tokenizer returns and its pad token id, as
+#: sentence-transformers' tokenize gives them for the fixture models.
+TOKENIZER_OUTPUT = {
+    "bert": (["input_ids", "token_type_ids", "attention_mask"], 0),
+    "xlm-roberta": (["input_ids", "attention_mask"], 1),
+}
+FIXTURE_NAMES = [
+    entry["path"] for entry in json.loads((MODELS / "manifest.json").read_text())["fixtures"]
+]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_tokenize_every_fixture_model(name: str) -> None:
+    """sentence-transformers' ids (reference.json; lowercasing, truncation, XLM-R
+    included), padded as its tokenizer pads, with its keys."""
+    folder = MODELS / name
     reference = json.loads((folder / "reference.json").read_text())
-    texts = reference["texts"][:6]
-    tokens = Host(folder).tokenize(texts)
-    assert list(tokens) == ["input_ids", "attention_mask"]  # no token_type_ids, as HF's
-    for row, want in enumerate(reference["input_ids"][:6]):
-        length = int(tokens["attention_mask"][row].sum())
-        assert tokens["input_ids"][row, :length].tolist() == want
-        assert set(tokens["input_ids"][row, length:].tolist()) <= {1}  # XLM-R's <pad>
+    host = Host(folder)
+    keys, pad = TOKENIZER_OUTPUT[host.info.encoder.model_type]
+    # The reference ids are of what encode() tokenized: the default prompt, if any, first.
+    prompt = reference["prompts"].get(reference["default_prompt_name"] or "", "")
+    tokens = host.tokenize([prompt + text for text in reference["texts"]])
+    assert list(tokens) == keys
+    mask = tokens["attention_mask"]
+    assert mask.shape[1] == max(len(ids) for ids in reference["input_ids"])
+    for row, want in enumerate(reference["input_ids"]):
+        length = int(mask[row].sum())
+        assert tokens["input_ids"][row, :length].tolist() == want, row
+        assert set(tokens["input_ids"][row, length:].tolist()) <= {pad}
+        assert mask[row, :length].all()
