@@ -25,6 +25,7 @@ _EXPORTS = {
     "ModelCacheError": "lazyembed.errors",
     "PromptNotFoundError": "lazyembed.errors",
     "UnsupportedModelError": "lazyembed.errors",
+    "UnsupportedOptionError": "lazyembed.errors",
     "WorkerTimeoutError": "lazyembed.errors",
     "BackendUnavailableError": "lazyembed.errors",
     "get_default_embedder": "lazyembed.api",
@@ -63,6 +64,7 @@ __all__ = [
     "Models",
     "PromptNotFoundError",
     "UnsupportedModelError",
+    "UnsupportedOptionError",
     "WorkerDiedError",
     "WorkerTimeoutError",
     "__version__",
@@ -112,6 +114,7 @@ if TYPE_CHECKING:
         ModelNotFoundError,
         PromptNotFoundError,
         UnsupportedModelError,
+        UnsupportedOptionError,
         WorkerDiedError,
         WorkerTimeoutError,
     )

@@ -44,7 +44,7 @@ from lazyembed.config import (
     parse_keep_alive,
     prepack_resolved,
 )
-from lazyembed.errors import ConfigError, InputTypeError, InvalidInputError
+from lazyembed.errors import ConfigError, InputTypeError
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
@@ -55,6 +55,7 @@ from lazyembed.models.resolve import ResolvedModel, canonical_spec, resolve_mode
 from lazyembed.pressure import PressureMonitor
 from lazyembed.report import MemoryReport
 from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runtime, load_tokenizer
+from lazyembed.st_dropin import SentenceTransformerMethods
 
 FloatArray = npt.NDArray[np.float32]
 #: Marks the cache keys of texts whose prompt is left out of the pooling (a lone
@@ -83,7 +84,7 @@ class PreparedModel:
     prompts: Prompts
 
 
-class Embedder:
+class Embedder(SentenceTransformerMethods):
     """Sentence embeddings whose model is loaded on first use and unloaded when idle."""
 
     def __init__(
@@ -524,46 +525,10 @@ class Embedder:
         if prepared is not None and prepared.cache is not None:
             prepared.cache.close()
 
-    def encode(
-        self,
-        sentences: str | Iterable[str],
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-        convert_to_numpy: bool = True,
-        convert_to_tensor: bool = False,
-        normalize_embeddings: bool | None = None,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        **kwargs: Any,
-    ) -> FloatArray | list[FloatArray]:
-        """sentence-transformers' ``SentenceTransformer.encode``, for drop-in use.
+    # ---- sentence-transformers drop-in (the methods are SentenceTransformerMethods') ---
 
-        A str gives a 1-D array, a list a 2-D float32 array (``convert_to_numpy=False``: a
-        list of 1-D arrays). ``normalize_embeddings=True`` L2-normalises. ``batch_size``
-        and ``show_progress_bar`` are accepted and ignored (the batch size is a setting).
-        Keywords: ``keep_alive`` and ``device="cpu"``; tensors would need torch, which
-        lazyembed never imports.
-        """
-        if convert_to_tensor:
-            raise InvalidInputError(
-                "encode(convert_to_tensor=True) needs torch, which lazyembed does not use: "
-                "keep convert_to_numpy=True and call torch.from_numpy() on the result"
-            )
-        keep_alive = kwargs.pop("keep_alive", None)
-        if kwargs.pop("device", None) not in (None, "cpu"):
-            raise InvalidInputError("lazyembed runs on the CPU only: pass device='cpu' or None")
-        if kwargs:
-            raise InvalidInputError(f"encode() does not support the argument(s) {sorted(kwargs)}")
-        if isinstance(sentences, (list, tuple)) and not sentences:  # as ST: nothing in, none out
-            empty = np.empty((0, self.get_embedding_dimension()), dtype=np.float32)
-            return empty if convert_to_numpy else []
-        vectors = self.embed_numpy(
-            sentences, keep_alive=keep_alive, prompt_name=prompt_name, prompt=prompt
-        )
-        if normalize_embeddings:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
-        if isinstance(sentences, str):
-            one: FloatArray = vectors[0]
-            return one
-        return vectors if convert_to_numpy else list(vectors)
+    def _dropin_info(self) -> ModelInfo:
+        return self.prepare().info
+
+    def _dropin_tokenizer(self) -> Tokenizer:
+        return self._counting_tokenizer()

@@ -34,6 +34,11 @@ class PromptNotFoundError(InvalidInputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnsupportedOptionError(InvalidInputError):
+    """A sentence-transformers option lazyembed cannot honour (tensors, token embeddings,
+    setting max_seq_length, ...); the message names it and what to do instead."""
+
+
 class ConfigError(LazyEmbedError, ValueError):
     """A setting is invalid; the message names the key, the value and where it came from."""
 
