@@ -25,6 +25,7 @@ from lazyembed.runtime import (
     load_tokenizer,
     padded_inputs,
 )
+from lazyembed.runtime.tokens import tokenizer_class
 
 LIMIT = 256
 
@@ -215,3 +216,74 @@ def test_a_reload_reuses_the_embedders_tokenizer(shared_embedder: Any) -> None:
         assert runtime.tokenizer is kept
     finally:
         runtime.close()
+
+
+# ---- the tokenizer class transformers would load (XLM-R's pre-tokenizer) -------------------
+
+XLMR_FIXTURE = Path(__file__).parent / "fixtures" / "models" / "xlmr-classic-fast-class"
+
+
+def _folder(tmp_path: Path, tokenizer_config: dict[str, Any] | None, **config: Any) -> Path:
+    """A copy of an XLM-R fixture's tokenizer.json with the given configs beside it."""
+    import json
+    import shutil
+
+    shutil.copyfile(XLMR_FIXTURE / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    if tokenizer_config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(
+            json.dumps(tokenizer_config), encoding="utf-8"
+        )
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_config", "config", "expected"),
+    [
+        ({"tokenizer_class": "XLMRobertaTokenizer"}, {}, ("XLMRobertaTokenizer", True)),
+        ({"tokenizer_class": "XLMRobertaTokenizerFast"}, {}, ("XLMRobertaTokenizer", True)),
+        (
+            {"tokenizer_class": "TokenizersBackend"},
+            {"model_type": "xlm-roberta"},
+            ("TokenizersBackend", True),
+        ),
+        (None, {"model_type": "xlm-roberta"}, ("XLMRobertaTokenizer", True)),
+        (
+            {},
+            {"model_type": "xlm-roberta", "tokenizer_class": "TokenizersBackend"},
+            ("TokenizersBackend", True),
+        ),
+        (
+            {"add_prefix_space": False},
+            {"model_type": "xlm-roberta"},
+            ("XLMRobertaTokenizer", False),
+        ),
+        ({}, {"model_type": "bert"}, ("BertTokenizer", True)),
+        (None, {}, (None, True)),
+    ],
+)
+def test_the_tokenizer_class_is_the_one_autotokenizer_picks(
+    tmp_path: Path,
+    tokenizer_config: dict[str, Any] | None,
+    config: dict[str, Any],
+    expected: tuple[str | None, bool],
+) -> None:
+    assert tokenizer_class(_folder(tmp_path, tokenizer_config, **config)) == expected
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_config", "pieces"),
+    [
+        ({"tokenizer_class": "XLMRobertaTokenizerFast"}, ["▁x"]),  # whitespace split first
+        ({"tokenizer_class": "TokenizersBackend"}, ["▁x", "▁"]),  # tokenizer.json as is
+        ({"tokenizer_class": "XLMRobertaTokenizer", "add_prefix_space": False}, ["x"]),
+    ],
+)
+def test_xlmr_pre_tokenizer_follows_the_class(
+    tmp_path: Path, tokenizer_config: dict[str, Any], pieces: list[str]
+) -> None:
+    folder = _folder(tmp_path, tokenizer_config, model_type="xlm-roberta")
+    tokenizer = load_tokenizer(str(folder / "tokenizer.json"), LIMIT)
+    assert tokenizer.pre_tokenizer is not None
+    got = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(" x ")]
+    assert got == pieces
