@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Encoding, Tokenizer
 
+from lazyembed.models.tokenizer_class import TokenizerClass, tokenizer_class
 from lazyembed.pooling import pool
 from lazyembed.runtime import (
     OnnxRuntime,
@@ -25,7 +26,6 @@ from lazyembed.runtime import (
     load_tokenizer,
     padded_inputs,
 )
-from lazyembed.runtime.tokens import tokenizer_class
 
 LIMIT = 256
 
@@ -237,36 +237,43 @@ def _folder(tmp_path: Path, tokenizer_config: dict[str, Any] | None, **config: A
     return tmp_path
 
 
+XLMR = "XLMRobertaTokenizer"
+
+
 @pytest.mark.parametrize(
     ("tokenizer_config", "config", "expected"),
     [
-        ({"tokenizer_class": "XLMRobertaTokenizer"}, {}, ("XLMRobertaTokenizer", True)),
-        ({"tokenizer_class": "XLMRobertaTokenizerFast"}, {}, ("XLMRobertaTokenizer", True)),
+        (
+            {"tokenizer_class": XLMR},
+            {"model_type": "xlm-roberta"},
+            TokenizerClass(XLMR, True, XLMR),
+        ),
+        ({"tokenizer_class": XLMR + "Fast"}, {}, TokenizerClass(XLMR, True, None)),
         (
             {"tokenizer_class": "TokenizersBackend"},
             {"model_type": "xlm-roberta"},
-            ("TokenizersBackend", True),
+            TokenizerClass("TokenizersBackend", True, XLMR),
         ),
-        (None, {"model_type": "xlm-roberta"}, ("XLMRobertaTokenizer", True)),
+        (None, {"model_type": "xlm-roberta"}, TokenizerClass(XLMR, True, XLMR)),
         (
             {},
             {"model_type": "xlm-roberta", "tokenizer_class": "TokenizersBackend"},
-            ("TokenizersBackend", True),
+            TokenizerClass("TokenizersBackend", True, XLMR),
         ),
         (
             {"add_prefix_space": False},
             {"model_type": "xlm-roberta"},
-            ("XLMRobertaTokenizer", False),
+            TokenizerClass(XLMR, False, XLMR),
         ),
-        ({}, {"model_type": "bert"}, ("BertTokenizer", True)),
-        (None, {}, (None, True)),
+        ({}, {"model_type": "bert"}, TokenizerClass("BertTokenizer", True, "BertTokenizer")),
+        (None, {}, TokenizerClass(None, True, None)),
     ],
 )
 def test_the_tokenizer_class_is_the_one_autotokenizer_picks(
     tmp_path: Path,
     tokenizer_config: dict[str, Any] | None,
     config: dict[str, Any],
-    expected: tuple[str | None, bool],
+    expected: TokenizerClass,
 ) -> None:
     assert tokenizer_class(_folder(tmp_path, tokenizer_config, **config)) == expected
 

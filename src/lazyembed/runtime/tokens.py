@@ -11,13 +11,14 @@ count always see the same tokens.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lazyembed.models.tokenizer_class import tokenizer_class
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
@@ -26,9 +27,6 @@ _BUDGETS: weakref.WeakKeyDictionary[Tokenizer, int] = weakref.WeakKeyDictionary(
 _LOADED: weakref.WeakValueDictionary[tuple[Any, ...], Tokenizer] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()  # guards _BUDGETS and _LOADED
 
-#: transformers 5's tokenizer class for a model type without a ``tokenizer_class``
-#: (its TOKENIZER_MAPPING_NAMES, for the architectures lazyembed runs).
-_CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "xlm-roberta": "XLMRobertaTokenizer"}
 #: The classes whose pre-tokenizer transformers 5 builds itself, whatever tokenizer.json
 #: says: a whitespace split, then Metaspace (models/xlm_roberta/tokenization_xlm_roberta.py).
 _WORDS_FIRST_CLASSES = frozenset({"XLMRobertaTokenizer"})
@@ -39,61 +37,34 @@ def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
 
     tokenizer.json of all-MiniLM-L6-v2 says truncate and pad to 128; sentence-transformers
     overrides that with max_seq_length (256) and pads per batch, so we do the same. The
-    pre-tokenizer follows the tokenizer class of the folder around ``path`` (see
-    `tokenizer_class`), as transformers builds it for sentence-transformers. While anyone
-    holds it, the same file (unchanged) and length give the same object,
-    never mutated after this: the Embedder keeps one for counting, and a model (re)load
-    then takes it instead of parsing tokenizer.json again.
+    pre-tokenizer follows the tokenizer class of the folder around ``path``
+    (`lazyembed.models.tokenizer_class`), as transformers builds it for
+    sentence-transformers. While anyone holds it, the same file (unchanged) and length
+    give the same object, never mutated after this: the Embedder keeps one for counting,
+    and a model (re)load then takes it instead of parsing tokenizer.json again.
     """
     from tokenizers import Tokenizer
 
     stat = os.stat(path)
-    transformers_class = tokenizer_class(Path(path).parent)
+    named = tokenizer_class(Path(path).parent)
     key = (
         os.path.abspath(path),
         max_seq_length,
         stat.st_mtime_ns,
         stat.st_size,
-        *transformers_class,
+        named.name,
+        named.add_prefix_space,
     )
     with _LOCK:
         loaded = _LOADED.get(key)
     if loaded is not None:
         return loaded
     tokenizer = Tokenizer.from_file(path)
-    _follow_transformers(tokenizer, *transformers_class)
+    _follow_transformers(tokenizer, named.name, named.add_prefix_space)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_length)
     with _LOCK:
         return _LOADED.setdefault(key, tokenizer)
-
-
-def tokenizer_class(folder: Path) -> tuple[str | None, bool]:
-    """The tokenizer class transformers 5's AutoTokenizer loads ``folder`` with, and its
-    ``add_prefix_space`` (True unless tokenizer_config.json says otherwise).
-
-    As AutoTokenizer decides (without remote code): tokenizer_config.json's
-    ``tokenizer_class``, else config.json's, else the class of config.json's
-    ``model_type``; "XLMRobertaTokenizerFast" is "XLMRobertaTokenizer". None: unknown.
-    """
-    tokenizer_config = _json_object(folder / "tokenizer_config.json")
-    config = _json_object(folder / "config.json")
-    named = tokenizer_config.get("tokenizer_class") or config.get("tokenizer_class")
-    if isinstance(named, str) and named:
-        name: str | None = named.removesuffix("Fast")
-    else:
-        name = _CLASS_OF_MODEL_TYPE.get(str(config.get("model_type")))
-    return name, tokenizer_config.get("add_prefix_space", True) is not False
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; {} when it is missing or not an object (then the
-    tokenizer.json alone decides, as it does for a folder without these files)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _follow_transformers(tokenizer: Tokenizer, name: str | None, add_prefix_space: bool) -> None:
