@@ -489,12 +489,19 @@ def _protocol_stdout() -> Iterator[IO[str]]:
 def worker(name: str, threads: int, corpus_file: Path, batch_sizes: Sequence[int]) -> None:
     """Serve {"op": "warmup" | "run" | "quit"} requests, one JSON line each way.
 
-    run: {"set": "sentences" | "long", "batch": B, "save": path | null} → {"seconds", "n"};
-    the vectors are saved (after the timing) when asked, for the fidelity figures.
+    run: {"set": "sentences" | "sentences-sorted" | "long", "batch": B, "save": path | null}
+    → {"seconds", "n"}; the vectors are saved (after the timing) when asked, for the
+    fidelity figures. "sentences-sorted" is the same sentences ordered by length
+    (characters), so every contender's batches are as even as lazyembed's own sorting
+    makes them: lazyembed sorts the texts of a call by tokens, fastembed does not sort.
     """
     _die_with_parent()
     data = json.loads(corpus_file.read_text(encoding="utf-8"))
-    sets: dict[str, list[str]] = {"sentences": data["sentences"], "long": data["long"]}
+    sets: dict[str, list[str]] = {
+        "sentences": data["sentences"],
+        "sentences-sorted": sorted(data["sentences"], key=len),
+        "long": data["long"],
+    }
     with _protocol_stdout() as reply:
         started = time.perf_counter()
         try:

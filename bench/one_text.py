@@ -8,6 +8,8 @@ fastembed: ``list(TextEmbedding.embed([text]))``; sentence-transformers:
 ``SentenceTransformer.encode([text])`` (both through bench.peers, same threads). Each
 contender is one long-lived subprocess; they are driven in turn for a second each, many
 rounds, so drift on a shared machine hits all alike; the ratio to fastembed is per round.
+The contenders not being timed are SIGSTOPped, as in the throughput section (bench/run.py),
+so an idle peer's spinning thread pool cannot take CPU from the one being timed.
 The peers need .venv-bench (see bench/run.sh); from the repository root:
 
     .venv-bench/bin/python -m bench.one_text [--repeats 9] [--seconds 1] [--threads 2]
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +64,9 @@ def _load(name: str, threads: int) -> Callable[[str], object]:
 
 def serve(name: str, threads: int) -> None:
     """Worker: load, warm up, then answer each stdin line "SECONDS" with latencies (JSON)."""
+    from bench.lazyembed_bench import _die_with_parent
+
+    _die_with_parent()  # stopped between turns: the runner's death must still end it
     texts = corpus.sentences(500)
     call = _load(name, threads)
     for text in texts[:WARMUP_CALLS]:
@@ -97,15 +103,28 @@ def _start(contender: str, threads: int, base_env: dict[str, str]) -> subprocess
         argv, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert worker.stdout is not None
-    json.loads(worker.stdout.readline())  # ready
+    ready = worker.stdout.readline()
+    if not ready:  # e.g. a peer not installed in this venv
+        raise RuntimeError(f"{contender}: worker exited ({worker.wait()}) before it was ready")
+    _signal(worker, signal.SIGSTOP)  # paused until its turn
     return worker
 
 
+def _signal(worker: subprocess.Popen[str], sig: signal.Signals) -> None:
+    if worker.poll() is None:
+        os.kill(worker.pid, sig)
+
+
 def _ask(worker: subprocess.Popen[str], seconds: float) -> list[float]:
+    """One turn: resume the worker, time its calls for ``seconds``, pause it again."""
     assert worker.stdin is not None and worker.stdout is not None
-    worker.stdin.write(f"{seconds}\n")
-    worker.stdin.flush()
-    latencies: list[float] = json.loads(worker.stdout.readline())
+    _signal(worker, signal.SIGCONT)
+    try:
+        worker.stdin.write(f"{seconds}\n")
+        worker.stdin.flush()
+        latencies: list[float] = json.loads(worker.stdout.readline())
+    finally:
+        _signal(worker, signal.SIGSTOP)
     return latencies
 
 
@@ -124,14 +143,17 @@ def compare(
     """Long-lived workers, one per contender, driven in turn for `seconds` each round."""
     base_env = dict(os.environ if env is None else env)
     base_env.setdefault("TOKENIZERS_PARALLELISM", "false")  # as bench.peers sets it
-    workers = {contender: _start(contender, threads, base_env) for contender in contenders}
+    workers: dict[str, subprocess.Popen[str]] = {}
     runs: dict[str, list[dict[str, float]]] = {c: [] for c in contenders}
     try:
+        for contender in contenders:
+            workers[contender] = _start(contender, threads, base_env)
         for _ in range(repeats):
             for contender, worker in workers.items():
                 runs[contender].append(_summary(_ask(worker, seconds)))
     finally:
         for worker in workers.values():
+            _signal(worker, signal.SIGCONT)
             assert worker.stdin is not None
             worker.stdin.close()
             worker.wait(timeout=60)
@@ -146,6 +168,7 @@ def compare(
         "threads": threads,
         "repeats": repeats,
         "seconds": seconds,
+        "paused_between_turns": True,  # SIGSTOP while the others are timed
         "runs": runs,
         "ratio_to_fastembed": ratios,
     }
@@ -168,8 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         f"\nOne short corpus sentence per call, {result['threads']} threads, median (min-max) "
         f"of {result['repeats']} rounds of {result['seconds']} s per contender, contenders "
-        "in turn (one long-lived process each); the ratio is taken per round. p1 (the fastest "
-        "1 %) approximates an otherwise idle machine."
+        "in turn (one long-lived process each, SIGSTOPped while the others are timed); the "
+        "ratio is taken per round. p1 (the fastest 1 %) approximates an otherwise idle machine."
     )
     return "\n".join(lines)
 

@@ -4,7 +4,9 @@ The folders under tests/fixtures/models (built by tools/make_model_fixtures.py, 
 CI) are tiny random-weight BERT and XLM-RoBERTa sentence-transformers models in both
 on-disk layouts, with the vectors sentence-transformers gave for 36 texts (empty,
 whitespace, non-ASCII, past max_seq_length). Here they go through the whole lazyembed
-path: resolve, convert, tokenizer, ONNX Runtime, pooling, normalisation, prompts.
+path: resolve, convert, tokenizer, ONNX Runtime, pooling, normalisation, prompts. One
+XLM-R model comes with one hub tokenizer.json (bare Metaspace) under two tokenizer classes,
+XLMRobertaTokenizerFast and TokenizersBackend, which transformers 5 tokenizes differently.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy.typing as npt
 import pytest
 
 from lazyembed import Embedder
+from lazyembed.runtime import encode_truncated, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -66,3 +69,19 @@ def test_prompts_match_sentence_transformers(fixture: tuple[Embedder, dict[str, 
     for name, vectors in ref["prompt_vectors"].items():
         got = embedder.embed_numpy(ref["texts"], prompt_name=name)
         check_close(got, np.asarray(vectors, dtype=np.float32), f"{ref['name']} {name}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_ids_match_sentence_transformers(name: str) -> None:
+    """The ids sentence-transformers fed its model, text by text: whitespace-only text and
+    leading or trailing spaces too, which hub XLM-R tokenizer.json files alone get wrong
+    for XLMRobertaTokenizer and right for TokenizersBackend."""
+    ref = reference(name)
+    tokenizer = load_tokenizer(str(FIXTURES / name / "tokenizer.json"), ref["max_seq_length"])
+    prompt = ref["prompts"].get(ref["default_prompt_name"] or "", "")
+    texts = [prompt + text for text in ref["texts"]]
+    if ref["do_lower_case"]:
+        texts = [text.lower() for text in texts]
+    got = [encoding.ids for encoding in encode_truncated(tokenizer, texts)]
+    differ = [i for i, (a, b) in enumerate(zip(got, ref["input_ids"], strict=True)) if a != b]
+    assert differ == [], f"{name}: other token ids than sentence-transformers' for texts {differ}"

@@ -58,6 +58,19 @@ def test_minilm_reads_as_before(model_dir: Path) -> None:
     assert (info.dimension, info.vocab_size, info.similarity_fn_name) == (384, 30522, "cosine")
 
 
+def test_a_tokenizer_class_that_changes_tokens_keys_the_cache_apart() -> None:
+    """One tokenizer.json under two classes gives other tokens, so other cache keys; the
+    usual class of the model type keeps the key it always had."""
+    usual = read_model_info(FIXTURES / "xlmr-classic-fast-class")
+    backend = read_model_info(FIXTURES / "xlmr-classic-tokenizers-backend")
+    assert usual.tokenizer.name == "XLMRobertaTokenizer"
+    assert usual.fingerprint_part() == "seq=128;pool=mean;norm=1"
+    assert backend.tokenizer.name == "TokenizersBackend"
+    assert (
+        backend.fingerprint_part() == "seq=128;pool=mean;norm=1;tokenizer_class=TokenizersBackend"
+    )
+
+
 def test_similarity_function_is_read(tmp_path: Path) -> None:
     folder = shutil.copytree(FIXTURES / "bert-default-prompt", tmp_path / "m")
     config = json.loads((folder / "config_sentence_transformers.json").read_text())

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Encoding, Tokenizer
 
+from lazyembed.models.tokenizer_class import TokenizerClass, tokenizer_class
 from lazyembed.pooling import pool
 from lazyembed.runtime import (
     OnnxRuntime,
@@ -215,3 +216,81 @@ def test_a_reload_reuses_the_embedders_tokenizer(shared_embedder: Any) -> None:
         assert runtime.tokenizer is kept
     finally:
         runtime.close()
+
+
+# ---- the tokenizer class transformers would load (XLM-R's pre-tokenizer) -------------------
+
+XLMR_FIXTURE = Path(__file__).parent / "fixtures" / "models" / "xlmr-classic-fast-class"
+
+
+def _folder(tmp_path: Path, tokenizer_config: dict[str, Any] | None, **config: Any) -> Path:
+    """A copy of an XLM-R fixture's tokenizer.json with the given configs beside it."""
+    import json
+    import shutil
+
+    shutil.copyfile(XLMR_FIXTURE / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    if tokenizer_config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(
+            json.dumps(tokenizer_config), encoding="utf-8"
+        )
+    return tmp_path
+
+
+XLMR = "XLMRobertaTokenizer"
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_config", "config", "expected"),
+    [
+        (
+            {"tokenizer_class": XLMR},
+            {"model_type": "xlm-roberta"},
+            TokenizerClass(XLMR, True, XLMR),
+        ),
+        ({"tokenizer_class": XLMR + "Fast"}, {}, TokenizerClass(XLMR, True, None)),
+        (
+            {"tokenizer_class": "TokenizersBackend"},
+            {"model_type": "xlm-roberta"},
+            TokenizerClass("TokenizersBackend", True, XLMR),
+        ),
+        (None, {"model_type": "xlm-roberta"}, TokenizerClass(XLMR, True, XLMR)),
+        (
+            {},
+            {"model_type": "xlm-roberta", "tokenizer_class": "TokenizersBackend"},
+            TokenizerClass("TokenizersBackend", True, XLMR),
+        ),
+        (
+            {"add_prefix_space": False},
+            {"model_type": "xlm-roberta"},
+            TokenizerClass(XLMR, False, XLMR),
+        ),
+        ({}, {"model_type": "bert"}, TokenizerClass("BertTokenizer", True, "BertTokenizer")),
+        (None, {}, TokenizerClass(None, True, None)),
+    ],
+)
+def test_the_tokenizer_class_is_the_one_autotokenizer_picks(
+    tmp_path: Path,
+    tokenizer_config: dict[str, Any] | None,
+    config: dict[str, Any],
+    expected: TokenizerClass,
+) -> None:
+    assert tokenizer_class(_folder(tmp_path, tokenizer_config, **config)) == expected
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_config", "pieces"),
+    [
+        ({"tokenizer_class": "XLMRobertaTokenizerFast"}, ["▁x"]),  # whitespace split first
+        ({"tokenizer_class": "TokenizersBackend"}, ["▁x", "▁"]),  # tokenizer.json as is
+        ({"tokenizer_class": "XLMRobertaTokenizer", "add_prefix_space": False}, ["x"]),
+    ],
+)
+def test_xlmr_pre_tokenizer_follows_the_class(
+    tmp_path: Path, tokenizer_config: dict[str, Any], pieces: list[str]
+) -> None:
+    folder = _folder(tmp_path, tokenizer_config, model_type="xlm-roberta")
+    tokenizer = load_tokenizer(str(folder / "tokenizer.json"), LIMIT)
+    assert tokenizer.pre_tokenizer is not None
+    got = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(" x ")]
+    assert got == pieces

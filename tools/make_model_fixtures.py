@@ -93,6 +93,10 @@ class Spec:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     tokenizer_model_max_length: int | None = None  # classic: tokenizer_config's own value
+    #: classic XLM-R: tokenizer_config.json's class. "TokenizersBackend" re-saves the tokenizer
+    #: through transformers' TokenizersBackend (what transformers 5 writes for a tokenizer
+    #: loaded that way): tokenizer.json kept as it is, bare Metaspace included.
+    tokenizer_class: str = "XLMRobertaTokenizer"
 
 
 SPECS = [
@@ -182,6 +186,31 @@ SPECS = [
         heads=4,
         seed=22,
         tokenizer_model_max_length=512,
+    ),
+    # One model and one hub tokenizer.json (bare Metaspace) under two tokenizer classes:
+    # transformers rebuilds the pre-tokenizer for XLMRobertaTokenizer(Fast) (whitespace split
+    # first) and takes tokenizer.json as it is for TokenizersBackend.
+    Spec(
+        "xlmr-classic-fast-class",
+        "xlm-roberta",
+        "classic",
+        "mean",
+        True,
+        heads=4,
+        seed=23,
+        tokenizer_model_max_length=512,
+        tokenizer_class="XLMRobertaTokenizerFast",
+    ),
+    Spec(
+        "xlmr-classic-tokenizers-backend",
+        "xlm-roberta",
+        "classic",
+        "mean",
+        True,
+        heads=4,
+        seed=23,
+        tokenizer_model_max_length=512,
+        tokenizer_class="TokenizersBackend",
     ),
 ]
 
@@ -404,7 +433,17 @@ def build_fixture(
         write_classic_layout(spec, folder, tokenizer)
     # The folder must load back into the very model that was built (sentence-transformers 6.2
     # does not save do_lower_case, so such a model is only checked in the classic layout).
-    reloaded = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+    saved = SentenceTransformer(str(folder), device="cpu")
+    reloaded = saved.encode(texts, convert_to_numpy=True)
+    if spec.tokenizer_class == "TokenizersBackend":
+        # Its tokenizer keeps the lone "▁" pieces of leading and trailing whitespace (no
+        # whitespace split first): those texts differ on purpose, all others must not.
+        same = [
+            i for i, t in enumerate(texts) if tokenizer(t).input_ids == saved.tokenizer(t).input_ids
+        ]
+        differ = sorted(set(range(len(texts))) - set(same))
+        print(f"{spec.name}: texts tokenized differently on purpose: {differ}")
+        intended, reloaded = intended[same], reloaded[same]
     if not np.array_equal(intended, reloaded):
         raise SystemExit(
             f"{spec.name}: the saved folder gives other vectors than the model built "
@@ -536,7 +575,7 @@ def classic_xlmr_tokenizer_files(spec: Spec, folder: Path) -> None:
         "cls_token": "<s>",
         "mask_token": "<mask>",
     }
-    extra = {"tokenizer_class": "XLMRobertaTokenizer"}
+    extra = {"tokenizer_class": spec.tokenizer_class}
     write_json(folder / "tokenizer_config.json", classic_tokenizer_config(spec, specials, extra))
     write_json(folder / "special_tokens_map.json", specials)
     # XLM-R's hub tokenizer.json: Precompiled, then runs of spaces collapsed; Metaspace alone.
@@ -557,6 +596,25 @@ def classic_xlmr_tokenizer_files(spec: Spec, folder: Path) -> None:
         "split": True,
     }
     write_json(folder / "tokenizer.json", data)
+    if spec.tokenizer_class == "TokenizersBackend":
+        resave_as_tokenizers_backend(folder)
+
+
+def resave_as_tokenizers_backend(folder: Path) -> None:
+    """Load the folder's tokenizer as transformers' TokenizersBackend and save it again.
+
+    transformers 5 then writes ``"tokenizer_class": "TokenizersBackend"`` and tokenizer.json
+    as it is (the hub's bare Metaspace pre-tokenizer), its own tokenizer_config.json keys.
+    """
+    from transformers import TokenizersBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        TokenizersBackend.from_pretrained(str(folder)).save_pretrained(tmp)
+        saved = json.loads((Path(tmp) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert saved["tokenizer_class"] == "TokenizersBackend", saved
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            shutil.copyfile(Path(tmp) / name, folder / name)
+    (folder / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 5 writes none
 
 
 # ------------------------------------------------------------------------ reference
@@ -704,28 +762,37 @@ def main() -> None:
         "vocab_size",
         "tokenizer_json_differs",
     )
+    # A partial run (--only) keeps the versions the manifest names; a fixture built with
+    # other versions names its own (its reference.json always does).
+    previous = OUT / "manifest.json"
+    common = versions()
+    if args.only and previous.is_file():
+        common = json.loads(previous.read_text(encoding="utf-8"))["versions"]
     fixtures = []
     for spec in SPECS:
         if not (OUT / spec.name / "reference.json").is_file():
             continue
         ref = json.loads((OUT / spec.name / "reference.json").read_text(encoding="utf-8"))
-        fixtures.append(
-            {
-                "path": spec.name,
-                **{k: ref[k] for k in manifest_keys},
-                "spec": {
-                    k: v
-                    for k, v in asdict(spec).items()
-                    if k in ("seed", "heads", "intermediate", "cased_tokenizer")
-                },
-            }
-        )
+        entry = {
+            "path": spec.name,
+            **{k: ref[k] for k in manifest_keys},
+            "spec": {
+                k: v
+                for k, v in asdict(spec).items()
+                if k in ("seed", "heads", "intermediate", "cased_tokenizer")
+            },
+        }
+        if spec.tokenizer_class != "XLMRobertaTokenizer" and spec.arch == "xlm-roberta":
+            entry["tokenizer_class"] = spec.tokenizer_class
+        if ref["versions"] != common:
+            entry["versions"] = ref["versions"]
+        fixtures.append(entry)
     write_json(
         OUT / "manifest.json",
         {
             "about": "Random-weight sentence-transformers models and sentence-transformers' "
             "own vectors; built by tools/make_model_fixtures.py (see its docstring).",
-            "versions": versions(),
+            "versions": common,
             "texts": len(texts),
             "fixtures": fixtures,
         },

@@ -71,10 +71,14 @@ def parse_cpuinfo(text: str) -> CpuFeatures:
     )
 
 
-def cpu_features(cpuinfo: Path = CPUINFO) -> CpuFeatures:
-    """This machine's `CpuFeatures` (``known=False`` where /proc/cpuinfo cannot be read)."""
+def cpu_features(cpuinfo: Path | None = None) -> CpuFeatures:
+    """This machine's `CpuFeatures` (``known=False`` where /proc/cpuinfo cannot be read).
+
+    ``cpuinfo`` defaults to the module's `CPUINFO`, looked up at each call, so a test can
+    point the detection itself at a fake file (e.g. a bf16 CPU's) for every caller at once.
+    """
     try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        text = (cpuinfo or CPUINFO).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return CpuFeatures(model_name=_fallback_name(), known=False)
     return parse_cpuinfo(text)

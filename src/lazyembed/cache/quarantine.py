@@ -14,8 +14,12 @@ from pathlib import Path
 SIDECARS = ("-wal", "-shm")
 
 
-class SidecarNotMoved(OSError):
-    """The main file was moved aside but one of its sidecar files was not."""
+class _SidecarNotMoved(OSError):
+    """The main file was moved aside but one of its sidecar files was not.
+
+    Private: only `SQLiteStore._quarantine` sees it, and degrades the cache instead of
+    raising; no caller of lazyembed ever gets one.
+    """
 
     def __init__(self, target: Path, suffix: str, cause: OSError) -> None:
         super().__init__(f"moved it to {target} but not its {suffix}: {cause}")
@@ -25,7 +29,7 @@ class SidecarNotMoved(OSError):
 def move_aside(path: Path, kind: str) -> Path | None:
     """Rename `path` and its sidecars to ``<name>.<kind>-<time>``; the new name, or None if
     `path` no longer exists (someone else moved it). Raises OSError when the file cannot
-    be moved, `SidecarNotMoved` when the file moved but a sidecar could not."""
+    be moved, `_SidecarNotMoved` when the file moved but a sidecar could not."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     target = path.with_name(f"{path.name}.{kind}-{stamp}")
     try:
@@ -38,7 +42,7 @@ def move_aside(path: Path, kind: str) -> Path | None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise SidecarNotMoved(target, suffix, exc) from exc
+            raise _SidecarNotMoved(target, suffix, exc) from exc
     return target
 
 

@@ -2,7 +2,7 @@
 
 Everything here is about one connection and the file under it; the policy of what to do
 when something fails (skip, move the file aside, degrade) is the store's
-(`sqlite_store.py`). `BadStoreFile` says the file is not a usable lazyembed store.
+(`sqlite_store.py`). `_BadStoreFile` says the file is not a usable lazyembed store.
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ ErrorKind = Literal["busy", "damaged", "fatal"]
 FileChange = Literal["deleted", "replaced", "truncated"]
 
 
-class BadStoreFile(Exception):
-    """Internal: the file is not a usable lazyembed store (`kind` names the aside file)."""
+class _BadStoreFile(Exception):
+    """The file is not a usable lazyembed store (`kind` names the aside file).
+
+    Private: only `SQLiteStore._open` sees it, and moves the file aside (or degrades the
+    cache) instead of raising; no caller of lazyembed ever gets one.
+    """
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -130,12 +134,12 @@ def inspect(conn: sqlite3.Connection) -> str:
 def prepare(conn: sqlite3.Connection, path: Path, fingerprint: str) -> int:
     """Check or build the schema on a new connection; returns the fingerprint's id.
 
-    Raises `BadStoreFile` for a file that is not ours. Needs the write lock only for a new
+    Raises `_BadStoreFile` for a file that is not ours. Needs the write lock only for a new
     file or a new fingerprint.
     """
     state = inspect(conn)
     if state not in ("fresh", "ok"):
-        raise BadStoreFile(state, f"{path} is not a lazyembed cache store ({state})")
+        raise _BadStoreFile(state, f"{path} is not a lazyembed cache store ({state})")
     conn.execute("PRAGMA journal_mode=WAL").fetchone()
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA journal_size_limit=4194304")
@@ -148,7 +152,7 @@ def prepare(conn: sqlite3.Connection, path: Path, fingerprint: str) -> int:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif state != "ok":
-                raise BadStoreFile(state, f"{path} changed while opening ({state})")
+                raise _BadStoreFile(state, f"{path} changed while opening ({state})")
     select = "SELECT id FROM fingerprints WHERE fingerprint = ?"
     row = conn.execute(select, (fingerprint,)).fetchone()
     if row is None:

@@ -49,11 +49,11 @@ import numpy as np
 
 from lazyembed._fork import after_fork_in_child
 from lazyembed.cache.memory_lru import FloatArray
-from lazyembed.cache.quarantine import SidecarNotMoved, move_aside, remove_orphan_sidecars
+from lazyembed.cache.quarantine import _SidecarNotMoved, move_aside, remove_orphan_sidecars
 from lazyembed.cache.sqlite_schema import (
-    BadStoreFile,
     FileChange,
     FileIdentity,
+    _BadStoreFile,
     classify,
     prepare,
     select_sql,
@@ -442,7 +442,7 @@ class SQLiteStore:
                 return
             try:
                 self._conn = self._connect_and_prepare()
-            except BadStoreFile as bad:
+            except _BadStoreFile as bad:
                 self._quarantine(bad.kind, str(bad))
             except (sqlite3.Error, OSError) as exc:
                 kind = classify(exc)
@@ -486,7 +486,7 @@ class SQLiteStore:
             return  # another process already moved it and built a new one: reopen that
         try:
             target = move_aside(self.path, kind)
-        except SidecarNotMoved as exc:
+        except _SidecarNotMoved as exc:
             # A stale -wal left next to a new store would be replayed into it.
             self._moved_aside.append(str(exc.target))
             self._degrade(f"{detail}; {exc}")

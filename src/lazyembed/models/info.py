@@ -20,6 +20,7 @@ from typing import Any
 from lazyembed.errors import ModelConversionError, UnsupportedModelError
 from lazyembed.models.encoder_config import EncoderConfig, read_config
 from lazyembed.models.prompts import Prompts, read_prompts
+from lazyembed.models.tokenizer_class import TokenizerClass, tokenizer_class
 
 #: sentence-transformers' pooling modes, by their classic 1_Pooling/config.json flag.
 POOLING_FLAGS = {
@@ -62,6 +63,8 @@ class ModelInfo:
     prompts: Prompts = field(default_factory=Prompts)
     #: config_sentence_transformers.json; sentence-transformers' default is cosine.
     similarity_fn_name: str = "cosine"
+    #: The transformers tokenizer class sentence-transformers tokenizes with.
+    tokenizer: TokenizerClass = field(default_factory=lambda: TokenizerClass(None))
 
     def fingerprint_part(self) -> str:
         part = f"seq={self.max_seq_length};pool={self.pooling};norm={int(self.normalize)}"
@@ -69,6 +72,10 @@ class ModelInfo:
             part += ";lower=1"
         if not self.include_prompt:
             part += ";prompt=excluded"
+        if self.tokenizer.unusual:  # the class changes tokens (a model type's usual: no key)
+            part += f";tokenizer_class={self.tokenizer.name}"
+            if not self.tokenizer.add_prefix_space:
+                part += ",no-prefix-space"
         return part
 
 
@@ -182,4 +189,5 @@ def read_model_info(
         modules=tuple(str(m.get("type", "")) for m in modules),
         prompts=read_prompts(directory),
         similarity_fn_name=str(st_model.get("similarity_fn_name") or "cosine"),
+        tokenizer=tokenizer_class(directory),
     )

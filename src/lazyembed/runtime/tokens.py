@@ -15,54 +15,81 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lazyembed.models.tokenizer_class import tokenizer_class
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
 _BUDGETS: weakref.WeakKeyDictionary[Tokenizer, int] = weakref.WeakKeyDictionary()
-_LOADED: weakref.WeakValueDictionary[tuple[str, int, int, int], Tokenizer] = (
-    weakref.WeakValueDictionary()
-)
+_LOADED: weakref.WeakValueDictionary[tuple[Any, ...], Tokenizer] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()  # guards _BUDGETS and _LOADED
+
+#: The classes whose pre-tokenizer transformers 5 builds itself, whatever tokenizer.json
+#: says: a whitespace split, then Metaspace (models/xlm_roberta/tokenization_xlm_roberta.py).
+_WORDS_FIRST_CLASSES = frozenset({"XLMRobertaTokenizer"})
 
 
 def load_tokenizer(path: str, max_seq_length: int) -> Tokenizer:
     """The fast tokenizer, truncating where sentence-transformers does and never padding.
 
     tokenizer.json of all-MiniLM-L6-v2 says truncate and pad to 128; sentence-transformers
-    overrides that with max_seq_length (256) and pads per batch, so we do the same.
-    While anyone holds it, the same file (unchanged) and length give the same object,
-    never mutated after this: the Embedder keeps one for counting, and a model (re)load
-    then takes it instead of parsing tokenizer.json again.
+    overrides that with max_seq_length (256) and pads per batch, so we do the same. The
+    pre-tokenizer follows the tokenizer class of the folder around ``path``
+    (`lazyembed.models.tokenizer_class`), as transformers builds it for
+    sentence-transformers. While anyone holds it, the same file (unchanged) and length
+    give the same object, never mutated after this: the Embedder keeps one for counting,
+    and a model (re)load then takes it instead of parsing tokenizer.json again.
     """
     from tokenizers import Tokenizer
 
     stat = os.stat(path)
-    key = (os.path.abspath(path), max_seq_length, stat.st_mtime_ns, stat.st_size)
+    named = tokenizer_class(Path(path).parent)
+    key = (
+        os.path.abspath(path),
+        max_seq_length,
+        stat.st_mtime_ns,
+        stat.st_size,
+        named.name,
+        named.add_prefix_space,
+    )
     with _LOCK:
         loaded = _LOADED.get(key)
     if loaded is not None:
         return loaded
     tokenizer = Tokenizer.from_file(path)
-    _split_words_first(tokenizer)
+    _follow_transformers(tokenizer, named.name, named.add_prefix_space)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_length)
     with _LOCK:
         return _LOADED.setdefault(key, tokenizer)
 
 
-def _split_words_first(tokenizer: Tokenizer) -> None:
-    """A SentencePiece (Unigram) tokenizer with a bare Metaspace pre-tokenizer, as hub
-    XLM-RoBERTa models ship it, splits on whitespace first, as transformers builds it for
-    sentence-transformers: whitespace-only text then gives no lone "▁" piece, nor does a
-    trailing space. Tokenizers saved that way already are left as they are."""
+def _follow_transformers(tokenizer: Tokenizer, name: str | None, add_prefix_space: bool) -> None:
+    """Pre-tokenize as transformers 5 does for the folder's tokenizer class.
+
+    XLMRobertaTokenizer(Fast) rebuilds the pre-tokenizer from its vocabulary: a whitespace
+    split, then Metaspace ("always" prepends "▁", or "never" with ``add_prefix_space:
+    false``), whatever tokenizer.json says; hub XLM-R files carry a bare Metaspace, which
+    alone turns whitespace-only text and a leading or trailing space into a lone "▁".
+    Any other class (TokenizersBackend, which transformers 5 writes for a tokenizer it
+    loaded that way) takes tokenizer.json as it is, so it is left alone here. (The class
+    also keeps only the Precompiled part of the file's normaliser; after a whitespace
+    split, the hub's other part, collapsing runs of spaces, changes no token.)
+    """
     from tokenizers import pre_tokenizers
     from tokenizers.models import Unigram
 
-    pre = tokenizer.pre_tokenizer
-    if isinstance(tokenizer.model, Unigram) and isinstance(pre, pre_tokenizers.Metaspace):
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre])
+    if name in _WORDS_FIRST_CLASSES and isinstance(tokenizer.model, Unigram):
+        scheme = "always" if add_prefix_space else "never"
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme),
+            ]
+        )
 
 
 def truncation_length(tokenizer: Tokenizer) -> int | None:
