@@ -545,7 +545,7 @@ def test_watcher_has_no_wakeups_while_unloaded_never_or_pinned(mem: FakeMemory) 
     woken = lc.status().watcher_wakeups
     time.sleep(0.3)
     assert lc.status().watcher_wakeups == woken
-    assert lc._watch_until == float("inf")  # sleeping with no timeout at all
+    assert lc._shared.watch_until == float("inf")  # sleeping with no timeout at all
     lc.close()
 
     never = make(Loader(mem), mem, idle_timeout=None, watcher=True)
@@ -561,7 +561,7 @@ def test_steady_calls_do_not_wake_the_watcher(mem: FakeMemory) -> None:
     lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
     use(lc)
     inf = float("inf")
-    assert wait_until(lambda: float("-inf") < lc._watch_until < inf)  # asleep, timed
+    assert wait_until(lambda: float("-inf") < lc._shared.watch_until < inf)  # asleep, timed
     woken = lc.status().watcher_wakeups
     for _ in range(500):
         use(lc)
