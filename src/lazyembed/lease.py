@@ -51,6 +51,7 @@ class Leases:
         if keep_alive is None:
             self.default_done = now
             return
+        self.default_done = None
         if keep_alive == _INF:
             self.pinned = True
         else:
