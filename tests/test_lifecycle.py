@@ -19,7 +19,7 @@ import pytest
 
 from helpers import wait_until
 from lazyembed.config import KeepAlive, parse_duration, parse_keep_alive
-from lazyembed.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from lazyembed.errors import ClosedError, ConfigError, ModelLoadError, ModelNotFoundError
 from lazyembed.lifecycle import _INHERITED, Lifecycle, State
 
 MB = 2**20
@@ -550,6 +550,54 @@ def test_set_idle_timeout_changes_the_default_lease_only(mem: FakeMemory, clock:
     assert lc.poll() == "keep_alive"
 
 
+def test_a_lease_without_a_call_is_recorded_as_a_finished_calls_would_be(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    """`lease()` is a cache hit's keep-alive: the model is not used, the lease still is."""
+    loader = Loader(mem)
+    lc = make(loader, mem, clock, idle_timeout=3600)
+    use(lc, keep_alive=2)
+    lc.lease(ka(-1))
+    assert lc.pinned and lc.status().unload_in_s is None
+    assert lc.unload() is True
+    use(lc)
+    lc.lease(ka(5))  # replaces the default lease, as a call's 5 s would
+    assert lc.status().unload_in_s == 5.0
+    clock.advance(5)
+    use(lc)
+    lc.lease(ka(0))  # unloads before it returns: no other lease holds the model
+    assert state_of(lc) is State.UNLOADED
+    assert lc.status().last_unload["reason"] == "keep_alive"
+    assert loader.calls == 2  # and lease() itself never loaded anything
+
+
+def test_a_lease_without_a_call_never_loads_and_a_default_one_records_nothing(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, clock, idle_timeout=60)
+    lc.lease(ka(-1))  # unloaded: nothing to hold, and nothing loads
+    assert loader.calls == 0 and state_of(lc) is State.UNLOADED
+    use(lc)
+    assert not lc.pinned  # the pin asked for while unloaded was not kept for later
+    clock.advance(30)
+    lc.lease(ka(None))  # the model was not used: its idle countdown goes on
+    assert lc.status().unload_in_s == 30.0
+
+
+def test_a_lease_without_a_call_during_a_call_never_unloads_mid_call(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    with lc.acquire(ka(5)) as model:
+        lc.lease(ka(0))
+        assert state_of(lc) is State.LOADED and not model.closed
+    assert lc.status().unload_in_s == 5.0  # the call's own 5 s, left after the 0
+    with lc.acquire():
+        lc.lease(ka(-1))
+    assert lc.pinned
+
+
 def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeClock) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=3600)
     use(lc)
@@ -673,9 +721,6 @@ def test_one_watcher_thread_started_on_first_load_and_stopped_by_close(
     assert threading.active_count() == before + 1
     lc.close()
     assert threading.active_count() == before and state_of(lc) is State.UNLOADED
-    use(lc)  # usable after close: loads again, with a new watcher
-    assert threading.active_count() == before + 1
-    lc.close()
 
 
 def test_abandoned_lifecycle_is_collected_and_its_watcher_exits(mem: FakeMemory) -> None:
@@ -852,11 +897,41 @@ def test_an_interrupted_unload_releases_the_callers_queued_behind_it(mem: FakeMe
         busy.join(10)
 
 
-def test_after_close_a_new_call_loads_with_a_watcher_that_unloads_it(mem: FakeMemory) -> None:
-    lc = make(Loader(mem), mem, idle_timeout=0.05, watcher=True)
+def test_after_close_a_call_raises_closed_error_and_nothing_loads(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, idle_timeout=3600, watcher=True)
     use(lc)
     lc.close()
     assert state_of(lc) is State.UNLOADED
-    use(lc)  # after close(): loads again, with a fresh watcher
-    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
-    lc.close()
+    with pytest.raises(ClosedError, match="after close"):
+        use(lc)
+    lc.lease(ka(-1))  # a cache hit's lease: nothing to hold, nothing loads
+    assert loader.calls == 1 and state_of(lc) is State.UNLOADED
+    assert lc.unload() is False
+    lc.close()  # idempotent
+
+
+def test_a_call_during_close_gets_closed_error_and_the_call_in_flight_finishes(
+    mem: FakeMemory,
+) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem)
+    refused: list[BaseException] = []
+
+    def late_call() -> None:
+        try:
+            use(lc)
+        except ClosedError as exc:
+            refused.append(exc)
+
+    with lc.acquire() as model:  # in flight: close() waits for it
+        closer = threading.Thread(target=lc.close)
+        closer.start()
+        assert wait_until(lambda: lc.status().unload_waiting == 1)
+        caller = threading.Thread(target=late_call)
+        caller.start()
+        caller.join(10)
+        assert len(refused) == 1  # refused at once, not queued for a reload
+        model.use()  # the call in flight still has its model
+    closer.join(10)
+    assert loader.calls == 1 and model.closed and state_of(lc) is State.UNLOADED

@@ -44,7 +44,7 @@ from lazyembed.config import (
     parse_keep_alive,
     prepack_resolved,
 )
-from lazyembed.errors import ConfigError, InputTypeError, InvalidInputError
+from lazyembed.errors import ClosedError, ConfigError, InputTypeError, InvalidInputError
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
@@ -57,6 +57,7 @@ from lazyembed.report import MemoryReport
 from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runtime, load_tokenizer
 
 FloatArray = npt.NDArray[np.float32]
+_DEFAULT = KeepAlive.DEFAULT
 #: Marks the cache keys of texts whose prompt is left out of the pooling (a lone
 #: surrogate: `check_text` refuses it in any input, so no text's own key can match).
 _EXCLUDED = "\ud800"
@@ -111,7 +112,10 @@ class Embedder:
         self.settings = settings
         self.model_name = canonical_spec(settings.model)
         self._prepare_lock = threading.Lock()
+        # Dropped by close(), after which prepare() refuses: every path that needs the
+        # model or the cache reads it first, so "closed" costs the hot path nothing.
         self._prepared: PreparedModel | None = None
+        self._closed = False
         self._tokenizer: Tokenizer | None = None
         # Pressure checks ride on the lifecycle's watcher, only while the model is loaded.
         self._pressure = (
@@ -138,6 +142,8 @@ class Embedder:
         if prepared is not None:
             return prepared
         with self._prepare_lock:
+            if self._closed:
+                raise ClosedError(f"{self.model_name}: this Embedder was closed")
             if self._prepared is None:
                 self._prepared = self._prepare_now()
             return self._prepared
@@ -275,6 +281,8 @@ class Embedder:
                 return plain
             hit = cache.get_many((text,))[0]
             if hit is not None:
+                if seconds is not _DEFAULT:  # the lease it asks for, without a load
+                    self._lifecycle.lease(seconds)
                 single_hit: list[float] = hit.tolist()
                 return single_hit
             fresh = self._encode([text], seconds).vectors
@@ -375,7 +383,9 @@ class Embedder:
             return self._encode(items, keep_alive, prompt_length).vectors
         found = cache.get_many(keys)
         missing = [i for i, vector in enumerate(found) if vector is None]
-        if not missing:  # all hits: the model is neither loaded nor its deadline touched
+        if not missing:  # all hits: nothing loads; an explicit keep-alive is still a lease
+            if keep_alive is not _DEFAULT:
+                self._lifecycle.lease(keep_alive)
             return np.stack(found)  # type: ignore[arg-type]
         # Each distinct missing text is embedded once, however often it repeats.
         unique: dict[str, int] = {}
@@ -518,11 +528,21 @@ class Embedder:
         }
 
     def close(self) -> None:
-        """Unload and release the cache; the Embedder must not be used afterwards."""
+        """Unload and release the cache. Idempotent; afterwards every call that needs the
+        model or the cache (embed, warmup, count_tokens, ...) raises `ClosedError`, in
+        isolation mode too; reports (`get_memory_usage`) still answer."""
+        with self._prepare_lock:
+            self._closed = True
+            prepared, self._prepared = self._prepared, None
         self._lifecycle.close()
-        prepared = self._prepared
         if prepared is not None and prepared.cache is not None:
             prepared.cache.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def encode(
         self,

@@ -28,7 +28,7 @@ from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
 from lazyembed.config.durations import KeepAlive
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
-from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
+from lazyembed.errors import ClosedError, ConfigError, LazyEmbedError, ModelLoadError
 from lazyembed.journal import Journal
 from lazyembed.lease import Leases
 from lazyembed.report import LifecycleStatus, State
@@ -193,6 +193,7 @@ class Lifecycle(Generic[T]):
         self._idle_timeout = _idle_seconds(idle_timeout)  # None = never
         self._last_done: float | None = None  # any call (for idle_seconds)
         self._leases = Leases()  # lease.py: the rule of what holds the model
+        self._closed = False  # close() was called: acquire() raises ClosedError
         self._next_check = _INF
         self._watcher_thread: threading.Thread | None = None
         self._model_mb = 0.0
@@ -228,6 +229,8 @@ class Lifecycle(Generic[T]):
                             self._changed.notify_all()
                         raise joined.error
                     return self._obj  # type: ignore[return-value]
+                if joined is None and self._closed:
+                    raise ClosedError(f"{self.name}: used after close()")
                 if not self._unload_waiting:
                     if state is State.LOADED:
                         self._in_flight += 1
@@ -519,12 +522,13 @@ class Lifecycle(Generic[T]):
             self._finish_unload(reason)
 
     def close(self) -> None:
-        """Stop the watcher and unload. Idempotent; a later acquire() loads again.
+        """Stop the watcher and unload; afterwards acquire() raises `ClosedError`.
 
-        The watcher stops first: a call slipping in before the unload is unloaded with
-        it, and one after it loads again with a fresh watcher of its own.
+        Idempotent. The watcher stops first; calls already in flight finish (the unload
+        waits for them), and a call queued behind the unload gets ClosedError.
         """
         with self._lock:
+            self._closed = True
             self._shared.generation += 1
             thread, self._watcher_thread = self._watcher_thread, None
             self._wake.notify_all()
