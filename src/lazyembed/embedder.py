@@ -6,9 +6,11 @@ needs. Preparation — resolving the model, converting it to ONNX once, fingerpr
 opening the cache — happens once per Embedder and costs no model memory, so cache hits
 can be answered while the model stays unloaded.
 
-Locks: `_prepare_lock` guards the one-time preparation and the counting tokenizer
-(`_prepared` and `_tokenizer` are written once, under it, and read without it
-afterwards). A forked child gets a fresh `_prepare_lock` (another thread of the parent
+Locks: `_prepare_lock` guards the one-time preparation, the counting tokenizer and
+closing (`_prepared` and `_tokenizer` are written once, under it, and read without it
+afterwards; `close()` sets `_closed` and drops `_prepared` under it, so every later
+`prepare()` raises `ClosedError` and the hot paths, which read `_prepared` anyway, pay
+nothing for the check). A forked child gets a fresh `_prepare_lock` (another thread of the parent
 may have held it at the fork, for the seconds a first conversion takes). Everything
 about the model's presence is the Lifecycle's (see lifecycle.py). The cache guards
 itself.
