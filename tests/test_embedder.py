@@ -10,7 +10,7 @@ import pytest
 
 import lazyembed
 from lazyembed import Embedder
-from lazyembed.errors import ConfigError, InputTypeError, InvalidInputError
+from lazyembed.errors import ClosedError, ConfigError, InputTypeError, InvalidInputError
 
 SENTENCES = [
     "The cat sits on the mat.",
@@ -164,3 +164,33 @@ def test_the_cache_keeps_apart_vectors_of_other_kernels() -> None:
     assert prepared["never, not pre-packed"].spec.prepack == "never"
     assert prepared["never"].spec.prepack == "at_load"
     assert prepared["openvino"].spec.prepack == "never"  # an ONNX Runtime option only
+
+
+def test_an_embedder_is_a_context_manager_and_refuses_work_once_closed() -> None:
+    with Embedder(idle_timeout="never") as e:
+        vector = e.embed("closed soon")
+        assert e.is_loaded
+    assert not e.is_loaded
+    # Neither a reload nor an answer from the cache (which outlives the store's close).
+    for call in (
+        lambda: e.embed("closed soon"),
+        lambda: e.embed("never seen"),
+        lambda: e.embed_numpy(["closed soon"]),
+        lambda: e.embed("closed soon", keep_alive=-1),
+        lambda: e.warmup(),
+        lambda: e.count_tokens("closed soon"),
+    ):
+        with pytest.raises(ClosedError, match="close"):
+            call()
+    usage = e.get_memory_usage()  # reports still answer
+    assert usage["model_loaded"] is False and usage["loads"] == 1
+    e.close()  # idempotent
+    assert len(vector) == 384
+
+
+def test_close_while_unused_refuses_work_too() -> None:
+    e = Embedder(idle_timeout="never")
+    e.close()
+    with pytest.raises(ClosedError):
+        e.embed("never prepared")
+    assert e.get_memory_usage()["loads"] == 0

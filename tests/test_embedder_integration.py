@@ -16,6 +16,7 @@ import pytest
 import lazyembed.embedder as embedder_module
 from helpers import wait_until
 from lazyembed import Embedder
+from lazyembed.errors import ClosedError
 from lazyembed.runtime import EncodeResult, OnnxRuntime, RuntimeSpec
 
 
@@ -70,6 +71,33 @@ def test_all_hits_never_load_nor_touch_the_deadline(encoded: list[list[str]]) ->
     finally:
         e.close()
     assert encoded == [["one", "two"]]
+
+
+def test_a_cache_hit_records_the_keep_alive_it_asks_for_without_loading(
+    encoded: list[list[str]],
+) -> None:
+    """Issue 23: a hit never loads, but its explicit keep-alive is a lease like a miss's."""
+    clock = _Clock()
+    e = Embedder(idle_timeout="1h", clock=clock)
+    try:
+        e.embed("hello", keep_alive="2s")
+        e.embed("hello", keep_alive=-1)  # the single-text path
+        usage = e.get_memory_usage()
+        assert usage["pinned"] is True and usage["unload_in_s"] is None
+        assert e.unload_model() is True
+        e.embed_numpy(["abc", "def"])  # loads; the default lease of the hour
+        e.embed_numpy(["def", "abc"], keep_alive="5s")  # the list path: all hits
+        assert e.get_memory_usage()["unload_in_s"] == pytest.approx(5.0)
+        clock.now += 5
+        e.embed("abc", keep_alive=0)  # nothing else holds it: unloaded before it returns
+        usage = e.get_memory_usage()
+        assert usage["model_loaded"] is False and usage["last_unload"]["reason"] == "keep_alive"
+        e.embed("abc", keep_alive=-1)  # unloaded: a hit has no model to pin, loads none
+        usage = e.get_memory_usage()
+        assert usage["model_loaded"] is False and usage["loads"] == 2
+    finally:
+        e.close()
+    assert encoded == [["hello"], ["abc", "def"]]
 
 
 def test_partial_hits_embed_only_the_misses_once(encoded: list[list[str]]) -> None:
@@ -181,6 +209,16 @@ def test_keep_alive_zero_unloads_before_the_call_returns(uncached: Embedder) -> 
     assert report.model_loaded is False and report.lifecycle.events == ()
 
 
+def test_keep_alive_zero_after_a_default_call_unloads_before_it_returns() -> None:
+    """Issue 19: the 0 replaces the default lease the first call left."""
+    with Embedder(cache_memory_mb=0) as e:  # the default idle timeout, 30 minutes
+        e.embed("hi")
+        assert e.get_memory_usage()["unload_in_s"] > 1000
+        e.embed("bye", keep_alive=0)
+        usage = e.get_memory_usage()
+        assert usage["model_loaded"] is False and usage["last_unload"]["reason"] == "keep_alive"
+
+
 def test_a_pin_survives_another_callers_zero(uncached: Embedder) -> None:
     uncached.embed("pinned", keep_alive=-1)
     uncached.embed("brief", keep_alive="0s")
@@ -250,3 +288,29 @@ def test_a_cache_damaged_after_preparation_heals_at_the_next_load(tmp_path: Path
         assert embedder.embed("heal me") == pytest.approx(before, abs=1e-6)
     finally:
         embedder.close()
+
+
+def test_isolated_mode_follows_cache_hit_leases_and_close() -> None:
+    e = Embedder(isolation="process", idle_timeout="1h", cache_memory_mb=1)
+    try:
+        e.embed("hello", keep_alive="2s")
+        e.embed("hello", keep_alive=-1)  # a hit: pins the worker's model
+        usage = e.get_memory_usage()
+        assert usage["pinned"] is True and usage["unload_in_s"] is None
+        pid = usage["worker"]["worker_pid"]
+        e.embed_numpy(["hello"], keep_alive=0)  # the pin survives another call's 0
+        assert e.is_loaded
+        assert e.unload_model() is True
+        assert wait_until(lambda: not psutil.pid_exists(pid))
+        e.embed("abc")
+        pid = e.get_memory_usage()["worker"]["worker_pid"]
+        e.embed("abc", keep_alive=0)  # a hit: replaces the default lease, ends the worker
+        assert not e.is_loaded and e.get_memory_usage()["loads"] == 2
+        assert wait_until(lambda: not psutil.pid_exists(pid))
+    finally:
+        e.close()
+    with pytest.raises(ClosedError):
+        e.embed("abc")
+    with pytest.raises(ClosedError):
+        e.warmup()
+    assert e.get_memory_usage()["loads"] == 2  # no worker started after close()

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import wait_until
 from lazyembed.config import KeepAlive, parse_duration, parse_keep_alive
-from lazyembed.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from lazyembed.errors import ClosedError, ConfigError, ModelLoadError, ModelNotFoundError
 from lazyembed.lifecycle import _INHERITED, Lifecycle, State
 
 MB = 2**20
@@ -399,16 +399,75 @@ def test_keep_alive_zero_unloads_when_nothing_else_holds(mem: FakeMemory, clock:
     assert lc.poll() is None
 
 
-def test_keep_alive_zero_does_not_cut_the_default_lease(mem: FakeMemory, clock: FakeClock) -> None:
+def test_an_explicit_zero_replaces_the_default_lease_and_unloads_before_it_returns(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=60)
     use(lc)  # default lease until +60
     clock.advance(10)
-    use(lc, keep_alive=0)
-    assert lc.poll() is None
-    clock.advance(49.9)
+    model = use(lc, keep_alive=0)  # Ollama's "unload now": it replaces the default lease
+    assert model.closed and state_of(lc) is State.UNLOADED
+    assert lc.status().last_unload["reason"] == "keep_alive"
+
+
+def test_an_explicit_shorter_keep_alive_replaces_the_default_lease(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=1800)
+    use(lc)
+    use(lc, keep_alive=5)  # "5s, not the server's 30 minutes"
+    assert lc.status().unload_in_s == 5.0
+    clock.advance(4.9)
     assert lc.poll() is None
     clock.advance(0.1)
+    assert lc.poll() == "keep_alive"
+
+
+def test_a_default_call_after_an_explicit_one_renews_the_default_beside_it(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    use(lc, keep_alive=3600)
+    use(lc)  # the default lease is back; the explicit hour stands: the longer wins
+    assert lc.status().unload_in_s == 3600.0
+    clock.advance(3599.9)
+    assert lc.poll() is None
+    clock.advance(0.1)
+    assert lc.poll() == "keep_alive"
+    use(lc, keep_alive=5)
+    use(lc)  # now the default lease is the longer one
+    assert lc.status().unload_in_s == 60.0
+    clock.advance(60)
     assert lc.poll() == "idle"
+
+
+def test_a_zero_never_cuts_another_callers_explicit_lease_or_pin(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    use(lc)
+    use(lc, keep_alive=3600)
+    use(lc, keep_alive=0)  # replaces the default lease, not the other caller's hour
+    assert state_of(lc) is State.LOADED and lc.status().unload_in_s == 3600.0
+    use(lc, keep_alive=-1)
+    use(lc, keep_alive=0)
+    clock.advance(10**9)
+    assert lc.poll() is None and lc.pinned and state_of(lc) is State.LOADED
+
+
+def test_a_zero_during_another_call_never_unloads_mid_call_the_last_lease_left_decides(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    with lc.acquire() as model:  # a default call in flight
+        use(lc, keep_alive=0)
+        assert state_of(lc) is State.LOADED and not model.closed
+        model.use()
+    assert lc.status().unload_in_s == 60.0  # it finished last: its default lease holds
+    with lc.acquire(ka(0)):
+        use(lc)  # finishes first, leaving a default lease ...
+        assert state_of(lc) is State.LOADED
+    assert state_of(lc) is State.UNLOADED  # ... that the 0 finishing after it replaced
 
 
 @pytest.mark.parametrize("order", ["long_first", "zero_first"])
@@ -463,19 +522,80 @@ def test_never_timeout_never_unloads(mem: FakeMemory, clock: FakeClock) -> None:
     assert status["idle_timeout_s"] is None and status["unload_in_s"] is None
 
 
-def test_under_never_the_default_lease_holds_against_another_callers_zero(
+def test_under_never_an_explicit_keep_alive_replaces_the_default_lease_too(
     mem: FakeMemory, clock: FakeClock
 ) -> None:
     lc = make(Loader(mem), mem, clock, idle_timeout=None)
     use(lc)  # a default lease that never expires
-    use(lc, keep_alive=0)
-    use(lc, keep_alive=60)
     clock.advance(3600)
+    assert lc.poll() is None and lc.status().unload_in_s is None
+    use(lc, keep_alive=60)
+    assert lc.status().unload_in_s == 60.0
+    use(lc)  # the never-ending default lease is back
+    clock.advance(10**6)
     assert lc.poll() is None and state_of(lc) is State.LOADED
-    assert lc.unload() is True  # an explicit unload still ends it
-    use(lc, keep_alive=0)  # no default lease now: the 0 alone decides, at once
+    use(lc, keep_alive=0)
     assert state_of(lc) is State.UNLOADED
     assert lc.status().last_unload["reason"] == "keep_alive"
+
+
+def test_set_idle_timeout_changes_the_default_lease_only(mem: FakeMemory, clock: FakeClock) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    use(lc)
+    use(lc, keep_alive=3600)  # replaced the default lease
+    lc.set_idle_timeout(dur(0))
+    assert lc.poll() is None and lc.status().unload_in_s == 3600.0
+    lc.set_idle_timeout(dur(None))
+    clock.advance(3600)
+    assert lc.poll() == "keep_alive"
+
+
+def test_a_lease_without_a_call_is_recorded_as_a_finished_calls_would_be(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    """`lease()` is a cache hit's keep-alive: the model is not used, the lease still is."""
+    loader = Loader(mem)
+    lc = make(loader, mem, clock, idle_timeout=3600)
+    use(lc, keep_alive=2)
+    lc.lease(ka(-1))
+    assert lc.pinned and lc.status().unload_in_s is None
+    assert lc.unload() is True
+    use(lc)
+    lc.lease(ka(5))  # replaces the default lease, as a call's 5 s would
+    assert lc.status().unload_in_s == 5.0
+    clock.advance(5)
+    use(lc)
+    lc.lease(ka(0))  # unloads before it returns: no other lease holds the model
+    assert state_of(lc) is State.UNLOADED
+    assert lc.status().last_unload["reason"] == "keep_alive"
+    assert loader.calls == 2  # and lease() itself never loaded anything
+
+
+def test_a_lease_without_a_call_never_loads_and_a_default_one_records_nothing(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, clock, idle_timeout=60)
+    lc.lease(ka(-1))  # unloaded: nothing to hold, and nothing loads
+    assert loader.calls == 0 and state_of(lc) is State.UNLOADED
+    use(lc)
+    assert not lc.pinned  # the pin asked for while unloaded was not kept for later
+    clock.advance(30)
+    lc.lease(ka(None))  # the model was not used: its idle countdown goes on
+    assert lc.status().unload_in_s == 30.0
+
+
+def test_a_lease_without_a_call_during_a_call_never_unloads_mid_call(
+    mem: FakeMemory, clock: FakeClock
+) -> None:
+    lc = make(Loader(mem), mem, clock, idle_timeout=60)
+    with lc.acquire(ka(5)) as model:
+        lc.lease(ka(0))
+        assert state_of(lc) is State.LOADED and not model.closed
+    assert lc.status().unload_in_s == 5.0  # the call's own 5 s, left after the 0
+    with lc.acquire():
+        lc.lease(ka(-1))
+    assert lc.pinned
 
 
 def test_set_idle_timeout_applies_to_past_idleness(mem: FakeMemory, clock: FakeClock) -> None:
@@ -545,7 +665,7 @@ def test_watcher_has_no_wakeups_while_unloaded_never_or_pinned(mem: FakeMemory) 
     woken = lc.status().watcher_wakeups
     time.sleep(0.3)
     assert lc.status().watcher_wakeups == woken
-    assert lc._watch_until == float("inf")  # sleeping with no timeout at all
+    assert lc._shared.watch_until == float("inf")  # sleeping with no timeout at all
     lc.close()
 
     never = make(Loader(mem), mem, idle_timeout=None, watcher=True)
@@ -561,11 +681,11 @@ def test_steady_calls_do_not_wake_the_watcher(mem: FakeMemory) -> None:
     lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
     use(lc)
     inf = float("inf")
-    assert wait_until(lambda: float("-inf") < lc._watch_until < inf)  # asleep, timed
+    assert wait_until(lambda: float("-inf") < lc._shared.watch_until < inf)  # asleep, timed
     woken = lc.status().watcher_wakeups
     for _ in range(500):
         use(lc)
-    use(lc, keep_alive=0)  # not earlier than the default lease: nothing to re-plan
+    use(lc, keep_alive=7200)  # not earlier than the default lease: nothing to re-plan
     use(lc, keep_alive=-1)  # a pin only makes the deadline later
     time.sleep(0.2)
     assert lc.status().watcher_wakeups == woken
@@ -574,6 +694,19 @@ def test_steady_calls_do_not_wake_the_watcher(mem: FakeMemory) -> None:
     lc.set_idle_timeout(dur(0))  # due at once: the watcher is woken and unloads
     assert wait_until(lambda: state_of(lc) is State.UNLOADED)
     assert lc.status().last_unload["reason"] == "idle"
+    lc.close()
+
+
+def test_an_explicit_lease_ending_before_the_default_one_wakes_the_watcher(
+    mem: FakeMemory,
+) -> None:
+    lc = make(Loader(mem), mem, idle_timeout=3600, watcher=True)
+    use(lc)
+    inf = float("inf")
+    assert wait_until(lambda: float("-inf") < lc._shared.watch_until < inf)  # asleep, 1 h
+    use(lc, keep_alive=0.05)  # replaces the hour: the watcher must not sleep past it
+    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
+    assert lc.status().last_unload["reason"] == "keep_alive"
     lc.close()
 
 
@@ -588,9 +721,6 @@ def test_one_watcher_thread_started_on_first_load_and_stopped_by_close(
     assert threading.active_count() == before + 1
     lc.close()
     assert threading.active_count() == before and state_of(lc) is State.UNLOADED
-    use(lc)  # usable after close: loads again, with a new watcher
-    assert threading.active_count() == before + 1
-    lc.close()
 
 
 def test_abandoned_lifecycle_is_collected_and_its_watcher_exits(mem: FakeMemory) -> None:
@@ -767,11 +897,41 @@ def test_an_interrupted_unload_releases_the_callers_queued_behind_it(mem: FakeMe
         busy.join(10)
 
 
-def test_after_close_a_new_call_loads_with_a_watcher_that_unloads_it(mem: FakeMemory) -> None:
-    lc = make(Loader(mem), mem, idle_timeout=0.05, watcher=True)
+def test_after_close_a_call_raises_closed_error_and_nothing_loads(mem: FakeMemory) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem, idle_timeout=3600, watcher=True)
     use(lc)
     lc.close()
     assert state_of(lc) is State.UNLOADED
-    use(lc)  # after close(): loads again, with a fresh watcher
-    assert wait_until(lambda: state_of(lc) is State.UNLOADED)
-    lc.close()
+    with pytest.raises(ClosedError, match="after close"):
+        use(lc)
+    lc.lease(ka(-1))  # a cache hit's lease: nothing to hold, nothing loads
+    assert loader.calls == 1 and state_of(lc) is State.UNLOADED
+    assert lc.unload() is False
+    lc.close()  # idempotent
+
+
+def test_a_call_during_close_gets_closed_error_and_the_call_in_flight_finishes(
+    mem: FakeMemory,
+) -> None:
+    loader = Loader(mem)
+    lc = make(loader, mem)
+    refused: list[BaseException] = []
+
+    def late_call() -> None:
+        try:
+            use(lc)
+        except ClosedError as exc:
+            refused.append(exc)
+
+    with lc.acquire() as model:  # in flight: close() waits for it
+        closer = threading.Thread(target=lc.close)
+        closer.start()
+        assert wait_until(lambda: lc.status().unload_waiting == 1)
+        caller = threading.Thread(target=late_call)
+        caller.start()
+        caller.join(10)
+        assert len(refused) == 1  # refused at once, not queued for a reload
+        model.use()  # the call in flight still has its model
+    closer.join(10)
+    assert loader.calls == 1 and model.closed and state_of(lc) is State.UNLOADED

@@ -18,6 +18,7 @@ import pytest
 import lazyembed
 from helpers import model_copy, wait_until
 from lazyembed import ModelBusyError, Models
+from lazyembed.errors import ClosedError
 from lazyembed.report import State
 
 
@@ -187,3 +188,15 @@ def test_module_functions_take_a_model(folders: dict[str, str]) -> None:
     assert lazyembed.get_memory_usage(model=folders["a"])["model_loaded"] is True
     assert lazyembed.unload_model(folders["a"]) is True
     assert lazyembed.get_memory_usage(model=folders["a"])["model_loaded"] is False
+
+
+def test_models_is_a_context_manager_and_refuses_work_once_closed(folders: dict[str, str]) -> None:
+    with Models(cache_memory_mb=1, idle_timeout="never") as models:
+        models.embed("kept", model=folders["a"])
+        taken = models.get(folders["a"])
+    assert models.loaded() == [] and not taken.is_loaded
+    with pytest.raises(ClosedError):
+        models.embed("kept", model=folders["a"])
+    with pytest.raises(ClosedError):
+        taken.embed("kept")  # an Embedder taken before the close: no silent reload
+    models.close()  # idempotent

@@ -6,9 +6,11 @@ needs. Preparation — resolving the model, converting it to ONNX once, fingerpr
 opening the cache — happens once per Embedder and costs no model memory, so cache hits
 can be answered while the model stays unloaded.
 
-Locks: `_prepare_lock` guards the one-time preparation and the counting tokenizer
-(`_prepared` and `_tokenizer` are written once, under it, and read without it
-afterwards). A forked child gets a fresh `_prepare_lock` (another thread of the parent
+Locks: `_prepare_lock` guards the one-time preparation, the counting tokenizer and
+closing (`_prepared` and `_tokenizer` are written once, under it, and read without it
+afterwards; `close()` sets `_closed` and drops `_prepared` under it, so every later
+`prepare()` raises `ClosedError` and the hot paths, which read `_prepared` anyway, pay
+nothing for the check). A forked child gets a fresh `_prepare_lock` (another thread of the parent
 may have held it at the fork, for the seconds a first conversion takes). Everything
 about the model's presence is the Lifecycle's (see lifecycle.py). The cache guards
 itself.
@@ -44,7 +46,7 @@ from lazyembed.config import (
     parse_keep_alive,
     prepack_resolved,
 )
-from lazyembed.errors import ConfigError, InputTypeError
+from lazyembed.errors import ClosedError, ConfigError, InputTypeError
 from lazyembed.inputs import check_text, normalize_inputs
 from lazyembed.lifecycle import Lifecycle
 from lazyembed.models.convert import ConvertedModel
@@ -58,6 +60,7 @@ from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runti
 from lazyembed.st_dropin import SentenceTransformerMethods
 
 FloatArray = npt.NDArray[np.float32]
+_DEFAULT = KeepAlive.DEFAULT
 #: Marks the cache keys of texts whose prompt is left out of the pooling (a lone
 #: surrogate: `check_text` refuses it in any input, so no text's own key can match).
 _EXCLUDED = "\ud800"
@@ -112,7 +115,10 @@ class Embedder(SentenceTransformerMethods):
         self.settings = settings
         self.model_name = canonical_spec(settings.model)
         self._prepare_lock = threading.Lock()
+        # Dropped by close(), after which prepare() refuses: every path that needs the
+        # model or the cache reads it first, so "closed" costs the hot path nothing.
         self._prepared: PreparedModel | None = None
+        self._closed = False
         self._tokenizer: Tokenizer | None = None
         # Pressure checks ride on the lifecycle's watcher, only while the model is loaded.
         self._pressure = (
@@ -139,6 +145,8 @@ class Embedder(SentenceTransformerMethods):
         if prepared is not None:
             return prepared
         with self._prepare_lock:
+            if self._closed:
+                raise ClosedError(f"{self.model_name}: this Embedder was closed")
             if self._prepared is None:
                 self._prepared = self._prepare_now()
             return self._prepared
@@ -276,6 +284,8 @@ class Embedder(SentenceTransformerMethods):
                 return plain
             hit = cache.get_many((text,))[0]
             if hit is not None:
+                if seconds is not _DEFAULT:  # the lease it asks for, without a load
+                    self._lifecycle.lease(seconds)
                 single_hit: list[float] = hit.tolist()
                 return single_hit
             fresh = self._encode([text], seconds).vectors
@@ -376,7 +386,9 @@ class Embedder(SentenceTransformerMethods):
             return self._encode(items, keep_alive, prompt_length).vectors
         found = cache.get_many(keys)
         missing = [i for i, vector in enumerate(found) if vector is None]
-        if not missing:  # all hits: the model is neither loaded nor its deadline touched
+        if not missing:  # all hits: nothing loads; an explicit keep-alive is still a lease
+            if keep_alive is not _DEFAULT:
+                self._lifecycle.lease(keep_alive)
             return np.stack(found)  # type: ignore[arg-type]
         # Each distinct missing text is embedded once, however often it repeats.
         unique: dict[str, int] = {}
@@ -519,11 +531,21 @@ class Embedder(SentenceTransformerMethods):
         }
 
     def close(self) -> None:
-        """Unload and release the cache; the Embedder must not be used afterwards."""
+        """Unload and release the cache. Idempotent; afterwards every call that needs the
+        model or the cache (embed, warmup, count_tokens, ...) raises `ClosedError`, in
+        isolation mode too; reports (`get_memory_usage`) still answer."""
+        with self._prepare_lock:
+            self._closed = True
+            prepared, self._prepared = self._prepared, None
         self._lifecycle.close()
-        prepared = self._prepared
         if prepared is not None and prepared.cache is not None:
             prepared.cache.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # ---- sentence-transformers drop-in (the methods are SentenceTransformerMethods') ---
 

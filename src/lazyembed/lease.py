@@ -1,99 +1,77 @@
-"""One call through a `Lifecycle`: counted in flight, and the lease it leaves behind.
+"""The lease rule: what a finished call (or a cache hit) leaves behind, and when it ends.
 
-`Lifecycle.acquire()` returns a `Call`, a tiny context manager (no generator, no per-call
-state, so one instance serves every call with the default keep-alive). Its fast paths
-run on every call — one lock round trip each way and one clock read at release — and
-the release is where the lease rule lives: the default lease, an explicit one, or a pin;
-and when every lease has already expired, the unload runs before the call returns. It
-works on its Lifecycle's private state under that Lifecycle's lock: the two modules are
-one design, split to keep each readable (docs/ARCHITECTURE.md, "The lifecycle").
+`Leases` is plain state owned by one `Lifecycle` and guarded by that Lifecycle's lock (it
+has no lock of its own and knows nothing of the Lifecycle: lifecycle.py imports this
+module, never the reverse). The rule, as tests/test_lifecycle.py specifies it:
+
+- A **pin** (keep-alive FOREVER) holds until an explicit unload (or a pressure or budget
+  unload, which outrank it).
+- An **explicit** keep-alive of k seconds (0 included) leases until its call finished + k;
+  of several, the latest expiry holds, so one caller's 0 never cuts another caller's hour.
+- The **default** lease (calls that gave no keep-alive) lasts from the last such call
+  for the *current* idle timeout ("never": until replaced). An explicit keep-alive
+  *replaces* it: a client that says "this long" overrides the server's default, so a 0
+  after plain calls unloads. A later plain call renews the default lease again, beside
+  the explicit ones; the longest live lease wins.
+
+The model may unload when no lease is live and no call is in flight.
 """
 
 from __future__ import annotations
 
 import math
-from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from lazyembed.report import State
-
-if TYPE_CHECKING:
-    from lazyembed.lifecycle import Lifecycle
-
-
-class Closeable(Protocol):
-    """What a Lifecycle holds: anything that can be closed."""
-
-    def close(self) -> None: ...
-
-
-T = TypeVar("T", bound=Closeable)
 _INF = math.inf
-_LOADED = State.LOADED  # a module global: cheaper to read on the fast path
+_NEG_INF = -math.inf
 
 
-class Call(Generic[T]):
-    """The context manager `Lifecycle.acquire()` returns (see the module docstring)."""
+class Leases:
+    """The live leases of one Lifecycle (see the module docstring); its lock guards them.
 
-    __slots__ = ("_keep_alive", "_lifecycle")
+    The fields are public to the owning Lifecycle, whose per-call hot path renews the
+    default lease by writing ``default_done`` directly (the default branch of `record`).
+    """
 
-    def __init__(self, lifecycle: Lifecycle[T], keep_alive: float | None) -> None:
-        # Private encoding, inside the lifecycle only: None = the default lease,
-        # inf = a pin, else seconds (from the KeepAlive that acquire() was given).
-        self._lifecycle = lifecycle
-        self._keep_alive = keep_alive
+    __slots__ = ("default_done", "explicit_until", "pinned")
 
-    def __enter__(self) -> T:
-        lc = self._lifecycle
-        with lc._lock:
-            if lc._state is _LOADED and not lc._unload_waiting:
-                lc._in_flight += 1
-                return lc._obj  # type: ignore[return-value]
-        return lc._enter_slow()
+    def __init__(self) -> None:
+        self.default_done: float | None = None  # when the last default-lease call finished
+        self.explicit_until = _NEG_INF  # the latest explicit lease's expiry
+        self.pinned = False
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lc = self._lifecycle
-        keep_alive = self._keep_alive
-        now = lc._clock()
-        with lc._lock:
-            lc._in_flight -= 1
-            lc._last_done = now
-            if keep_alive is None:
-                lc._default_done = now
-            elif keep_alive == _INF:
-                lc._pinned = True
-            else:
-                lease = now + keep_alive
-                if lease > lc._explicit_until:
-                    lc._explicit_until = lease
-            if lc._in_flight:
-                return
-            if lc._unload_waiting:
-                lc._changed.notify_all()
-                return
-            reason = ""
-            # Only a lease of zero (keep_alive=0, or the default under idle_timeout 0) can
-            # have expired already; then, if no other lease holds, unload before the call
-            # returns, so the caller never sees it still loaded. (Checked only then: the
-            # deadline's computation is not free, and this runs on every call.)
-            zero = keep_alive == 0.0 or (keep_alive is None and lc._idle_timeout == 0.0)
-            if zero and lc._state is _LOADED and lc._deadline()[0] <= now:
-                reason = lc._deadline()[1]
-                lc._begin_unload_locked(reason)
-            elif lc._watch_until == _INF and lc._wake_target() < _INF:
-                # Leases only grow, so a watcher asleep towards a finite time is never
-                # late; one asleep without timeout (it planned while calls were in
-                # flight, or there was no deadline) must re-plan.
-                lc._wake.notify()
-        if reason:
-            lc._finish_unload(reason)  # tells on_idle when done
+    def clear(self) -> None:
+        """Forget every lease (an unload, a failed load, a fork)."""
+        self.default_done = None
+        self.explicit_until = _NEG_INF
+        self.pinned = False
+
+    def record(self, keep_alive: float | None, now: float) -> None:
+        """Record the lease one call asks for at ``now``: None = the default lease,
+        inf = a pin, else seconds. An explicit one replaces the default lease."""
+        if keep_alive is None:
+            self.default_done = now
             return
-        if lc._rss_before_load is not None:
-            lc._measure_first_call()
-        if lc._on_idle is not None:
-            lc._notify_idle()
+        self.default_done = None
+        if keep_alive == _INF:
+            self.pinned = True
+        else:
+            until = now + keep_alive
+            if until > self.explicit_until:
+                self.explicit_until = until
+
+    def deadline(self, idle_timeout: float | None) -> tuple[float, str]:
+        """(when the longest live lease ends, its unload reason); inf = none ends.
+
+        ``idle_timeout`` is the current one in seconds (None = never). With no lease at
+        all the answer is inf: only a recorded lease can end.
+        """
+        if self.pinned:
+            return _INF, "keep_alive"
+        deadline, reason = self.explicit_until, "keep_alive"
+        if self.default_done is not None:
+            if idle_timeout is None:  # a default lease under "never" holds the model
+                return _INF, "idle"
+            default = self.default_done + idle_timeout
+            if default >= deadline:
+                deadline, reason = default, "idle"
+        return (_INF if deadline == _NEG_INF else deadline), reason

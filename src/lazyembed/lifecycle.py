@@ -3,37 +3,46 @@
 States UNLOADED → LOADING → LOADED → UNLOADING → UNLOADED. It holds whatever
 ``loader()`` returns (anything with ``close()``) and knows nothing of ONNX, so it is
 testable with a fake loader and a fake clock (tests/test_lifecycle.py is its
-specification). ``with lifecycle.acquire(keep_alive) as thing:`` is the only way in;
-loads are single-flight, unloads happen only at zero calls in flight, and the longest
-live keep-alive lease wins. docs/ARCHITECTURE.md ("Lifecycle") describes the states,
-the lease rule, the watcher thread, fork handling and who holds which lock.
+specification). ``with lifecycle.acquire(keep_alive) as thing:`` is the only way in
+(`lease()` records a cache hit's keep-alive without it); loads are single-flight,
+unloads happen only at zero calls in flight, and the lease rule is lease.py's. The
+watcher thread (watcher.py) drives it through `due()` and `wake_at()` only.
+docs/ARCHITECTURE.md ("The lifecycle") describes the states, the lease rule, the
+watcher, fork handling and who holds which lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
 from lazyembed.config.durations import KeepAlive
 from lazyembed.config.settings import DEFAULT_IDLE_TIMEOUT
-from lazyembed.errors import ConfigError, LazyEmbedError, ModelLoadError
+from lazyembed.errors import ClosedError, ConfigError, LazyEmbedError, ModelLoadError
 from lazyembed.journal import Journal
-from lazyembed.lease import Call, Closeable
+from lazyembed.lease import Leases
 from lazyembed.report import LifecycleStatus, State
 from lazyembed.watcher import Shared, on_collected, watch
 
 log = logging.getLogger("lazyembed")
 
 _INF = math.inf
-_NEG_INF = -math.inf
+
+
+class Closeable(Protocol):
+    """What a Lifecycle holds: anything that can be closed."""
+
+    def close(self) -> None: ...
 
 
 T = TypeVar("T", bound=Closeable)
@@ -65,6 +74,72 @@ class _Attempt:
     def __init__(self) -> None:
         self.done = False
         self.error: BaseException | None = None
+
+
+class Call(Generic[T]):
+    """What `Lifecycle.acquire()` returns: counts one call in flight, then leaves its lease.
+
+    A tiny context manager (no generator, no per-call state, so one instance serves every
+    call with the default keep-alive). Its fast paths run on every call — one lock round
+    trip each way and one clock read at release. It works on its Lifecycle's state under
+    that Lifecycle's lock: the two are one design (why it lives in this module).
+    """
+
+    __slots__ = ("_keep_alive", "_lifecycle")
+
+    def __init__(self, lifecycle: Lifecycle[T], keep_alive: float | None) -> None:
+        # Private encoding, inside the lifecycle only: None = the default lease,
+        # inf = a pin, else seconds (from the KeepAlive that acquire() was given).
+        self._lifecycle = lifecycle
+        self._keep_alive = keep_alive
+
+    def __enter__(self) -> T:
+        lc = self._lifecycle
+        with lc._lock:
+            if lc._state is _LOADED and not lc._unload_waiting:
+                lc._in_flight += 1
+                return lc._obj  # type: ignore[return-value]
+        return lc._enter_slow()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lc = self._lifecycle
+        keep_alive = self._keep_alive
+        now = lc._clock()
+        with lc._lock:
+            lc._in_flight -= 1
+            lc._last_done = now
+            if keep_alive is None:
+                lc._leases.default_done = now  # Leases.record's default branch, inlined
+                # Only under idle_timeout 0 can the renewed default lease end at once.
+                settle = lc._idle_timeout == 0.0
+            else:
+                lc._leases.record(keep_alive, now)
+                # It may end now (a 0), or before the default lease it replaced.
+                settle = True
+            if lc._in_flight:
+                return
+            if lc._unload_waiting:
+                lc._changed.notify_all()
+                return
+            reason = ""
+            # A default lease only ever moves later, so a watcher asleep towards a finite
+            # time is never late; one asleep without timeout (it planned while calls were
+            # in flight, or there was no deadline) must re-plan. Checked only then: the
+            # deadline's computation is not free, and this runs on every call.
+            if settle or lc._shared.watch_until == _INF:
+                reason = lc._settle_locked(now)
+        if reason:
+            lc._finish_unload(reason)  # before the call returns; tells on_idle when done
+            return
+        if lc._rss_before_load is not None:
+            lc._measure_first_call()
+        if lc._on_idle is not None:
+            lc._notify_idle()
 
 
 class Lifecycle(Generic[T]):
@@ -117,13 +192,10 @@ class Lifecycle(Generic[T]):
         self._attempt: _Attempt | None = None
         self._idle_timeout = _idle_seconds(idle_timeout)  # None = never
         self._last_done: float | None = None  # any call (for idle_seconds)
-        self._default_done: float | None = None  # the default lease
-        self._explicit_until = _NEG_INF  # latest explicit lease expiry
-        self._pinned = False
+        self._leases = Leases()  # lease.py: the rule of what holds the model
+        self._closed = False  # close() was called: acquire() raises ClosedError
         self._next_check = _INF
-        self._watch_until = _NEG_INF  # what the watcher sleeps towards; -inf: not sleeping
         self._watcher_thread: threading.Thread | None = None
-        self._wakeups = 0
         self._model_mb = 0.0
         # RSS before the current load, until the first call after it has run: a load
         # maps the weights without touching them, so what the model takes shows after
@@ -157,6 +229,8 @@ class Lifecycle(Generic[T]):
                             self._changed.notify_all()
                         raise joined.error
                     return self._obj  # type: ignore[return-value]
+                if joined is None and self._closed:
+                    raise ClosedError(f"{self.name}: used after close()")
                 if not self._unload_waiting:
                     if state is State.LOADED:
                         self._in_flight += 1
@@ -246,6 +320,7 @@ class Lifecycle(Generic[T]):
             attempt.error = error
             attempt.done = True
             self._state = State.UNLOADED
+            self._leases.clear()  # any recorded while it loaded: nothing left to hold
             self._in_flight -= 1
             self._journal.load_failed(reason, ms, error)
             self._changed.notify_all()
@@ -257,13 +332,12 @@ class Lifecycle(Generic[T]):
         self._obj = None
         self._state = State.UNLOADING
         self._rss_before_load = None
-        self._pinned = False
-        self._explicit_until = _NEG_INF
-        self._default_done = None
+        self._leases.clear()
         self._next_check = _INF
 
-    def _finish_unload(self, reason: str, note: str | None = None) -> None:
+    def _finish_unload(self, reason: str, note: str | None = None) -> str:
         """Outside the lock: close, drop the last reference, return memory, measure.
+        Returns ``reason`` (so the watcher and poll() can run it as the work due).
 
         Whatever close(), the memory release or the probe raise (or an interrupt), the
         state still reaches UNLOADED and waiters are woken: nobody hangs on UNLOADING.
@@ -304,6 +378,7 @@ class Lifecycle(Generic[T]):
             record["rss_before_mb"],
             record["rss_after_mb"],
         )
+        return reason
 
     def _measure_first_call(self) -> None:
         """After the first call since a load: model_mb = RSS now - RSS before the load."""
@@ -355,10 +430,10 @@ class Lifecycle(Generic[T]):
                 self._state is not State.LOADED
                 or self._in_flight
                 or self._unload_waiting
-                or (self._pinned and not allow_pinned)
+                or (self._leases.pinned and not allow_pinned)
             ):
                 return False
-            pinned = self._pinned
+            pinned = self._leases.pinned
             self._begin_unload_locked(reason)
         if pinned:
             log.warning(
@@ -374,7 +449,7 @@ class Lifecycle(Generic[T]):
 
     @property
     def pinned(self) -> bool:
-        return self._pinned
+        return self._leases.pinned
 
     @property
     def busy(self) -> bool:
@@ -416,26 +491,44 @@ class Lifecycle(Generic[T]):
     def poll(self) -> str | None:
         """Run the deadline and periodic checks now; the reason if it unloaded, else None.
 
-        The watcher calls this logic too; tests with a fake clock call it directly.
+        What the watcher does when it wakes (`due`); tests with a fake clock call it.
         """
         with self._lock:
-            action, value = self._plan_locked(self._clock())
-            if action == "unload":
-                self._begin_unload_locked(value)
-        if action == "unload":
-            self._finish_unload(value)
-            return value
-        if action == "check":
-            return self._run_check()
-        return None
+            work = self.due()
+        return None if work is None else work()
+
+    def lease(self, keep_alive: KeepAlive) -> None:
+        """Record the lease a call asks for without using the thing: a cache hit's.
+
+        Never loads. An explicit keep-alive or a pin is recorded exactly as when a call
+        finishes (so a 0 that leaves no other lease live unloads before this returns); a
+        default one records nothing: the thing was not used, so its idle countdown does
+        not restart. Nothing either unless loaded or loading (an unloaded model has no
+        lease to keep; the next load's own call leaves one).
+        """
+        kind = keep_alive.kind
+        if kind == "default":
+            return
+        seconds = _INF if kind == "forever" else keep_alive.seconds
+        now = self._clock()
+        with self._lock:
+            if self._state is not _LOADED and self._state is not State.LOADING:
+                return
+            self._leases.record(seconds, now)
+            if self._in_flight or self._unload_waiting:
+                return  # the last call out (or the unload) settles it
+            reason = self._settle_locked(now)
+        if reason:
+            self._finish_unload(reason)
 
     def close(self) -> None:
-        """Stop the watcher and unload. Idempotent; a later acquire() loads again.
+        """Stop the watcher and unload; afterwards acquire() raises `ClosedError`.
 
-        The watcher stops first: a call slipping in before the unload is unloaded with
-        it, and one after it loads again with a fresh watcher of its own.
+        Idempotent. The watcher stops first; calls already in flight finish (the unload
+        waits for them), and a call queued behind the unload gets ClosedError.
         """
         with self._lock:
+            self._closed = True
             self._shared.generation += 1
             thread, self._watcher_thread = self._watcher_thread, None
             self._wake.notify_all()
@@ -463,7 +556,7 @@ class Lifecycle(Generic[T]):
                 idle_seconds=idle,
                 idle_timeout=self.idle_timeout,
                 unload_in_s=unload_in,
-                pinned=self._pinned,
+                pinned=self._leases.pinned,
                 in_flight=self._in_flight,
                 waiting=self._waiting,
                 unload_waiting=self._unload_waiting,
@@ -476,7 +569,7 @@ class Lifecycle(Generic[T]):
                 if journal.last_load_ms is None
                 else round(journal.last_load_ms, 2),
                 last_unload=None if journal.last_unload is None else dict(journal.last_unload),
-                watcher_wakeups=self._wakeups,
+                watcher_wakeups=self._shared.wakeups,
                 events=tuple(dict(e) for e in journal.events) if events else (),
             )
 
@@ -484,16 +577,7 @@ class Lifecycle(Generic[T]):
 
     def _deadline(self) -> tuple[float, str]:
         """(time of the latest live lease's expiry, reason); inf = no deadline. Under _lock."""
-        if self._pinned:
-            return _INF, "keep_alive"
-        deadline, reason = self._explicit_until, "keep_alive"
-        if self._default_done is not None:
-            if self._idle_timeout is None:  # a default lease under "never" holds the model
-                return _INF, "idle"
-            default = self._default_done + self._idle_timeout
-            if default >= deadline:
-                deadline, reason = default, "idle"
-        return (_INF if deadline == _NEG_INF else deadline), reason
+        return self._leases.deadline(self._idle_timeout)
 
     def _wake_target(self) -> float:
         """When the watcher must next act (inf = never). Under _lock."""
@@ -502,16 +586,41 @@ class Lifecycle(Generic[T]):
         deadline, _ = self._deadline()
         return min(deadline, self._next_check)
 
-    def _plan_locked(self, now: float) -> tuple[str, str]:
-        """("unload", reason) | ("check", "") | ("wait", ""). Under _lock."""
+    def due(self) -> Callable[[], str | None] | None:
+        """For the watcher (watcher.Watched), under _lock: the work due now, or None.
+
+        An expired lease begins the unload here; the returned function finishes it (or
+        runs the periodic check) outside the lock and returns the unload's reason.
+        """
         if self._state is not State.LOADED or self._in_flight or self._unload_waiting:
-            return "wait", ""
+            return None
+        now = self._clock()
         deadline, reason = self._deadline()
         if deadline <= now:
-            return "unload", reason
+            self._begin_unload_locked(reason)
+            return functools.partial(self._finish_unload, reason)
         if self._next_check <= now:
-            return "check", ""
-        return "wait", ""
+            return self._run_check
+        return None
+
+    def wake_at(self) -> tuple[float, float]:
+        """For the watcher (watcher.Watched), under _lock: (its next wake-up time, now)."""
+        return self._wake_target(), self._clock()
+
+    def _settle_locked(self, now: float) -> str:
+        """Under _lock, after a lease was recorded at zero calls in flight: begin the
+        unload if no lease is live any more (the reason; the caller finishes it outside
+        the lock, before its call returns), else wake a watcher asleep past the new
+        deadline (an explicit lease can end before the default lease it replaced)."""
+        if self._state is not _LOADED:
+            return ""
+        deadline, reason = self._deadline()
+        if deadline <= now:
+            self._begin_unload_locked(reason)
+            return reason
+        if min(deadline, self._next_check) < self._shared.watch_until:
+            self._wake.notify()
+        return ""
 
     def _run_check(self) -> str | None:
         assert self._check is not None
@@ -530,8 +639,7 @@ class Lifecycle(Generic[T]):
             ):
                 return None
             self._begin_unload_locked(reason)
-        self._finish_unload(reason)
-        return reason
+        return self._finish_unload(reason)
 
     def _new_watcher(self) -> threading.Thread:
         return threading.Thread(
@@ -560,11 +668,9 @@ class Lifecycle(Generic[T]):
         self._state = State.UNLOADED
         self._in_flight = self._unload_waiting = self._waiting = 0
         self._attempt = None
-        self._pinned = False
-        self._explicit_until = _NEG_INF
-        self._default_done = None
+        self._leases.clear()
         self._next_check = _INF
-        self._watch_until = _NEG_INF
+        shared.watch_until = -math.inf
         self._watcher_thread = None
         if had_model:
             self._model_mb = 0.0

@@ -150,12 +150,19 @@ class Models:
         return [e.memory_report(events=events) for e in embedders]
 
     def close(self) -> None:
-        """Unload and close every model; the registry takes no new models afterwards."""
+        """Unload and close every model. Idempotent; afterwards every call that needs a
+        model raises `ClosedError`, also through an Embedder taken from `get()` before."""
         with self._lock:
             self._closed = True
             embedders, self._embedders = list(self._embedders.values()), {}
         for embedder in embedders:
             embedder.close()
+
+    def __enter__(self) -> Models:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # ---- the budget ---------------------------------------------------------------------
 

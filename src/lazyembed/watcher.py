@@ -1,10 +1,11 @@
-"""The watcher thread of a `Lifecycle`: sleeps until the next deadline, then acts.
+"""The watcher thread of a lifecycle: sleeps until the next deadline, then acts.
 
-One daemon thread per Lifecycle, started at its first load. It holds only a weak
-reference to the Lifecycle, and a strong one only while deciding or acting, never while
-sleeping, so an abandoned Lifecycle can be garbage-collected (the thread then exits).
-It reads the Lifecycle's private state under the Lifecycle's own lock: the two modules
-are one design, split only to keep each readable.
+One daemon thread per lifecycle, started at its first load. It knows the lifecycle only
+through `Watched` (two methods, called under the shared lock) and the `Shared` state
+below, so arrows point one way: lifecycle.py imports this module, never the reverse. It
+holds only a weak reference to the lifecycle, and a strong one only while deciding or
+acting, never while sleeping, so an abandoned lifecycle can be garbage-collected (the
+thread then exits).
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import weakref
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from lazyembed.lifecycle import Lifecycle
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("lazyembed")
 
@@ -25,20 +23,39 @@ _NEG_INF = -math.inf
 
 
 class Shared:
-    """What the watcher thread and the GC finalizer need, without a ref to the Lifecycle."""
+    """What the watcher, its lifecycle and the GC finalizer share, without a ref to it.
 
-    __slots__ = ("changed", "dead", "generation", "lock", "wake")
+    ``lock`` is the lifecycle's lock; every field is guarded by it (``dead`` is also set
+    without it by the finalizer, which may not block).
+    """
+
+    __slots__ = ("changed", "dead", "generation", "lock", "wake", "wakeups", "watch_until")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.wake = threading.Condition(self.lock)
         self.generation = 0  # a watcher whose generation differs exits
-        self.dead = False  # the Lifecycle was garbage-collected
+        self.dead = False  # the lifecycle was garbage-collected
+        self.watch_until = _NEG_INF  # what the watcher sleeps towards; -inf: not asleep
+        self.wakeups = 0
+
+
+class Watched(Protocol):
+    """What the watcher drives: both methods are called with ``Shared.lock`` held."""
+
+    def due(self) -> Callable[[], object] | None:
+        """The work due now, begun under the lock and finished by calling the returned
+        function outside it (an unload, a periodic check); None when nothing is due."""
+        ...
+
+    def wake_at(self) -> tuple[float, float]:
+        """(when something next falls due, inf = nothing until woken; now)."""
+        ...
 
 
 def on_collected(shared: Shared) -> None:
-    """Finalizer: tell the watcher its Lifecycle is gone.
+    """Finalizer: tell the watcher its lifecycle is gone.
 
     Non-blocking: if the lock is held, its holder is the watcher itself dropping the
     last reference, and it checks ``dead`` before it sleeps.
@@ -51,41 +68,34 @@ def on_collected(shared: Shared) -> None:
             shared.lock.release()
 
 
-def watch(ref: weakref.ref[Lifecycle[Any]], shared: Shared, generation: int) -> None:
+def watch(ref: Callable[[], Watched | None], shared: Shared, generation: int) -> None:
     """The watcher thread: sleep until the next deadline, act, repeat.
 
-    Holds a strong reference to the Lifecycle only while deciding or acting, never while
-    sleeping, so an abandoned Lifecycle can be collected (and this thread then exits).
+    ``ref`` is a weak reference to the lifecycle: a strong one is held only while
+    deciding or acting, never while sleeping, so an abandoned lifecycle can be collected
+    (and this thread then exits). A caller that moves the next deadline earlier than
+    ``shared.watch_until`` notifies ``shared.wake``.
     """
     try:
         while True:
-            lifecycle = ref()
-            if lifecycle is None or shared.generation != generation:
+            target = ref()
+            if target is None or shared.generation != generation:
                 return
-            with lifecycle._lock:
-                now = lifecycle._clock()
-                action, reason = lifecycle._plan_locked(now)
-                if action == "unload":
-                    lifecycle._begin_unload_locked(reason)
-                elif action == "wait":
-                    until = lifecycle._wake_target()
-                    lifecycle._watch_until = until
+            with shared.lock:
+                work = target.due()
+                if work is None:
+                    until, now = target.wake_at()
+                    shared.watch_until = until
                     timeout = None if until == _INF else max(0.0, until - now)
-                    wake = lifecycle._wake
-                    del lifecycle  # may run the finalizer here (it then only sets dead)
+                    del target  # may run the finalizer here (it then only sets dead)
                     if shared.dead or shared.generation != generation:
                         return
-                    wake.wait(timeout)
-                    lifecycle = ref()
-                    if lifecycle is None:
-                        return
-                    lifecycle._watch_until = _NEG_INF
-                    lifecycle._wakeups += 1
+                    shared.wake.wait(timeout)
+                    shared.watch_until = _NEG_INF
+                    shared.wakeups += 1
                     continue
-            if action == "unload":
-                lifecycle._finish_unload(reason)
-            else:
-                lifecycle._run_check()
-            del lifecycle
+            del target
+            work()  # holds the lifecycle only while it runs
+            del work
     except Exception:  # pragma: no cover - a bug; the next load starts a new watcher
         log.exception("lazyembed lifecycle watcher died")
