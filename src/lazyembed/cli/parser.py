@@ -63,7 +63,10 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     embed.add_argument("-o", "--output", help="write to FILE instead of stdout")
     embed.add_argument(
-        "--batch-size", type=int, default=256, help="texts per model call (default 256)"
+        "--batch-size",
+        type=_setting_value("encode_batch_size", "--batch-size"),
+        default=256,
+        help="texts per model call, 1 to 4096 (default 256)",
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_option(embed)
@@ -133,6 +136,19 @@ def _setting_flag(key: str, flag: str) -> Callable[[str], str]:
     return check
 
 
+def _setting_value(key: str, flag: str) -> Callable[[str], object]:
+    """An argparse ``type=`` parsing the text by the setting ``key``'s own parser (one
+    validation for the flag and the setting), giving the parsed value."""
+
+    def parse(text: str) -> object:
+        try:
+            return KEYS[key].parse(text, flag, "the command line")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _serve_models_options(serve: argparse.ArgumentParser) -> None:
     """What ``serve`` serves: models (the first is the default), any model, the budget."""
     defaults = Settings()
@@ -198,7 +214,13 @@ def _add_others(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     _model_option(models)
     models.add_argument(
-        "--describe", action="store_true", help="describe the settings' model (as --model)"
+        "--describe",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODEL",
+        help="describe MODEL (name, alias or folder; without it: --model, else the "
+        "settings' model)",
     )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=cmd_models, prints=True)
