@@ -118,6 +118,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="time in-flight requests get to finish on SIGTERM ('30s', 90; setting "
         f"graceful_timeout, default {d.graceful_timeout:g} s)",
     )
+    serve.add_argument(
+        "--body-timeout",
+        type=duration_flag(parse_positive_seconds, "--body-timeout"),
+        help="time a request's body may take to arrive, else 408 and the connection is "
+        f"closed ('5s'; setting server_body_timeout, default {d.body_timeout:g} s)",
+    )
     _serve_models_options(serve)
     serve.set_defaults(func=cmd_serve, prints=False)
 

@@ -9,10 +9,16 @@ They stay registered with FastAPI too, for the OpenAPI schema.
 A client that went away gets nothing (status 499, nginx's "client closed request",
 nothing logged); any other exception escaping a handler is answered from the error table
 if the response has not started.
+
+A request's body must arrive within ``body_timeout`` seconds of the request's start:
+the guard gives the app a ``receive`` that waits no longer, then answers 408 and closes
+the connection, so a stalled or trickling upload cannot hold a connection (or a
+graceful shutdown) for long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +43,40 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(413, f"request body larger than {limit} bytes", "body_too_large")
 
 
+def body_timed_out(seconds: float) -> ApiError:
+    """408, closing the connection (the rest of the body may still arrive)."""
+    return ApiError(
+        408,
+        f"request body not received within {seconds:g} s (setting server_body_timeout)",
+        "body_timeout",
+        headers={"Connection": "close"},
+    )
+
+
+def body_deadline(receive: Receive, seconds: float) -> Receive:
+    """``receive`` that raises `body_timed_out` if the body is not complete ``seconds``
+    from now; once it is, a plain pass-through (the disconnect probe relies on that)."""
+    deadline = time.monotonic() + seconds
+    complete = False
+
+    async def receive_body() -> Message:
+        nonlocal complete
+        if complete:
+            return await receive()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise body_timed_out(seconds)
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            raise body_timed_out(seconds) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            complete = True
+        return message
+
+    return receive_body
+
+
 class GuardMiddleware:
     """See the module docstring."""
 
@@ -46,6 +86,7 @@ class GuardMiddleware:
         *,
         api_key: str | None,
         max_body_bytes: int,
+        body_timeout: float,
         metrics: ServerMetrics,
         endpoints: frozenset[str],
         fast_routes: dict[str, Handler] | None = None,
@@ -54,6 +95,7 @@ class GuardMiddleware:
         # Compared as the client's token is: without surrounding whitespace.
         self.expected = api_key.strip().encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.metrics = metrics
         self.endpoints = endpoints
         self.fast_routes = fast_routes or {}
@@ -63,6 +105,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        receive = body_deadline(receive, self.body_timeout)
         path: str = scope["path"]
         status = 0  # 0: no response started
 
@@ -131,8 +174,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             if size > limit:
                 raise body_too_large(limit)
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client disconnected while sending the body", "disconnected") from None
+    except ClientDisconnect:  # nobody to answer: the guard drops the connection (499)
+        raise ClientDisconnectedError("client disconnected while sending the body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

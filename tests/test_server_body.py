@@ -1,0 +1,165 @@
+"""Request bodies on a live server (127.0.0.1, raw sockets): a stalled or trickling
+upload is answered 408 within ``body_timeout`` and closed; a client that hangs up
+mid-body is dropped at once (no CLOSE-WAIT socket left); a graceful shutdown closes an
+unfinished upload at once, without tracebacks. No timed assertions: tiny timeouts and
+generous bounds."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import wait_until
+from lazyembed import Embedder
+from lazyembed.config import load_settings
+from lazyembed.server import HalfCloseProtocol, create_app
+from server_helpers import LiveServer, Records, connected, metric, split_response
+
+PARTIAL = (
+    b"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"input": "only part of'
+)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[Embedder]:
+    embedder = Embedder(cache_memory_mb=0, idle_timeout="1h")
+    yield embedder
+    embedder.close()
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    handler = Records()
+    yield handler
+    handler.detach()
+
+
+def partial_upload(url: str, path: str) -> socket.socket:
+    """A connection that sent the headers and part of a 1000-byte body, then stalls."""
+    sock = connected(url)
+    sock.sendall(PARTIAL.replace(b"{path}", path.encode()))
+    return sock
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def open_requests(server: LiveServer) -> int:
+    """Connections of the server that hold a request (cycle) not yet answered."""
+    connections: set[Any] = server.server.server_state.connections
+    return sum(1 for c in connections if c.cycle is not None and not c.cycle.response_complete)
+
+
+@pytest.mark.parametrize("path", ["/api/embed", "/v1/embeddings", "/api/embeddings", "/api/unload"])
+def test_a_stalled_upload_is_answered_408_and_closed(
+    path: str, embedder: Embedder, records: Records
+) -> None:
+    app = create_app(embedder, body_timeout=0.3)
+    with LiveServer(app, http=HalfCloseProtocol) as server:
+        records.attach()
+        with partial_upload(server.url, path) as sock:
+            raw = read_to_eof(sock)  # the server answers, then closes (60 s socket bound)
+        status, body = split_response(raw)
+        assert status == 408, raw
+        error = json.loads(body)["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert "server_body_timeout" in message
+        # The server is fine: a whole body in time is answered.
+        assert (
+            httpx.post(f"{server.url}/api/embed", json={"input": "x"}, timeout=120).status_code
+            == 200
+        )
+    assert records.errors() == []
+
+
+def test_a_trickling_upload_is_answered_408(embedder: Embedder, records: Records) -> None:
+    """A client that keeps sending a byte now and then cannot hold the connection."""
+    app = create_app(embedder, body_timeout=0.5)
+    with LiveServer(app, http=HalfCloseProtocol) as server:
+        records.attach()
+        with partial_upload(server.url, "/api/embed") as sock:
+            stop = threading.Event()
+
+            def trickle() -> None:
+                while not stop.wait(0.05):
+                    try:
+                        sock.send(b" ")
+                    except OSError:
+                        return
+
+            sender = threading.Thread(target=trickle)
+            sender.start()
+            try:
+                raw = read_to_eof(sock)
+            finally:
+                stop.set()
+                sender.join(60)
+        assert split_response(raw)[0] == 408
+    assert records.errors() == []
+
+
+def test_clients_that_hang_up_mid_body_are_dropped_at_once(
+    embedder: Embedder, records: Records
+) -> None:
+    """Five uploads cut short: the server closes its side at once (before, the
+    half-close protocol kept them open, in CLOSE-WAIT, until the graceful timeout)."""
+    app = create_app(embedder, body_timeout=3600)  # not the timeout's doing
+    with LiveServer(app, http=HalfCloseProtocol) as server:
+        records.attach()
+        sockets = [partial_upload(server.url, "/api/embed") for _ in range(5)]
+        assert wait_until(lambda: open_requests(server) == 5)
+        for sock in sockets:
+            sock.close()
+        assert wait_until(lambda: not server.server.server_state.connections)
+        text = httpx.get(f"{server.url}/metrics").text
+        assert wait_until(
+            lambda: (
+                metric(
+                    httpx.get(f"{server.url}/metrics").text,
+                    "lazyembed_requests_total",
+                    endpoint="/api/embed",
+                    status="499",
+                )
+                == 5
+            )
+        ), text
+    assert records.errors() == []
+
+
+def test_shutdown_closes_an_unfinished_upload_at_once(embedder: Embedder, records: Records) -> None:
+    """uvicorn waits for connections without a bound here (no graceful timeout), so the
+    shutdown ends only because the unfinished upload is closed."""
+    app = create_app(embedder, body_timeout=3600)
+    server = LiveServer(app, http=HalfCloseProtocol)
+    try:
+        with server:
+            records.attach()
+            sock = partial_upload(server.url, "/api/embed")
+            assert wait_until(lambda: open_requests(server) == 1)
+            server.server.should_exit = True
+            server.thread.join(120)
+            assert not server.thread.is_alive(), "the shutdown waits for the stalled upload"
+            assert read_to_eof(sock) == b""  # closed, unanswered
+            sock.close()
+    finally:
+        server.server.should_exit = True
+    assert records.errors() == []
+
+
+def test_body_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().server.body_timeout == 10.0
+    monkeypatch.setenv("LAZYEMBED_SERVER_BODY_TIMEOUT", "2.5s")
+    assert load_settings().server.body_timeout == 2.5
+    with pytest.raises(Exception, match="server_body_timeout"):
+        load_settings(server_body_timeout=0)
