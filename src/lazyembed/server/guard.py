@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -29,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from lazyembed.errors import ClientDisconnectedError
-from lazyembed.server.errors import ApiError, describe_errors, error_response
+from lazyembed.server.errors import ApiError, describe_errors, echo, error_response
 from lazyembed.server.metrics import ServerMetrics
 from lazyembed.server.wire import ASGIApp, Message, Receive, Scope, Send
 
@@ -164,8 +166,50 @@ class GuardMiddleware:
 M = TypeVar("M", bound=BaseModel)
 
 
+_ENCODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": 0}
+
+
+def _content_encoding(request: Request) -> str | None:
+    """The body's Content-Encoding, if it needs decoding; 415 for one we cannot decode."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding not in _ENCODINGS:
+        raise ApiError(
+            415,
+            f"Content-Encoding {echo(coding)} is not supported; send the body as is, "
+            "or gzip or deflate",
+            "unsupported_encoding",
+        )
+    return coding
+
+
+def decode_body(body: bytes, coding: str, limit: int) -> bytes:
+    """A gzip or deflate body decoded, refused with 413 once the decoded size passes
+    ``limit`` (a small bomb cannot expand beyond it) and 400 if the data is broken."""
+    # deflate: zlib-wrapped as HTTP says, or raw as some clients send it.
+    wbits = _ENCODINGS[coding] or (zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+    decoder = zlib.decompressobj(wbits)
+    try:
+        data = decoder.decompress(body, limit + 1)
+        complete = decoder.eof
+    except zlib.error as exc:
+        raise ApiError(
+            400, f"body is not valid {coding} data ({exc})", "invalid_encoding"
+        ) from None
+    if len(data) > limit:
+        raise ApiError(
+            413, f"request body larger than {limit} bytes once decoded", "body_too_large"
+        )
+    if not complete:
+        raise ApiError(400, f"{coding} body is cut short", "invalid_encoding")
+    return data
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (chunked bodies too)."""
+    """The body, refused with 413 as soon as it passes ``limit`` (chunked bodies too);
+    decoded if its Content-Encoding is gzip or deflate (the decoded size bounded too)."""
+    coding = _content_encoding(request)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -176,7 +220,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:  # nobody to answer: the guard drops the connection (499)
         raise ClientDisconnectedError("client disconnected while sending the body") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body if coding is None else decode_body(body, coding, limit)
 
 
 async def read_json(request: Request, model: type[M], limit: int) -> M:
@@ -185,12 +230,57 @@ async def read_json(request: Request, model: type[M], limit: int) -> M:
 
 
 def parse_json(body: bytes, model: type[M]) -> M:
-    """``body`` parsed into ``model``: 400 if not JSON, 422 if invalid."""
+    """``body`` parsed into ``model``: 400 if not JSON, 422 if invalid (a lone surrogate
+    escape such as ``"\\ud800"`` is valid JSON but no text: 422 naming where it is)."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in errors):
+            _refuse_lone_surrogates(body)
             message = f"malformed JSON body: {errors[0]['msg']}"
             raise ApiError(400, message, "invalid_json") from None
         raise ApiError(422, describe_errors(list(errors)), "invalid_request") from None
+
+
+def _refuse_lone_surrogates(body: bytes) -> None:
+    """422 naming the first string with a lone surrogate, if that is why ``body`` (JSON
+    to Python's parser, which keeps such escapes) was refused; else nothing."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # really malformed
+    found = _lone_surrogate(value, "")
+    if found is not None:
+        where, position = found
+        raise ApiError(
+            422,
+            f"{where} is not valid Unicode text (lone surrogate at character {position}); "
+            "fix its encoding",
+            "invalid_input",
+        )
+
+
+def _lone_surrogate(value: object, where: str) -> tuple[str, int] | None:
+    """(where, character) of the first lone surrogate in ``value``: inputs are named as
+    the library names them (``input 0``), other fields by their key."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return where or "body", exc.start
+        return None
+    if isinstance(value, list):
+        for position, item in enumerate(value):
+            inner = f"input {position}" if where == "input" else f"{where or 'body'}[{position}]"
+            found = _lone_surrogate(item, inner)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, "a key") or _lone_surrogate(
+                item, "input 0" if key == "input" and isinstance(item, str) else str(key)
+            )
+            if found is not None:
+                return found
+    return None
