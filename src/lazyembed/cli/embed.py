@@ -160,7 +160,7 @@ class _Output:
             self.target = target
             fd = self._create_temp(target)
             if mode is not None:  # the old file's permissions, not the umask's
-                os.fchmod(fd, stat.S_IMODE(mode))
+                os.chmod(self.temp, stat.S_IMODE(mode))  # type: ignore[arg-type]
             self.handle = self._open(fd)
         except OSError as exc:
             error = self._error(exc)
