@@ -7,8 +7,12 @@ generous bounds."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +23,7 @@ from helpers import wait_until
 from lazyembed import Embedder
 from lazyembed.config import load_settings
 from lazyembed.server import HalfCloseProtocol, create_app
-from server_helpers import LiveServer, Records, connected, metric, split_response
+from server_helpers import LiveServer, Records, connected, free_port, metric, split_response
 
 PARTIAL = (
     b"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -163,3 +167,48 @@ def test_body_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().server.body_timeout == 2.5
     with pytest.raises(Exception, match="server_body_timeout"):
         load_settings(server_body_timeout=0)
+
+
+def test_lazyembed_serve_stops_at_once_with_uploads_cut_short_or_stalled() -> None:
+    """The command, for real: five uploads cut short and one stalled, then SIGTERM. The
+    grace period and the body timeout are ten minutes, so the process exits within the
+    bound below only if those connections were closed at once; no tracebacks."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = ["serve", "--port", str(port), "--graceful-timeout", "10m", "--body-timeout", "10m"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lazyembed", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        cut_short = [partial_upload(url, "/api/embed") for _ in range(5)]
+        stalled = partial_upload(url, "/v1/embeddings")
+        for sock in cut_short:
+            sock.close()
+
+        def dropped() -> float:
+            text = httpx.get(f"{url}/metrics", timeout=60).text
+            return metric(text, "lazyembed_requests_total", endpoint="/api/embed", status="499")
+
+        assert wait_until(lambda: dropped() == 5), dropped()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)  # far below the ten minutes
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr and "Exception in ASGI" not in stderr, stderr
+        assert read_to_eof(stalled) == b""
+        stalled.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

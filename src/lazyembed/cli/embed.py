@@ -139,6 +139,7 @@ class _Output:
         self.handle: IO[Any] | None = None
         self.temp: str | None = None  # the temporary file, while it exists
         self.existed = False  # FILE was there before (and is kept on failure)
+        self.target = ""  # FILE through any symlinks: what the temporary file replaces
 
     def __enter__(self) -> _Output:
         if self.stream is not None:
@@ -153,22 +154,27 @@ class _Output:
         except OSError as exc:
             raise self._error(exc) from None
         self.existed = mode is not None
+        fd = -1
         try:
             if mode is not None and not stat.S_ISREG(mode):
                 self.handle = self._open(os.open(target, os.O_WRONLY | os.O_TRUNC))
                 return self
             self.target = target
-            fd = self._create_temp(target)
+            fd, temp = self._create_temp(target)
             if mode is not None:  # the old file's permissions, not the umask's
-                os.chmod(self.temp, stat.S_IMODE(mode))  # type: ignore[arg-type]
+                os.chmod(temp, stat.S_IMODE(mode))
             self.handle = self._open(fd)
-        except OSError as exc:
-            error = self._error(exc)
+        except BaseException as exc:  # (Ctrl-C too: __exit__ will not run)
+            if fd >= 0 and self.handle is None:
+                os.close(fd)
+            error = self._error(exc) if isinstance(exc, OSError) else None
             self._discard()
+            if error is None:
+                raise
             raise error from None
         return self
 
-    def _create_temp(self, target: str) -> int:
+    def _create_temp(self, target: str) -> tuple[int, str]:
         """A new file beside ``target``, created with the umask's permissions."""
         folder, name = os.path.split(target)
         while True:
@@ -178,7 +184,7 @@ class _Output:
             except FileExistsError:
                 continue
             self.temp = temp
-            return fd
+            return fd, temp
 
     def _open(self, fd: int) -> IO[Any]:
         if self.binary:
