@@ -88,7 +88,8 @@ def test_a_stalled_upload_is_answered_408_and_closed(
 
 
 def test_a_trickling_upload_is_answered_408(embedder: Embedder, records: Records) -> None:
-    """A client that keeps sending a byte now and then cannot hold the connection."""
+    """A client that keeps sending a byte now and then cannot hold the connection: it
+    gets a 408, or (if its bytes race the close) a reset; before, it was kept forever."""
     app = create_app(embedder, body_timeout=0.5)
     with LiveServer(app, http=HalfCloseProtocol) as server:
         records.attach()
@@ -104,12 +105,17 @@ def test_a_trickling_upload_is_answered_408(embedder: Embedder, records: Records
 
             sender = threading.Thread(target=trickle)
             sender.start()
+            raw = b""
             try:
                 raw = read_to_eof(sock)
+            except ConnectionResetError:
+                # The server closed with the client still sending: the kernel answers the
+                # next bytes with a reset, which may overtake the 408. Closed either way.
+                pass
             finally:
                 stop.set()
                 sender.join(60)
-        assert split_response(raw)[0] == 408
+        assert raw == b"" or split_response(raw)[0] == 408, raw
     assert records.errors() == []
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,15 @@ def body_timed_out(seconds: float) -> ApiError:
     )
 
 
+async def _within(pending: Awaitable[Message], seconds: float) -> Message:
+    """``await pending``, or TimeoutError after ``seconds``: a timer on this task from
+    Python 3.11 (``asyncio.timeout``), a task per wait before (``wait_for``)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await pending
+    return await asyncio.wait_for(pending, seconds)  # pragma: no cover - Python 3.10
+
+
 def body_deadline(receive: Receive, seconds: float) -> Receive:
     """``receive`` that raises `body_timed_out` if the body is not complete ``seconds``
     from now; once it is, a plain pass-through (the disconnect probe relies on that)."""
@@ -69,7 +79,7 @@ def body_deadline(receive: Receive, seconds: float) -> Receive:
         if remaining <= 0:
             raise body_timed_out(seconds)
         try:
-            message = await asyncio.wait_for(receive(), remaining)
+            message = await _within(receive(), remaining)
         except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
             raise body_timed_out(seconds) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
