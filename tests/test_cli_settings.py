@@ -208,3 +208,14 @@ def test_idle_timeout_flag_reaches_the_embedder(
     monkeypatch.setattr(Embedder, "prepare", spy)
     assert cli.main(["serve", "--port", str(free_port()), "--idle-timeout", "90s"]) == 0
     assert [str(value) for value in seen[:1]] == ["90s"]
+
+
+def test_body_timeout_comes_from_the_settings_and_the_flag(
+    recorded_serve: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = str(free_port())
+    monkeypatch.setenv("LAZYEMBED_SERVER_BODY_TIMEOUT", "4")
+    assert cli.main(["serve", "--port", port]) == 0
+    assert cli.main(["serve", "--port", port, "--body-timeout", "1m"]) == 0  # flag wins
+    got = [config.app.state.server.config.body_timeout for config in recorded_serve]
+    assert got == [4.0, 60.0]

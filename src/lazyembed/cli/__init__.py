@@ -1,8 +1,9 @@
 """The ``lazyembed`` command: embed, serve, status, unload, models, cache.
 
-Every error is one line on stderr and a non-zero exit code (``--debug`` shows the
-traceback). Heavy imports (ONNX Runtime, FastAPI, httpx) happen inside the command that
-needs them, so ``lazyembed --help`` and ``lazyembed status`` start fast.
+Every error is one message on stderr (its own line breaks kept, so a list stays a list)
+and a non-zero exit code (``--debug`` shows the traceback). Heavy imports (ONNX Runtime,
+FastAPI, httpx) happen inside the command that needs them, so ``lazyembed --help`` and
+``lazyembed status`` start fast.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from lazyembed.cli.common import say, stdout
+from lazyembed.cli.common import Terminated, say, stdout
 from lazyembed.cli.parser import build_parser
 from lazyembed.cli.serve import is_loopback
 from lazyembed.errors import LazyEmbedError
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("lazyembed: interrupted")
         return 130
+    except Terminated:
+        say("lazyembed: terminated")
+        return 143
     except BrokenPipeError:
         # `lazyembed embed ... | head`: the reader went away. Point stdout at /dev/null so
         # the flush at exit does not complain either.
@@ -42,12 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        say(f"lazyembed: error: {_one_line(exc)}")
+        say(f"lazyembed: error: {_message(exc)}")
         return 1
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error as one line, naming unexpected exception types."""
+def _message(exc: BaseException) -> str:
+    """The error's message with its line breaks kept (trailing blanks and empty lines
+    dropped), naming unexpected exception types."""
     try:
         import httpx
 
@@ -61,7 +66,8 @@ def _one_line(exc: BaseException) -> str:
             return f"{type(exc).__name__}: {exc}"
     except ImportError:
         pass
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    lines = (line.rstrip() for line in str(exc).strip().splitlines())
+    text = "\n".join(line for line in lines if line) or type(exc).__name__
     if isinstance(exc, (LazyEmbedError, OSError)):
         return text
     return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"

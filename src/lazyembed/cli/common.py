@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 SERVER_DEFAULTS = ServerSettings()
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while a command cleans up after itself (see ``embed``): unwinds
+    like Ctrl-C, so ``finally`` blocks run; ``main`` exits 143 (128 + SIGTERM)."""
+
+
 def settings_for(args: argparse.Namespace, **flags: Any) -> Settings:
     """The settings with the given flags on top (None = flag not given)."""
     return load_settings(model=getattr(args, "model", None), **flags)

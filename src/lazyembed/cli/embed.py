@@ -1,14 +1,28 @@
-"""``lazyembed embed``: vectors of TEXT arguments and file lines, as JSON, JSONL or .npy."""
+"""``lazyembed embed``: vectors of TEXT arguments and file lines, as JSON, JSONL or .npy.
+
+``-o FILE`` never leaves a broken FILE: the vectors go to a temporary file beside it
+(``.FILE.lazyembed-XXXXXXXX.tmp``, same folder so the rename is atomic), which replaces
+FILE only once everything is written and flushed. A failure, Ctrl-C or SIGTERM leaves
+FILE as it was and removes the temporary file (only a SIGKILL can leave one behind).
+FILE that is not a regular file (``/dev/null``, a FIFO, ``/dev/stdout``) is written
+directly. On stdout nothing is printed before the first vector is ready.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import secrets
+import signal
+import stat
 import sys
 from collections.abc import Iterator
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from lazyembed.cli.common import make_embedder, settings_for, stdout
+from lazyembed.cli.common import Terminated, make_embedder, settings_for, stdout
 from lazyembed.cli.texts import read_lines
 from lazyembed.errors import CLIError
 
@@ -19,29 +33,51 @@ if TYPE_CHECKING:
     from lazyembed.embedder import Embedder
 
 PROGRESS_MIN_TEXTS = 1000  # files with fewer lines get no progress bar
+TEMP_SUFFIX = ".tmp"
+TEMP_MARK = ".lazyembed-"  # temporary files are named .FILE.lazyembed-XXXXXXXX.tmp
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     texts: list[str] = list(args.texts)
     if args.file is not None:
         texts.extend(read_lines(args.file))
-    if not texts:
+    elif not texts:
         raise CLIError("nothing to embed: pass TEXT arguments or --file FILE")
     output = _Output(args)  # before the model: a closed stdout fails now
     if output.path is None and args.format == "npy" and sys.stdout.isatty():
         raise CLIError("--format npy writes binary: pass -o FILE or redirect stdout")
-    embedder = make_embedder(settings_for(args))
-    try:
-        from tqdm import tqdm
+    with _sigterm_unwinds():
+        embedder = make_embedder(settings_for(args))
+        try:
+            from tqdm import tqdm
 
-        quiet = args.quiet or sys.stderr is None or len(texts) < PROGRESS_MIN_TEXTS
-        progress = tqdm(total=len(texts), unit="text", file=sys.stderr, disable=quiet or None)
-        with progress, output as out:
-            chunks = _embedded_chunks(embedder, texts, max(1, args.batch_size), progress.update)
-            _write(args.format, chunks, out, len(texts), embedder)
-    finally:
-        embedder.close()
+            quiet = args.quiet or sys.stderr is None or len(texts) < PROGRESS_MIN_TEXTS
+            progress = tqdm(total=len(texts), unit="text", file=sys.stderr, disable=quiet or None)
+            with progress, output:
+                chunks = _embedded_chunks(embedder, texts, args.batch_size, progress.update)
+                _write(args.format, chunks, output, len(texts), embedder)
+        finally:
+            embedder.close()
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` (so ``finally`` blocks run), if this is
+    the main thread; the previous handler is put back after."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _embedded_chunks(
@@ -56,7 +92,7 @@ def _embedded_chunks(
 def _write(
     fmt: str,
     chunks: Iterator[npt.NDArray[np.float32]],
-    out: IO[Any],
+    out: _Output,
     count: int,
     embedder: Embedder,
 ) -> None:
@@ -71,17 +107,15 @@ def _write(
         np.save(out, array)
         return
     first = True
-    if fmt == "json":
-        out.write("[")
     for vectors in chunks:
         for vector in vectors:
             if fmt == "jsonl":
                 out.write(_dumps(vector) + "\n")
             else:
-                out.write(("" if first else ",\n") + _dumps(vector))
+                out.write(("[" if first else ",\n") + _dumps(vector))
             first = False
     if fmt == "json":
-        out.write("]\n")
+        out.write("[]\n" if first else "]\n")
 
 
 def _dumps(vector: npt.NDArray[np.float32]) -> str:
@@ -89,7 +123,12 @@ def _dumps(vector: npt.NDArray[np.float32]) -> str:
 
 
 class _Output:
-    """-o FILE (text or binary by format) or stdout; closes only what it opened."""
+    """Where the vectors go: stdout, FILE directly (not a regular file), or a temporary
+    file that replaces FILE on success (see the module docstring).
+
+    A context manager; ``write`` takes text (or bytes for npy) and turns a failed write
+    (a full disk) into a CLIError that says FILE was left as it was.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.path: str | None = None if args.output in (None, "-") else args.output
@@ -98,16 +137,101 @@ class _Output:
         if self.path is None:
             self.stream = stdout(binary=self.binary, hint=": pass -o FILE")
         self.handle: IO[Any] | None = None
+        self.temp: str | None = None  # the temporary file, while it exists
+        self.existed = False  # FILE was there before (and is kept on failure)
+        self.target = ""  # FILE through any symlinks: what the temporary file replaces
 
-    def __enter__(self) -> IO[Any]:
+    def __enter__(self) -> _Output:
         if self.stream is not None:
-            return self.stream
+            self.handle = self.stream
+            return self
         assert self.path is not None
-        self.handle = open(
-            self.path, "wb" if self.binary else "w", encoding=None if self.binary else "utf-8"
-        )
-        return self.handle
+        target = os.path.realpath(self.path)  # through a symlink: replace what it points at
+        try:
+            mode: int | None = os.stat(target).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as exc:
+            raise self._error(exc) from None
+        self.existed = mode is not None
+        fd = -1
+        try:
+            if mode is not None and not stat.S_ISREG(mode):
+                self.handle = self._open(os.open(target, os.O_WRONLY | os.O_TRUNC))
+                return self
+            self.target = target
+            fd, temp = self._create_temp(target)
+            if mode is not None:  # the old file's permissions, not the umask's
+                os.chmod(temp, stat.S_IMODE(mode))
+            self.handle = self._open(fd)
+        except BaseException as exc:  # (Ctrl-C too: __exit__ will not run)
+            if fd >= 0 and self.handle is None:
+                os.close(fd)
+            error = self._error(exc) if isinstance(exc, OSError) else None
+            self._discard()
+            if error is None:
+                raise
+            raise error from None
+        return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
+    def _create_temp(self, target: str) -> tuple[int, str]:
+        """A new file beside ``target``, created with the umask's permissions."""
+        folder, name = os.path.split(target)
+        while True:
+            temp = os.path.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(4)}{TEMP_SUFFIX}")
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            self.temp = temp
+            return fd, temp
+
+    def _open(self, fd: int) -> IO[Any]:
+        if self.binary:
+            return os.fdopen(fd, "wb")
+        return os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, data: Any) -> None:
+        assert self.handle is not None
+        if self.stream is not None:
+            self.handle.write(data)  # stdout: a broken pipe is main()'s to handle
+            return
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if self.stream is not None or self.handle is None:
+            return
+        handle, self.handle = self.handle, None
+        try:
+            if kind is None:
+                handle.flush()
+                if self.temp is not None:
+                    os.fsync(handle.fileno())  # the data is on disk before the rename
+            handle.close()
+            if kind is None and self.temp is not None:
+                os.replace(self.temp, self.target)
+                self.temp = None
+        except OSError as exc:
+            if kind is None:
+                raise self._error(exc) from None
+        finally:
+            with contextlib.suppress(OSError):
+                handle.close()  # (a failed flush leaves it open)
+            self._discard()
+
+    def _discard(self) -> None:
+        """Remove the temporary file, if there is one."""
+        if self.temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp)
+            self.temp = None
+
+    def _error(self, exc: OSError) -> CLIError:
+        """The failure, naming FILE and saying what became of it."""
+        fate = ""
+        if self.temp is not None:
+            fate = f"; {self.path} was left as it was" if self.existed else " (nothing written)"
+        return CLIError(f"cannot write {self.path}: {exc.strerror or exc}{fate}")

@@ -13,7 +13,13 @@ from lazyembed.models.resolve import locate
 
 def cmd_models(args: argparse.Namespace) -> int:
     """The catalogue with what is present here; with --model or --describe, one model."""
-    if args.model is None and not args.describe:
+    if isinstance(args.describe, str):  # --describe MODEL
+        if args.model is not None and args.model != args.describe:
+            raise CLIError(
+                f"--describe {args.describe} and --model {args.model} name different models"
+            )
+        args.model = args.describe
+    elif args.model is None and not args.describe:
         return _list_catalogue(as_json=args.json)
     embedder = make_embedder(settings_for(args))
     try:

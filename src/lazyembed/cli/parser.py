@@ -63,7 +63,10 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     embed.add_argument("-o", "--output", help="write to FILE instead of stdout")
     embed.add_argument(
-        "--batch-size", type=int, default=256, help="texts per model call (default 256)"
+        "--batch-size",
+        type=_setting_value("encode_batch_size", "--batch-size"),
+        default=256,
+        help="texts per model call, 1 to 4096 (default 256)",
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_option(embed)
@@ -115,6 +118,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="time in-flight requests get to finish on SIGTERM ('30s', 90; setting "
         f"graceful_timeout, default {d.graceful_timeout:g} s)",
     )
+    serve.add_argument(
+        "--body-timeout",
+        type=duration_flag(parse_positive_seconds, "--body-timeout"),
+        help="time a request's body may take to arrive, else 408 and the connection is "
+        f"closed ('5s'; setting server_body_timeout, default {d.body_timeout:g} s)",
+    )
     _serve_models_options(serve)
     serve.set_defaults(func=cmd_serve, prints=False)
 
@@ -131,6 +140,19 @@ def _setting_flag(key: str, flag: str) -> Callable[[str], str]:
         return text
 
     return check
+
+
+def _setting_value(key: str, flag: str) -> Callable[[str], object]:
+    """An argparse ``type=`` parsing the text by the setting ``key``'s own parser (one
+    validation for the flag and the setting), giving the parsed value."""
+
+    def parse(text: str) -> object:
+        try:
+            return KEYS[key].parse(text, flag, "the command line")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _serve_models_options(serve: argparse.ArgumentParser) -> None:
@@ -198,7 +220,13 @@ def _add_others(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     _model_option(models)
     models.add_argument(
-        "--describe", action="store_true", help="describe the settings' model (as --model)"
+        "--describe",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODEL",
+        help="describe MODEL (name, alias or folder; without it: --model, else the "
+        "settings' model)",
     )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=cmd_models, prints=True)

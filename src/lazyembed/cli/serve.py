@@ -112,6 +112,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         server_batch_wait_ms=args.batch_wait_ms,
         server_batch_max_inputs=args.batch_max_inputs,
         graceful_timeout=args.graceful_timeout,
+        server_body_timeout=args.body_timeout,
     )
 
 

@@ -111,6 +111,9 @@ class ServerSettings:
     batch_max_inputs: int = 64
     batch_max_tokens: int = 4096
     graceful_timeout: float = 30.0
+    # Seconds a request's whole body may take to arrive (from the request's start): a
+    # stalled or trickling upload is answered 408 and its connection closed.
+    body_timeout: float = 10.0
     # Models served besides `model` (names, aliases or folders), and whether a request
     # may name any other catalogue model or local folder (loaded on demand).
     models: tuple[str, ...] = ()
@@ -394,6 +397,7 @@ def _keys() -> dict[str, Key]:
             "server_batch_max_inputs": ("batch_max_inputs", _int(1)),
             "server_batch_max_tokens": ("batch_max_tokens", _int(1)),
             "graceful_timeout": ("graceful_timeout", _positive_seconds),
+            "server_body_timeout": ("body_timeout", _positive_seconds),
             "serve_models": ("models", _names),
             "serve_any_model": ("any_model", _parse_bool),
         },

@@ -121,11 +121,11 @@ def resolve_model(spec: str | None = None, *, allow_download: bool = False) -> R
         missing = _missing_files(candidate)
         if candidate.is_dir() and not missing:
             return ResolvedModel(name, candidate.resolve(), "path")
-        reason = f"missing {', '.join(missing)}" if candidate.is_dir() else "no such folder"
-        raise ModelNotFoundError(
-            f"model path {candidate} is not usable ({reason}); a model folder needs "
-            f"{', '.join(REQUIRED_FILES)}"
-        )
+        if candidate.is_dir():  # name each missing file once
+            reason = f"missing {', '.join(missing)}"
+        else:
+            reason = f"no such folder; a model folder holds {', '.join(REQUIRED_FILES)}"
+        raise ModelNotFoundError(f"model path {candidate} is not usable: {reason}")
 
     packaged = _packaged_dir(name)
     if packaged is not None and not _missing_files(packaged):

@@ -77,6 +77,7 @@ def create_app(
         GuardMiddleware,
         api_key=config.api_key,
         max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
         metrics=srv.metrics,
         endpoints=frozenset(
             path

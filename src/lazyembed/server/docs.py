@@ -21,12 +21,14 @@ _DESCRIPTIONS = {
     400: "Malformed JSON (or an input too long with truncate: false)",
     401: "Missing or wrong API key",
     404: "Unknown model",
+    408: "The body did not arrive within server_body_timeout",
     413: "Too many inputs, an input too long, or a body too large",
+    415: "A Content-Encoding other than gzip or deflate",
     422: "Invalid request",
     500: "Unexpected model error",
     503: "Model unavailable",
 }
-_EMBED_STATUSES = (400, 401, 404, 413, 422, 500, 503)
+_EMBED_STATUSES = (400, 401, 404, 408, 413, 415, 422, 500, 503)
 
 
 def body_doc(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
@@ -42,6 +44,7 @@ def errors_doc(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[s
 OPENAI_EMBED_ERRORS = errors_doc(OpenAIError, *_EMBED_STATUSES)
 OLLAMA_EMBED_ERRORS = errors_doc(OllamaError, *_EMBED_STATUSES)
 OPENAI_AUTH_ERRORS = errors_doc(OpenAIError, 401)
+OPENAI_MODEL_ERRORS = errors_doc(OpenAIError, 401, 404)
 OLLAMA_AUTH_ERRORS = errors_doc(OllamaError, 401)
 
 

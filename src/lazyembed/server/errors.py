@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lazyembed.errors import (
     BackendUnavailableError,
+    ClientDisconnectedError,
     ClosedError,
     InputTooLongError,
     InputTypeError,
@@ -148,6 +149,8 @@ def error_response(path: str, exc: BaseException) -> Response:
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnectedError):
+        raise exc  # nobody to answer: the guard drops the connection (499)
     return error_response(request.url.path, exc)
 
 

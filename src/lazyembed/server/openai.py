@@ -1,4 +1,4 @@
-"""OpenAI's API: ``POST /v1/embeddings`` and ``GET /v1/models``.
+"""OpenAI's API: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``.
 
 The request's ``model`` picks one of the served models (omitted: the default one).
 ``keep_alive`` is accepted as a lazyembed extension. Token-id input (OpenAI allows lists
@@ -14,10 +14,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from lazyembed.server.context import context
-from lazyembed.server.docs import OPENAI_AUTH_ERRORS, OPENAI_EMBED_ERRORS, body_doc
-from lazyembed.server.errors import ApiError
+from lazyembed.server.docs import (
+    OPENAI_AUTH_ERRORS,
+    OPENAI_EMBED_ERRORS,
+    OPENAI_MODEL_ERRORS,
+    body_doc,
+)
+from lazyembed.server.errors import ApiError, echo
 from lazyembed.server.guard import Handler, read_json
-from lazyembed.server.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
+from lazyembed.server.schemas import (
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    OpenAIModel,
+    OpenAIModelList,
+)
 from lazyembed.server.wire import FloatArray, JSONBytes
 
 router = APIRouter()
@@ -71,11 +81,15 @@ def _data(vectors: FloatArray, *, base64_encoded: bool) -> list[dict[str, Any]]:
     ]
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "lazyembed"}
+
+
 @router.get(
     "/v1/models",
     response_model=None,
     response_class=JSONBytes,
-    responses=OPENAI_AUTH_ERRORS,
+    responses={200: {"model": OpenAIModelList}, **OPENAI_AUTH_ERRORS},
     summary="OpenAI model list",
 )
 async def models(request: Request) -> Response:
@@ -83,14 +97,29 @@ async def models(request: Request) -> Response:
     served = context(request).models
     names = [model.name for model in served.all()]
     names += [found.entry.hub_id for found in await served.available()]
-    return JSONBytes(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "lazyembed"}
-                for name in names
-            ],
-        }
+    return JSONBytes({"object": "list", "data": [_model(name) for name in names]})
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=None,
+    response_class=JSONBytes,
+    responses={200: {"model": OpenAIModel}, **OPENAI_MODEL_ERRORS},
+    summary="OpenAI model retrieval",
+)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    """One model of the list (by its id or an alias; the answer names its id), or 404."""
+    served = context(request).models
+    for model in served.all():
+        if model.answers_to(model_id):
+            return JSONBytes(_model(model.name))
+    for found in await served.available():
+        if model_id.strip() in (found.entry.hub_id, *found.entry.aliases):
+            return JSONBytes(_model(found.entry.hub_id))
+    raise ApiError(
+        404,
+        f"model {echo(model_id)} does not exist here; GET /v1/models lists the models",
+        "model_not_found",
     )
 
 

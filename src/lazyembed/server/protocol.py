@@ -8,6 +8,11 @@ connection closed), and tells the app through the scope extension
 chunks: an EOF from a client that really left looks the same on the wire. When the app
 drops such a request, it calls ``lazyembed.hang_up``: the connection closes, unanswered.
 
+An EOF before the request's body is complete cannot be a half-close (the body can
+never arrive): the connection closes at once and the app sees a disconnect. A graceful
+shutdown closes at once a connection whose request body is still incomplete (nothing of
+it has started; waiting for it would hold the shutdown).
+
 ``lazyembed serve`` passes it to uvicorn: ``uvicorn.Config(app, http=HalfCloseProtocol)``.
 """
 
@@ -39,10 +44,20 @@ class HalfCloseProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True  # uvicorn then expects no response
         self.transport.close()
 
+    def _body_incomplete(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started
+
+    def shutdown(self) -> None:
+        if self._body_incomplete():
+            self.transport.close()  # the app sees a disconnect; uvicorn waits no longer
+            return
+        super().shutdown()
+
     def eof_received(self) -> bool:  # type: ignore[override]
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            return False  # idle: let asyncio close the connection, as uvicorn does
+        if cycle is None or cycle.response_complete or self._body_incomplete():
+            return False  # idle or a body cut short: let asyncio close, as uvicorn does
         self.half_closed = True
         cycle.keep_alive = False  # close once the answer is sent
         return True  # keep the transport open for writing

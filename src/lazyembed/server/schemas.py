@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # keep_alive: a duration string ("5m", "1h30m", "-1", "never") or a number of seconds.
 KeepAliveField = float | str | None
@@ -46,8 +46,9 @@ class OpenAIEmbeddingRequest(_Request):
     model: str | None = Field(
         default=None, description="Model name or alias; omitted means the default model."
     )
-    encoding_format: Literal["float", "base64"] = Field(
-        default="float", description="base64: little-endian float32 bytes, as OpenAI sends."
+    encoding_format: Literal["float", "base64"] | None = Field(
+        default="float",
+        description="base64: little-endian float32 bytes, as OpenAI sends; null: float.",
     )
     dimensions: int | None = Field(
         default=None, description="Must be the model's own (384 for all-MiniLM-L6-v2)."
@@ -81,6 +82,18 @@ class OllamaEmbeddingsRequest(_Request):
     keep_alive: KeepAliveField = None
     options: dict[str, Any] | None = Field(default=None, description="Accepted and ignored.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _input_is_not_prompt(cls, data: Any) -> Any:
+        """``input`` (the field of /api/embed) without ``prompt`` is a mistake, not the
+        empty prompt that loads the model: say so, instead of answering no vector."""
+        if isinstance(data, dict) and "input" in data and "prompt" not in data:
+            raise ValueError(
+                "/api/embeddings takes the text as 'prompt' (one string); 'input' is the "
+                "field of /api/embed"
+            )
+        return data
+
 
 class UnloadRequest(_Request):
     """lazyembed's ``POST /api/unload``: one model, or (no body, no model) every model."""
@@ -107,6 +120,18 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: Usage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModel]
 
 
 class OllamaEmbedResponse(BaseModel):
