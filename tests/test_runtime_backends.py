@@ -26,7 +26,7 @@ def _spec(backend: str) -> RuntimeSpec:
 
 def test_an_unknown_backend_is_a_config_error_naming_the_choices() -> None:
     """Not a silent ONNX Runtime load (as before), nor a missing-file error."""
-    with pytest.raises(ConfigError, match="'tensorrt'.*onnxruntime, openvino"):
+    with pytest.raises(ConfigError, match=r"'tensorrt'.*onnxruntime, openvino"):
         load_runtime(_spec("tensorrt"))
 
 
