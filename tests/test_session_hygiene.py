@@ -7,6 +7,9 @@ behind (processes, its session folder) is looked at from here.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -118,3 +121,25 @@ def test_an_inner_session_reuses_the_outer_folder_and_leaves_it(
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     assert session_dir.is_dir()  # still ours, still there
+
+
+def test_a_session_run_in_process_shares_the_folder_and_spares_our_children(
+    pytester: pytest.Pytester, session_dir: Path
+) -> None:
+    pytester.makeconftest(CONFTEST.read_text(encoding="utf-8"))
+    pytester.makepyfile(
+        test_inner=f"""
+        def test_same_folder(session_dir):
+            assert str(session_dir) == {str(session_dir)!r}
+        """
+    )
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "-q")
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        assert ours.poll() is None  # not taken for the inner session's leftover
+    finally:
+        ours.kill()
+        ours.wait()
+    assert session_dir.is_dir()
+    assert os.environ["LAZYEMBED_MODEL_CACHE_DIR"] == str(session_dir / "cache")
