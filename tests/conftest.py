@@ -117,20 +117,28 @@ def shared_embedder() -> Iterator[object]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _stop_multiprocessing_helpers() -> Iterator[None]:
-    """After each module, stop the fork server and resource tracker a test started.
+    """After each module, stop the fork server and resource tracker its tests started.
 
     lazyembed stops them itself only at interpreter exit (isolation.client's exit hook),
     so one isolation test would otherwise keep a fork server (with ONNX Runtime loaded)
-    for the rest of the suite. A worker still running is a test's leftover: the helpers
-    are then left for the session-end check to report.
+    for the rest of the suite; a spawn-context queue starts the tracker alone. While an
+    isolated runtime or a multiprocessing child still runs (a test's leftover), they are
+    left for the session-end check to report.
     """
     yield
-    if "lazyembed.isolation" not in sys.modules:
+    if "multiprocessing" not in sys.modules:
+        return
+    import multiprocessing
+    from multiprocessing import forkserver, resource_tracker
+
+    server = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+    if server is None and tracker is None:
         return
     from lazyembed.isolation import _multiprocessing_workarounds as workarounds
     from lazyembed.isolation import client
 
-    if not client._LIVE and workarounds.fork_server_pid() is not None:
+    if not client._LIVE and not multiprocessing.active_children():
         workarounds.stop_helpers()
 
 
