@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+import lazyembed
+
 CONFTEST = Path(__file__).with_name("conftest.py")
 
 
@@ -27,6 +29,7 @@ def _run(
     pytester.makepyfile(test_inner=test)
     monkeypatch.setenv("PYTEST_LAZYEMBED_CHILD_GRACE_S", "0.5")
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the conftest needs none
+    monkeypatch.setenv("PYTHONPATH", str(Path(lazyembed.__file__).parents[1]))  # this lazyembed
     if own_folder:
         (pytester.path / "tmp").mkdir()
         monkeypatch.setenv("TMPDIR", str(pytester.path / "tmp"))
@@ -55,6 +58,27 @@ def test_a_child_left_running_fails_the_session_and_is_killed(
     pid = int(next(line for line in result.outlines if line.startswith("PID "))[4:])
     result.stdout.fnmatch_lines(["*left behind by the session*", f"*pid {pid}: *time.sleep(600)*"])
     assert not psutil.pid_exists(pid)  # killed and reaped by the inner session
+
+
+def test_the_fork_server_a_module_starts_is_stopped_after_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _run(
+        pytester,
+        monkeypatch,
+        """
+        from lazyembed import isolation
+
+        def test_starts_the_fork_server():
+            isolation.prestart()
+            print(f"PID {isolation.fork_server_pid()}")
+
+        """,
+        own_folder=False,
+    )
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    pid = int(next(line for line in result.outlines if line.startswith("PID "))[4:])
+    assert not psutil.pid_exists(pid)
 
 
 def test_a_clean_session_passes_and_removes_its_own_folder(
