@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -29,10 +31,42 @@ from lazyembed.cache import EmbeddingCache
 from lazyembed.cache.sqlite_store import SQLiteStore
 
 
+def _stop(child: subprocess.Popen[str]) -> None:
+    """Kill the child if it still runs, reap it and close its pipe: a failed or timed-out
+    wait fails its test and leaves no process behind."""
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+def _reap(pid: int, timeout: float) -> int:
+    """The wait status of a forked child; one still running after ``timeout`` seconds
+    (or when the wait is interrupted) is killed and reaped, and the error raised."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"forked child {pid} still running after {timeout} s")
+            time.sleep(0.05)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
 def test_two_processes_write_the_same_store(tmp_path: Path) -> None:
     path = str(tmp_path / "c.db")
     children = [spawn(path, "fp", name, "150", "150", "5") for name in ("a", "b")]
-    outputs = [child.communicate(timeout=120)[0] for child in children]
+    try:
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    finally:
+        for child in children:
+            _stop(child)
     assert [child.returncode for child in children] == [0, 0]
     for out in outputs:
         stats = json.loads(out.splitlines()[-1].removeprefix("stats "))
@@ -49,13 +83,16 @@ def test_sigkill_during_writes_loses_no_committed_entry(tmp_path: Path) -> None:
     child = spawn(str(path), "fp", "k", "0", "0", "7", "--forever")
     assert child.stdout is not None
     committed: list[str] = []
-    for line in child.stdout:
-        committed += line.split()[1:]
-        if len(committed) >= 7 * 40:
-            break
-    child.send_signal(signal.SIGKILL)
-    rest = child.stdout.read()  # lines printed before the kill, still in the pipe
-    child.wait(timeout=30)
+    try:
+        for line in child.stdout:
+            committed += line.split()[1:]
+            if len(committed) >= 7 * 40:
+                break
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()  # lines printed before the kill, still in the pipe
+        child.wait(timeout=30)
+    finally:
+        _stop(child)
     assert child.returncode == -signal.SIGKILL
     for line in rest.splitlines():
         if line.startswith("done "):
@@ -129,10 +166,12 @@ def test_fork_child_never_closes_the_parents_connections(
             code = 0
         finally:
             os._exit(code)
-    release.set()
-    thread.join()
-    os.close(write_end)
-    _, wait_status = os.waitpid(pid, 0)
+    try:
+        release.set()
+        thread.join()
+        os.close(write_end)
+    finally:
+        wait_status = _reap(pid, timeout=120)
     with os.fdopen(read_end) as pipe:
         output = pipe.read()
     assert os.waitstatus_to_exitcode(wait_status) == 0, output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -219,13 +218,19 @@ def test_keep_alive_zero_after_a_default_call_unloads_before_it_returns() -> Non
         assert usage["model_loaded"] is False and usage["last_unload"]["reason"] == "keep_alive"
 
 
-def test_a_pin_survives_another_callers_zero(uncached: Embedder) -> None:
-    uncached.embed("pinned", keep_alive=-1)
-    uncached.embed("brief", keep_alive="0s")
-    time.sleep(0.5)
-    usage = uncached.get_memory_usage()
-    assert usage["model_loaded"] is True and usage["unload_in_s"] is None
-    assert uncached.unload_model() is True
+def test_a_pin_survives_another_callers_zero() -> None:
+    clock = _Clock()
+    e = Embedder(cache_memory_mb=0, idle_timeout="never", clock=clock)
+    try:
+        e.embed("pinned", keep_alive=-1)
+        e.embed("brief", keep_alive="0s")
+        clock.now += 10**6  # far past any deadline the zero could have left
+        assert e.lifecycle.poll() is None  # what the watcher would do now: nothing
+        usage = e.get_memory_usage()
+        assert usage["model_loaded"] is True and usage["unload_in_s"] is None
+        assert e.unload_model() is True
+    finally:
+        e.close()
 
 
 def test_set_idle_timeout_shortens_a_running_countdown(uncached: Embedder) -> None:

@@ -93,5 +93,11 @@ def test_a_mapped_model_survives_a_heal_by_another_process(
         assert reopened == before  # the healed files: the same model
     finally:
         holder.stdin.close()
-        code = holder.wait(timeout=120)
+        try:
+            code = holder.wait(timeout=120)
+        finally:  # a holder that does not end is killed and reaped, the test failed
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+            holder.stdout.close()
     assert code == 0  # not killed (SIGBUS would be -7)

@@ -1,7 +1,9 @@
-"""Shared set-up of the adapter tests: a fake clock and one Ray cluster.
+"""Shared set-up of the adapter tests: a fake clock and a Ray cluster.
 
-Ray's start-up costs seconds, so one local cluster serves the whole session (and is shut
-down at its end); only the Ray tests ask for it.
+Ray's start-up costs seconds, so one local cluster serves a whole test module, and is
+shut down when that module ends: its processes (raylet, GCS, workers) must not share
+the CPU with the rest of the suite, whose tests bound CPU time and call timeouts. Only
+test_ray.py asks for it, so it starts once per session all the same.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """One local two-CPU Ray cluster for the session's Ray tests."""
+    """One local two-CPU Ray cluster for a module's Ray tests, shut down after them."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

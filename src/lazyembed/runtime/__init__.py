@@ -1,10 +1,17 @@
-"""The loaded model: tokenisation (`tokens`), run planning (`batching`), the ONNX Runtime
-session and pooling (`onnx`).
+"""The loaded model, in rooms whose arrows point one way (down):
 
-Importing this package never imports onnxruntime: an isolated parent process only needs
-the plain types (`RuntimeSpec`, `EncodeResult`).
+- `backends`: `load_runtime`, the dispatcher that builds the spec's backend;
+- one module per backend: `onnx` (ONNX Runtime, the default), `openvino` (the extra);
+- `base`: what they share (`RuntimeSpec`, `EncodeResult`, `LoadedModel`, a call's
+  tokenise/sort/plan/pool steps);
+- `tokens` (tokenisation) and `batching` (run planning), below them all.
+
+Importing this package never imports onnxruntime or openvino: an isolated parent process
+only needs the plain types (`RuntimeSpec`, `EncodeResult`).
 """
 
+from lazyembed.runtime.backends import load_runtime
+from lazyembed.runtime.base import EncodeResult, LoadedModel, RuntimeSpec
 from lazyembed.runtime.batching import (
     MAX_RUN_TOKENS,
     PAD_GROWTH,
@@ -12,14 +19,7 @@ from lazyembed.runtime.batching import (
     padded_inputs,
     plan_batches,
 )
-from lazyembed.runtime.onnx import (
-    EncodeResult,
-    LoadedModel,
-    OnnxRuntime,
-    RuntimeSpec,
-    load_runtime,
-    session_options,
-)
+from lazyembed.runtime.onnx import OnnxRuntime, session_options
 from lazyembed.runtime.tokens import char_budget, encode_truncated, load_tokenizer, token_counts
 
 __all__ = [

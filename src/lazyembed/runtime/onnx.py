@@ -1,8 +1,9 @@
-"""The loaded model: an ONNX Runtime session, its tokenizer, pooling.
+"""The loaded model on ONNX Runtime (the default backend): the session and its options.
 
-Knows nothing of lifecycles: `load_runtime` makes "a loaded thing" with `encode()` and
-`close()`, which the lifecycle holds. Everything needed to load it sits in a picklable
-`RuntimeSpec`, so an isolated worker process can load the same thing.
+Knows nothing of lifecycles: `OnnxRuntime` is "a loaded thing" with `encode()` and
+`close()` (a `base.LoadedModel`), which the lifecycle holds; `backends.load_runtime`
+builds it from a picklable `base.RuntimeSpec`, so an isolated worker process can load the
+same thing. A call's tokenising, run planning and pooling are `base.Call`'s.
 """
 
 from __future__ import annotations
@@ -11,29 +12,19 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
-
-from lazyembed import memory
 from lazyembed.errors import ClosedError
-from lazyembed.pooling import pool
-from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
-from lazyembed.runtime.tokens import encode_truncated, load_tokenizer
+from lazyembed.runtime.base import Call, EncodeResult, RuntimeSpec
+from lazyembed.runtime.batching import MAX_RUN_TOKENS
+from lazyembed.runtime.tokens import load_tokenizer
 
 if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from lazyembed.config import PrepackMode
-
 log = logging.getLogger("lazyembed")
 
-FloatArray = npt.NDArray[np.float32]
-#: After a call whose largest batch held this many (padded) tokens, trim the heap.
-TRIM_AFTER_TOKENS = 512
 #: A run of at least this many padded tokens hands the arena's growth back when it ends;
 #: smaller runs leave the (small) arena as it is, so short texts reuse it.
 SHRINK_AFTER_TOKENS = 256
@@ -43,56 +34,6 @@ SPIN_US = 20
 #: the model is in use (a load that serves one call and idles out never pays for it),
 #: few enough that its cost (one pre-packed session creation) is soon repaid.
 PREPACK_AFTER_RUNS = 16
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """Everything needed to load the runtime; plain values so it pickles to a worker."""
-
-    onnx_path: str
-    tokenizer_path: str
-    max_seq_length: int
-    dimension: int
-    threads: int
-    batch_size: int
-    normalize: bool = True
-    pre_optimized: bool = True
-    #: sentence-transformers' pooling modes (one, or several concatenated).
-    pooling: tuple[str, ...] = ("mean",)
-    #: Lowercase texts before tokenizing (sentence_bert_config.json's do_lower_case).
-    lowercase: bool = False
-    #: "onnxruntime" (this module) or "openvino" (runtime/openvino.py, the extra), with
-    #: OpenVINO's precision and where it keeps compiled models.
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    compile_cache_dir: str | None = None
-    #: Pool over a prompt's tokens too (False: ``encode(..., prompt_length=n)`` leaves the
-    #: first n tokens of each text out of the pooling; the encoder still sees them).
-    include_prompt: bool = True
-    #: When the MatMul weights are pre-packed (see `session_options`): "at_load",
-    #: "when_busy" (`OnnxRuntime` swaps in a pre-packed session once busy) or "never".
-    prepack: PrepackMode = "never"
-
-    @property
-    def prepack_at_load(self) -> bool:
-        """Whether the session a load creates is pre-packed (the swap comes later)."""
-        return self.prepack == "at_load"
-
-
-@dataclass(frozen=True)
-class EncodeResult:
-    """Vectors in input order, and the real token count of each input after truncation."""
-
-    vectors: FloatArray
-    token_counts: list[int]
-
-
-class LoadedModel(Protocol):
-    """What the lifecycle holds: in-process `OnnxRuntime` or an isolated worker."""
-
-    def encode(self, texts: Sequence[str], *, prompt_length: int = 0) -> EncodeResult: ...
-
-    def close(self) -> None: ...
 
 
 def session_options(threads: int, *, pre_optimized: bool, prepack: bool) -> ort.SessionOptions:
@@ -219,64 +160,29 @@ class OnnxRuntime:
         session = self._session
         if session is None:
             raise ClosedError("OnnxRuntime.encode() after close()")  # the lifecycle prevents it
-        if self.spec.lowercase:
-            texts = [text.lower() for text in texts]
-        encodings = encode_truncated(self.tokenizer, texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
-        # Sorting by length wastes almost nothing on padding (unsorted, much is padding).
-        order = np.argsort(lengths, kind="stable")
-        largest = 0
+        call = Call(
+            self.spec,
+            self.tokenizer,
+            texts,
+            max_run_tokens=self.max_run_tokens,
+            prompt_length=prompt_length,
+        )
         prepack_now = False
-        for start, end in plan_batches(
-            lengths[order].tolist(), self.spec.batch_size, self.max_run_tokens
-        ):
-            rows = order[start:end]
-            ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
+        for rows in call.runs:
+            ids, mask = call.inputs(rows)
             feeds = {"input_ids": ids, "attention_mask": mask}
             options = (
                 self._run_options if ids.size >= SHRINK_AFTER_TOKENS else self._small_run_options
             )
-            hidden = session.run(self._output_names, feeds, options)[0]
-            lengths_excluded = np.full(len(rows), prompt_length) if prompt_length else None
-            out[rows] = pool(
-                hidden,
-                mask,
-                self.spec.pooling,
-                normalize=self.spec.normalize,
-                prompt_lengths=lengths_excluded,
-            )
-            largest = max(largest, ids.size)
+            call.pool(rows, session.run(self._output_names, feeds, options)[0], mask)
             if self._prepack_at_run and next(self._runs) == self._prepack_at_run:
                 prepack_now = True
         if prepack_now:
             del session  # so the old session goes at the swap (unless a call still runs on it)
             self._prepack()
-        if prepack_now or largest >= TRIM_AFTER_TOKENS:
-            # A big batch (or creating the packed copy) grew the heap; give it back now
-            # (cheap) rather than hold the peak while the model sits idle.
-            memory.trim_heap()
-        return EncodeResult(out, lengths.tolist())
+        # Creating the packed copy grew the heap, as a big run does: trim it too.
+        return call.result(trim=prepack_now)
 
     def close(self) -> None:
         """Drop the session; the caller returns the freed pages to the OS."""
         self._session = None
-
-
-def load_runtime(spec: RuntimeSpec, tokenizer: Tokenizer | None = None) -> LoadedModel:
-    """Load the session (and the tokenizer, unless one is given or already held), with
-    the spec's backend: ONNX Runtime, or OpenVINO (the ``openvino`` extra).
-
-    No warm-up inference: the first call's run does what it would do, and a reload then
-    costs one run less before the first vector.
-    """
-    if spec.backend == "openvino":
-        from lazyembed.runtime.openvino import load_openvino
-
-        return load_openvino(
-            spec,
-            precision=spec.precision,  # type: ignore[arg-type]  # checked by the settings
-            cache_dir=spec.compile_cache_dir,
-            tokenizer=tokenizer,
-        )
-    return OnnxRuntime(spec, tokenizer)

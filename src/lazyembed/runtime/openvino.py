@@ -1,11 +1,11 @@
 """The loaded model on OpenVINO (the ``lazyembed[openvino]`` extra), twin of `OnnxRuntime`.
 
 Same converted .onnx file (external data beside it), same tokenisation, run planning,
-pooling and normalisation; only the engine differs. OpenVINO compiles the model for this
-CPU when it loads: a compile cache under lazyembed's model cache dir turns a reload into
-an import, and the weights are mapped from disk rather than copied. Inference is fp32,
-or bf16 where the CPU has bf16 hardware (`lazyembed.cpu`). openvino is imported only
-when a runtime is built, never by importing this module.
+pooling and normalisation (`base.Call`); only the engine differs. OpenVINO compiles the
+model for this CPU when it loads: a compile cache under lazyembed's model cache dir turns
+a reload into an import, and the weights are mapped from disk rather than copied.
+Inference is fp32, or bf16 where the CPU has bf16 hardware (`lazyembed.cpu`). openvino
+is imported only when a runtime is built, never by importing this module.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from lazyembed import memory
 from lazyembed.cpu import CpuFeatures, cpu_features
 from lazyembed.errors import BackendUnavailableError, ClosedError
-from lazyembed.pooling import pool
-from lazyembed.runtime.batching import MAX_RUN_TOKENS, padded_inputs, plan_batches
-from lazyembed.runtime.onnx import TRIM_AFTER_TOKENS, EncodeResult, FloatArray, RuntimeSpec
-from lazyembed.runtime.tokens import encode_truncated, load_tokenizer
+from lazyembed.runtime.base import Call, EncodeResult, Rows, RuntimeSpec
+from lazyembed.runtime.batching import MAX_RUN_TOKENS
+from lazyembed.runtime.tokens import load_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -133,8 +130,7 @@ class OpenVinoRuntime:
         self.precision = precision
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
-        self._lock = threading.Lock()
-        self._prompt_length = 0  # of the call in progress (set under the lock)
+        self._lock = threading.Lock()  # held by a call for all its runs; guards the requests
         core_keys = {"ENABLE_MMAP"}
         core.set_property({k: v for k, v in config.items() if k in core_keys})
         compile_options = {k: v for k, v in config.items() if k not in core_keys}
@@ -148,35 +144,27 @@ class OpenVinoRuntime:
 
     def encode(self, texts: Sequence[str], *, prompt_length: int = 0) -> EncodeResult:
         """Embed texts exactly as `OnnxRuntime.encode` does, on OpenVINO."""
-        if self.spec.lowercase:
-            texts = [text.lower() for text in texts]
-        encodings = encode_truncated(self.tokenizer, texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        plan = plan_batches(lengths[order].tolist(), self.spec.batch_size, self.max_run_tokens)
-        runs = [order[start:end] for start, end in plan]
-        largest = 0
+        call = Call(
+            self.spec,
+            self.tokenizer,
+            texts,
+            max_run_tokens=self.max_run_tokens,
+            prompt_length=prompt_length,
+        )
         with self._lock:
             if self._compiled is None:
                 raise ClosedError("OpenVinoRuntime.encode() after close()")
-            self._prompt_length = prompt_length
-            if len(self._requests) > 1 and len(runs) > 1:
-                largest = self._run_overlapped(encodings, lengths, runs, out)
+            if len(self._requests) > 1 and len(call.runs) > 1:
+                self._run_overlapped(call)
             else:
                 request = self._requests[0]
-                for rows in runs:
-                    ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
+                for rows in call.runs:
+                    ids, mask = call.inputs(rows)
                     request.infer({"input_ids": ids, "attention_mask": mask})
-                    out[rows] = self._pool(request.get_output_tensor(0).data, mask)
-                    largest = max(largest, ids.size)
-        if largest >= TRIM_AFTER_TOKENS:
-            memory.trim_heap()
-        return EncodeResult(out, lengths.tolist())
+                    call.pool(rows, request.get_output_tensor(0).data, mask)
+        return call.result()
 
-    def _run_overlapped(
-        self, encodings: Sequence[Any], lengths: Any, runs: list[Any], out: FloatArray
-    ) -> int:
+    def _run_overlapped(self, call: Call) -> None:
         """Runs dealt round-robin to the streams' requests: run k waits for run k - n.
 
         No Python callbacks (OpenVINO would call them on its own threads, under the GIL);
@@ -184,25 +172,22 @@ class OpenVinoRuntime:
         another fails, so no run still writes into a request's buffers after we return.
         """
         requests = self._requests
-        pending: list[tuple[Any, Any] | None] = [None] * len(requests)
-        largest = 0
+        pending: list[tuple[Rows, Any] | None] = [None] * len(requests)
         try:
-            for index, rows in enumerate(runs):
+            for index, rows in enumerate(call.runs):
                 slot = index % len(requests)
-                self._collect(slot, pending, out)
-                ids, mask = padded_inputs(encodings, rows, int(lengths[rows[-1]]))
+                self._collect(slot, pending, call)
+                ids, mask = call.inputs(rows)
                 requests[slot].start_async({"input_ids": ids, "attention_mask": mask})
                 pending[slot] = (rows, mask)
-                largest = max(largest, ids.size)
             for slot in range(len(requests)):
-                self._collect(slot, pending, out)
+                self._collect(slot, pending, call)
         finally:
             for slot, job in enumerate(pending):
                 if job is not None:
                     requests[slot].wait()
-        return largest
 
-    def _collect(self, slot: int, pending: list[tuple[Any, Any] | None], out: FloatArray) -> None:
+    def _collect(self, slot: int, pending: list[tuple[Rows, Any] | None], call: Call) -> None:
         """Wait for the request in ``slot`` (if it runs) and pool its output into its rows."""
         job = pending[slot]
         if job is None:
@@ -211,15 +196,7 @@ class OpenVinoRuntime:
         pending[slot] = None
         request.wait()
         rows, mask = job
-        out[rows] = self._pool(request.get_output_tensor(0).data, mask)
-
-    def _pool(self, hidden: Any, mask: Any) -> FloatArray:
-        """The same pooling as `OnnxRuntime` (the spec's modes, the prompt left out)."""
-        rows = mask.shape[0]
-        excluded = np.full(rows, self._prompt_length) if self._prompt_length else None
-        return pool(
-            hidden, mask, self.spec.pooling, normalize=self.spec.normalize, prompt_lengths=excluded
-        )
+        call.pool(rows, request.get_output_tensor(0).data, mask)
 
     def close(self) -> None:
         """Drop the requests, the compiled model and the core, then hand the heap back."""

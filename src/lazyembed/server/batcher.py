@@ -21,14 +21,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
 
 from lazyembed.config.durations import KeepAlive
 from lazyembed.errors import ClientDisconnectedError, ClosedError, InvalidInputError
-from lazyembed.report import MemoryReport
 from lazyembed.server.chunks import BatchResult, Chunk, Outcome, Pending
+from lazyembed.server.embedder_like import EmbedderLike
 from lazyembed.server.model_calls import ModelCalls
-from lazyembed.server.wire import FloatArray
 
 __all__ = ["BatchResult", "Batcher", "BatcherClosedError", "Disconnected", "EmbedderLike"]
 
@@ -37,33 +35,6 @@ log = logging.getLogger("lazyembed.server")
 #: ``await is_disconnected(started)``: has the client gone? ``started`` says whether the
 #: request's work began (a half-closed client is served until then; see guard.py).
 Disconnected = Callable[[bool], Awaitable[bool]]
-
-
-class EmbedderLike(Protocol):
-    """What the server needs of ``lazyembed.Embedder`` (a fake satisfies it in tests)."""
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def settings(self) -> Any: ...
-
-    @property
-    def is_loaded(self) -> bool: ...
-
-    def embed_numpy(self, texts: list[str], *, keep_alive: KeepAlive) -> FloatArray: ...
-
-    def count_tokens(self, texts: list[str], *, truncate: bool = True) -> list[int]: ...
-
-    def warmup(self, *, keep_alive: KeepAlive) -> None: ...
-
-    def unload_model(self) -> bool: ...
-
-    def memory_report(self, *, events: bool = True) -> MemoryReport: ...
-
-    def get_embedding_dimension(self) -> int: ...
-
-    def get_max_tokens(self) -> int: ...
 
 
 class BatcherClosedError(ClosedError):

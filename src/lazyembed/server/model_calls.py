@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lazyembed.config.durations import KeepAlive
 from lazyembed.errors import InputTooLongError, InputTypeError, InvalidInputError
 from lazyembed.server.chunks import Chunk, ChunkResult, Outcome
+from lazyembed.server.embedder_like import EmbedderLike
 from lazyembed.server.wire import FloatArray
-
-if TYPE_CHECKING:
-    from lazyembed.server.batcher import EmbedderLike
 
 log = logging.getLogger("lazyembed.server")
 
