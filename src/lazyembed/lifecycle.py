@@ -570,3 +570,31 @@ class Lifecycle(Generic[T]):
             self._model_mb = 0.0
             self._journal.unloaded("fork", 0.0, None, None)
             log.info("%s: forked child starts unloaded (parent's copy left untouched)", self.name)
+
+    # ---- leases kept elsewhere ------------------------------------------------------------
+
+    def reset_leases(
+        self, *, default_since: float | None, explicit_until: float | None, pinned: bool
+    ) -> str | None:
+        """Replace the lease state with one computed elsewhere; the reason if it unloaded.
+
+        For the shared daemon, which keeps each client's leases apart and gives the
+        lifecycle their union: the default lease as of ``default_since`` (None: none),
+        the latest explicit expiry (None: none) and whether anyone pins. Unlike the
+        leases calls leave (which only grow), this may shorten them: a dropped pin really
+        un-pins. If every lease has then expired (nothing in flight), it unloads now;
+        else the watcher re-plans. Times are on this lifecycle's clock.
+        """
+        with self._lock:
+            self._default_done = default_since
+            self._explicit_until = _NEG_INF if explicit_until is None else explicit_until
+            self._pinned = pinned
+            action, reason = self._plan_locked(self._clock())
+            if action == "unload":
+                self._begin_unload_locked(reason)
+            else:
+                self._wake.notify()
+        if action == "unload":
+            self._finish_unload(reason)
+            return reason
+        return None
