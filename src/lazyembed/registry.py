@@ -44,6 +44,18 @@ _HOLDS_MEMORY = (State.LOADING, State.LOADED, State.UNLOADING)
 class Models:
     """Embedders by model name, loaded lazily, evicted least-recently-used under a budget."""
 
+    def __new__(cls, **kwargs: Any) -> Models:
+        """The ``share`` decision (see `Embedder.__new__`): a `SharedModels` client of the
+        user's daemon when it resolves to the daemon, else an in-process registry."""
+        if cls is Models and kwargs.get("clock", time.monotonic) is time.monotonic:
+            from lazyembed.daemon.shared import shared_models_or_none
+
+            kwargs.pop("clock", None)
+            shared = shared_models_or_none(kwargs)
+            if shared is not None:
+                return shared  # type: ignore[return-value]  # the same public surface
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
