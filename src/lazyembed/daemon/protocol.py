@@ -14,10 +14,13 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyembed import errors
 from lazyembed.errors import LazyEmbedError
+
+if TYPE_CHECKING:
+    from lazyembed.config import Settings
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!II")
@@ -34,6 +37,10 @@ class ProtocolError(LazyEmbedError, ValueError):
 
 class VersionMismatchError(LazyEmbedError, RuntimeError):
     """The daemon runs another lazyembed or protocol version (wire name "VersionMismatch")."""
+
+
+class PeerRefusedError(LazyEmbedError, PermissionError):
+    """The daemon refused the connection: the peer runs as another user."""
 
 
 class ConnectionClosed(LazyEmbedError, ConnectionError):
@@ -110,6 +117,7 @@ _EXTRA: dict[str, type[LazyEmbedError]] = {
     "ProtocolError": ProtocolError,
     "VersionMismatch": VersionMismatchError,
     "VersionMismatchError": VersionMismatchError,
+    "PeerRefusedError": PeerRefusedError,
 }
 
 
@@ -131,6 +139,39 @@ def exception_from(meta: Meta) -> LazyEmbedError:
         return ProtocolError(f"malformed error answer: {meta!r:.200}")
     message = str(error.get("message", ""))
     return error_class(error.get("type"))(message)
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+#: The per-request settings that change vectors: part of an `embed` request's "options";
+#: requests with different options never share a model (or cached vectors) in the daemon.
+REQUEST_OPTIONS = (
+    "variant",
+    "backend",
+    "precision",
+    "prepack_weights",
+    "encode_batch_size",
+    "intra_op_threads",
+    "allow_download",
+    "model_cache_dir",
+)
+
+
+def daemon_settings(settings: Settings, daemon_idle_exit: str) -> dict[str, Any]:
+    """The daemon-level settings (they belong to the daemon, not to a request), as the
+    `hello` exchange and `status` show them; a client compares its own with the daemon's."""
+    cache = settings.cache
+    return {
+        "memory_budget_mb": settings.memory_budget_mb,
+        "max_loaded_models": settings.max_loaded_models,
+        "load_timeout": settings.load_timeout,
+        "idle_timeout": str(settings.idle_timeout),
+        "daemon_idle_exit": daemon_idle_exit,
+        "cache_memory_mb": cache.memory_mb,
+        "cache_persistent": cache.persistent,
+        "cache_path": None if cache.path is None else str(cache.path),
+        "cache_max_mb": cache.max_mb,
+    }
 
 
 # ---- float32 payloads without numpy -----------------------------------------------------
