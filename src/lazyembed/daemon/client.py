@@ -46,7 +46,7 @@ from lazyembed.daemon.protocol import (
     recv_frame,
     send_frame,
 )
-from lazyembed.errors import LazyEmbedError
+from lazyembed.errors import ClosedError, LazyEmbedError
 
 log = logging.getLogger("lazyembed")
 
@@ -56,6 +56,8 @@ NO_DAEMON_RETRY_S = 30.0
 #: After a call timed out (a hung daemon): in-process this long before trying it again,
 #: so a stopped daemon costs one timeout per five minutes, not one per call.
 HUNG_RETRY_S = 300.0
+_DYING_PAUSES_S = (0.02, 0.1, 0.3)  # between opens that met a dying daemon at hello
+_STOPPING_PAUSE_S = 0.05  # a daemon said "stopping": it closes its listener right away
 
 #: The settings that belong to the daemon, not to a request (compared at hello).
 DAEMON_LEVEL_KEYS = (
@@ -80,6 +82,10 @@ OPTION_KEYS = (
     "allow_download",
     "model_cache_dir",
 )
+
+
+class _DiedAtHello(Exception):
+    """Internal: the connection broke during hello (a daemon on its way out)."""
 
 
 class DaemonUnavailable(Exception):
@@ -247,6 +253,12 @@ class DaemonClient:
                     if isinstance(error, VersionMismatchError):
                         self._drop()
                         raise self._unusable("version", math.inf, f"{error}; running in-process")
+                    if isinstance(error, ClosedError):  # the daemon is stopping (idle exit)
+                        self._drop()
+                        if attempt == 0:
+                            self.retries += 1
+                            time.sleep(_STOPPING_PAUSE_S)  # let it close its listener
+                            continue
                     raise error
                 return answer, data
         raise AssertionError("unreachable")  # pragma: no cover
@@ -275,7 +287,24 @@ class DaemonClient:
     # ---- connecting ---------------------------------------------------------------------
 
     def _open(self, settings: Settings, share: str) -> socket.socket:
-        """A connected, hello'd socket; starts the daemon when share is "always"."""
+        """A connected, hello'd socket; starts the daemon when share is "always".
+
+        A daemon killed a moment ago may still accept a connection on its way out (its
+        listener closes last) and then reset it at hello: that is tried again a few
+        times, briefly, so that the next attempt meets the socket gone or a new daemon."""
+        for pause in _DYING_PAUSES_S:
+            try:
+                return self._open_once(settings, share)
+            except _DiedAtHello:
+                time.sleep(pause)
+        try:
+            return self._open_once(settings, share)
+        except _DiedAtHello as exc:
+            raise self._unusable(
+                "lost", NO_DAEMON_RETRY_S, f"the lazyembed daemon closed at hello ({exc})"
+            ) from None
+
+    def _open_once(self, settings: Settings, share: str) -> socket.socket:
         try:
             sock = self._connect(settings)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -350,9 +379,7 @@ class DaemonClient:
                 f"{settings.daemon_call_timeout:g}s; running in this process",
             ) from None
         except (OSError, ConnectionClosed, ProtocolError) as exc:
-            raise self._unusable(
-                "lost", NO_DAEMON_RETRY_S, f"the lazyembed daemon closed at hello ({exc})"
-            ) from None
+            raise _DiedAtHello(str(exc)) from None
         if not answer.get("ok"):
             error = exception_from(answer)
             raise self._unusable(
@@ -412,6 +439,15 @@ def client_for(paths: DaemonPaths | None = None) -> DaemonClient:
         with _clients_lock:
             client = _CLIENTS.setdefault(paths.socket, DaemonClient(paths))
     return client
+
+
+def close_all() -> None:
+    """Close and forget every client of this process (tests; a process about to exec)."""
+    with _clients_lock:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for client in clients:
+        client.close()
 
 
 def connect(settings: Settings, share: str) -> DaemonClient | None:

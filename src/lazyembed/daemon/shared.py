@@ -154,6 +154,7 @@ class SharedEmbedder:
         self._local_lock = threading.Lock()
         self._info: Meta | None = None
         self._closed = False
+        self._leased = False  # an explicit keep-alive or warmup was sent (see close)
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class SharedEmbedder:
         """The daemon's answer to embedding ``items``; None when it must run in-process."""
         _check_prompt_args(prompt_name, prompt)
         seconds = parse_keep_alive(keep_alive)  # a bad value fails before any request
+        if not seconds.is_default:
+            self._leased = True
         try:
             return self._request(
                 "embed",
@@ -410,6 +413,7 @@ class SharedEmbedder:
     def warmup(self, *, keep_alive: KeepAliveLike = None) -> None:
         """Have the daemon load the model now, leaving this process's keep-alive lease."""
         wire = keep_alive_wire(parse_keep_alive(keep_alive))
+        self._leased = True
         try:
             self._request("warmup", keep_alive=wire)
         except DaemonUnavailable:
@@ -469,12 +473,15 @@ class SharedEmbedder:
         return report
 
     def close(self) -> None:
-        """Release this process's leases on the model and close the fallback; the object
-        must not be used afterwards (the process's connection stays for other objects)."""
+        """Done with the model: the object must not be used afterwards. Leases this object
+        took (a keep_alive, warmup) are released, which unloads the model when no other
+        client holds one; otherwise the daemon keeps it for its idle timeout, for the next
+        client (a `lazyembed embed` run, say). The in-process fallback is closed."""
         if self._closed:
             return
-        with contextlib.suppress(Exception):  # closing never fails on the daemon's account
-            self._request("release")
+        if self._leased:  # an explicit keep-alive or warmup: end it, as in-process close()
+            with contextlib.suppress(Exception):  # closing never fails on the daemon's account
+                self._request("release")
         self._closed = True
         local = self._local
         if local is not None and self._fallback_factory is None:
