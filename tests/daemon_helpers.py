@@ -95,9 +95,10 @@ def make_env(root: Path) -> tuple[dict[str, str], DaemonPaths]:
     return env, daemon_paths(env=env)
 
 
-@pytest.fixture
-def daemon_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonEnv]:
-    """A short private root (socket paths stay under sun_path) removed at teardown."""
+def private_daemon_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonEnv]:
+    """The body of a test module's ``daemon_env`` fixture (``yield from`` it): a short
+    private root (socket paths stay under sun_path), removed at teardown, after every
+    daemon it saw was stopped or killed."""
     root = Path(tempfile.mkdtemp(prefix="le-", dir="/tmp"))
     env, paths = make_env(root)
     monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])

@@ -744,10 +744,10 @@ class Daemon:
         model = meta.get("model")
         if model is not None:
             _, embedder = self._embedder(meta)
-            reports = [embedder.memory_report(events=False).as_dict()]
+            reports = [{"model": embedder.model_name, **embedder.memory_report().as_dict()}]
         else:
             reports = [
-                e.memory_report(events=False).as_dict()
+                {"model": e.model_name, **e.memory_report(events=False).as_dict()}
                 for registry in self._registry_list()
                 for e in _embedders(registry)
             ]
