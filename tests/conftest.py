@@ -24,6 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_DATA_HOME"] = str(_SESSION_DIR / "data")
     for key in [k for k in os.environ if k.startswith("LAZYEMBED_") and k != _KEPT]:
         del os.environ[key]
+    # In-process unless a test asks for the shared daemon (share=, daemon_helpers.py): a
+    # CLI `embed` would otherwise start a daemon that outlives the test.
+    os.environ["LAZYEMBED_SHARE"] = "never"
 
 
 @pytest.fixture(scope="session")
