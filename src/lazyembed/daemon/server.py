@@ -73,6 +73,7 @@ MAX_BATCH_TEXTS = 256  # texts merged into one model call (a bigger request runs
 STOP_GRACE_S = 60.0  # how long a stop waits for calls in flight
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PIN = KeepAlive.FOREVER
+_UNCOUNTED = frozenset({"hello", "status"})  # a look, not work: a stop does not wait for them
 
 
 class DaemonRunningError(LazyEmbedError, RuntimeError):
@@ -562,11 +563,14 @@ class Daemon:
                     with contextlib.suppress(OSError):
                         send_frame(sock, error_meta(None, exc))
                     return
-                try:
-                    answer, payload = self._handle(client, meta)
-                except _ClientGone:
-                    return
-                send_frame(sock, answer, payload)
+                # Counted in flight until the answer is sent: a stop waits for that too.
+                counted = meta.get("op") not in _UNCOUNTED
+                with self._call() if counted else contextlib.nullcontext():
+                    try:
+                        answer, payload = self._handle(client, meta)
+                    except _ClientGone:
+                        return
+                    send_frame(sock, answer, payload)
         except OSError:
             return
         finally:
@@ -613,11 +617,7 @@ class Daemon:
                 raise ProtocolError(f"unknown op {op!r}")
             if self._stopping.is_set() and op != "status":
                 raise ClosedError("the daemon is stopping")
-            if op == "status":  # a look, not work: not counted in flight
-                answer, payload = handler(client, meta)
-            else:
-                with self._call():
-                    answer, payload = handler(client, meta)
+            answer, payload = handler(client, meta)
         except _ClientGone:
             raise
         except Exception as exc:
