@@ -134,3 +134,48 @@ def test_the_cli_starts_reports_and_stops_the_daemon(daemon_env: DaemonEnv) -> N
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert wait_until(lambda: pid_gone(pid), limit=120)
     assert daemon_env.run(["daemon", "stop"]).stdout.strip() == "lazyembed daemon: not running"
+
+
+def test_a_socket_passed_by_systemd_is_served_and_left_in_place(daemon_env: DaemonEnv) -> None:
+    import socket as socketlib
+
+    path = daemon_env.root / "activated.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    fd = listener.fileno()
+    # As systemd does: the socket as fd 3, LISTEN_PID = the daemon's own pid (exec keeps it).
+    launcher = (
+        "import os, sys\n"
+        "fd = int(sys.argv[1])\n"
+        "if fd != 3:\n"
+        "    os.dup2(fd, 3)\n"
+        "    os.close(fd)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'lazyembed', 'daemon', 'run'])\n"
+    )
+    with (daemon_env.root / "activated.log").open("w") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(fd)],
+            env=daemon_env.env,
+            pass_fds=(fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    listener.close()
+    try:
+        try:
+            answer = call(path, "embed", timeout=120, texts=["activated"])
+        except OSError:
+            daemon.wait(60)
+            raise AssertionError((daemon_env.root / "activated.log").read_text()) from None
+        assert answer["ok"] and answer["shape"] == [1, 384]
+        assert call(path, "status")["pid"] == daemon.pid
+        assert not daemon_env.paths.socket.exists()  # it made no socket of its own
+        call(path, "stop")
+        assert daemon.wait(120) == 0
+        assert path.exists()  # systemd's socket file stays
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
