@@ -208,6 +208,20 @@ def test_a_pin_leaves_with_its_client(daemon_env: DaemonEnv) -> None:
         assert status["unload_in_s"] is not None and status["unload_in_s"] > 60
 
 
+def test_default_lease_calls_of_others_neither_drop_nor_keep_a_pin(daemon_env: DaemonEnv) -> None:
+    daemon_env.start_in_process()
+    with Conn(daemon_env.paths.socket) as other:
+        with Conn(daemon_env.paths.socket) as pinner:
+            pinner.request_raw("embed", texts=["pin"], keep_alive="pin")
+            other.request_raw("embed", texts=["default lease"])
+            status = model_status(other)
+            assert status["pinned"] and len(status["leases"]) == 2
+        assert wait_until(lambda: not model_status(other)["pinned"])
+        other.request_raw("embed", texts=["default lease again"])
+        status = model_status(other)
+        assert not status["pinned"] and status["unload_in_s"] is not None
+
+
 def test_a_zero_keep_alive_unloads_before_the_answer_unless_another_client_holds_it(
     daemon_env: DaemonEnv,
 ) -> None:

@@ -73,6 +73,7 @@ MAX_BATCH_TEXTS = 256  # texts merged into one model call (a bigger request runs
 STOP_GRACE_S = 60.0  # how long a stop waits for calls in flight
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PIN = KeepAlive.FOREVER
+_DEFAULT = KeepAlive.DEFAULT
 _UNCOUNTED = frozenset({"hello", "status"})  # a look, not work: a stop does not wait for them
 
 
@@ -245,21 +246,26 @@ class _ModelBatcher:
         used_before = lifecycle.last_used
         parts: list[FloatArray] = []
         error: BaseException | None = None
+        # The common case, only default leases: the call leaves the default lease itself,
+        # and the lifecycle's explicit/pin state already is the table's (every reset sets
+        # it), so no reset is needed. Otherwise the call runs under a pin, and the leases
+        # the clients asked for are set right after from the table (a zero lease then
+        # unloads before the answer).
+        default_only = all(job.keep_alive.is_default for job in jobs)
+        keep = _DEFAULT if default_only else _PIN
         try:
-            # Under a pin for the call itself; the leases the clients asked for are set
-            # right after, from the table (a zero lease then unloads before answering).
             if jobs[0].solo:
                 job = jobs[0]
                 parts = [
                     embedder.embed_numpy(
-                        job.items, prompt_name=job.prompt_name, prompt=job.prompt, keep_alive=_PIN
+                        job.items, prompt_name=job.prompt_name, prompt=job.prompt, keep_alive=keep
                     )
                 ]
             else:
                 texts = [
                     job.prefix + text if job.prefix else text for job in jobs for text in job.items
                 ]
-                vectors = embedder.embed_numpy(texts, prompt="", keep_alive=_PIN)
+                vectors = embedder.embed_numpy(texts, prompt="", keep_alive=keep)
                 start = 0
                 for job in jobs:
                     parts.append(vectors[start : start + len(job.items)])
@@ -268,7 +274,7 @@ class _ModelBatcher:
             error = exc
         finally:
             if lifecycle.last_used != used_before:  # a model call ran (not all cache hits)
-                self._settle_leases(jobs)
+                self._settle_leases(jobs, reset=not default_only)
         with self._cond:
             self.batches += 1
             self.texts += sum(len(job.items) for job in jobs)
@@ -279,12 +285,13 @@ class _ModelBatcher:
                 job.error = error
             job.done.set()
 
-    def _settle_leases(self, jobs: list[_Job]) -> None:
+    def _settle_leases(self, jobs: list[_Job], *, reset: bool) -> None:
         now = self._clock()
         with self._lease_lock:
             for job in jobs:
                 self.leases.record(job.client.id, job.keep_alive, now)
-            self.embedder.lifecycle.reset_leases(**self.leases.aggregate().as_kwargs())
+            if reset:
+                self.embedder.lifecycle.reset_leases(**self.leases.aggregate().as_kwargs())
 
     def disconnect(self, client: _Client) -> None:
         """The client left: drop its queued work and its leases."""
