@@ -412,3 +412,22 @@ def test_the_stop_op_answers_then_removes_the_socket(daemon_env: DaemonEnv) -> N
     thread.join(60)
     assert not thread.is_alive()
     assert not daemon_env.paths.socket.exists() and not daemon_env.paths.pid.exists()
+
+
+def test_daemon_help_and_the_idle_exit_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazyembed import cli
+    from lazyembed.config import KeepAlive, load_settings
+    from lazyembed.daemon.server import idle_exit_setting
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["daemon", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lazyembed daemon" in out and "{start,stop,status,run}" in out
+    assert idle_exit_setting(load_settings()) == KeepAlive.after(300)
+    monkeypatch.setenv("LAZYEMBED_DAEMON_IDLE_EXIT", "90s")
+    assert idle_exit_setting(load_settings()) == KeepAlive.after(90)
+    monkeypatch.setenv("LAZYEMBED_DAEMON_IDLE_EXIT", "never")
+    assert idle_exit_setting(load_settings()).is_forever
