@@ -347,3 +347,47 @@ def test_integrations_work_through_the_daemon(daemon: Daemon, local: Any) -> Non
 
 def test_client_module_stays_light() -> None:
     assert client_module.platform_supported()
+
+
+def test_close_keeps_the_model_for_the_next_client_unless_it_held_a_lease(
+    daemon: Daemon,
+) -> None:
+    first = shared()
+    first.embed(TEXT)  # the default lease: the daemon's idle timeout
+    first.close()
+    assert [m["state"] for m in daemon_status(daemon)["models"]] == ["loaded"]
+    pinned = shared()
+    pinned.embed("another text", keep_alive="never")
+    pinned.close()  # its pin ends, and nobody else holds a lease: unloaded, as in-process
+    assert [m["state"] for m in daemon_status(daemon)["models"]] == ["unloaded"]
+
+
+def test_auto_joins_a_running_daemon_and_goes_in_process_when_it_exits(
+    daemon: Daemon, local: Any
+) -> None:
+    shared().embed(TEXT)  # "always" started it
+    embedder = lazyembed.Embedder(share="auto", prepack_weights=False)
+    assert isinstance(embedder, SharedEmbedder)
+    pid = daemon_pid(daemon)
+    spawn.call(daemon.paths.socket, "stop")
+    assert wait_until(lambda: daemon_pid(daemon) is None, limit=60), pid
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" without a daemon is no failure: no warning
+        vector = embedder.embed(TEXT)
+    assert np.array_equal(np.asarray(vector, dtype=np.float32), local.embed_numpy([TEXT])[0])
+    assert daemon_pid(daemon) is None  # "auto" never starts one
+
+
+def test_always_on_a_platform_without_unix_sockets_warns_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lazyembed.daemon import shared as shared_module
+
+    monkeypatch.setattr(shared_module, "platform_supported", lambda: False)
+    monkeypatch.setattr(shared_module, "_windows_warned", False)
+    with pytest.warns(DaemonFallbackWarning, match="Windows"):
+        first = lazyembed.Embedder(share="always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = lazyembed.Embedder(share="always")
+    assert type(first) is type(second) is lazyembed.Embedder
