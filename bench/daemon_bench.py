@@ -59,7 +59,7 @@ def worker(args: argparse.Namespace) -> int:
     """One client: warm up, say "ready", then run what the parent's stdin says."""
     import lazyembed
 
-    embedder = lazyembed.Embedder(share=args.share, intra_op_threads=args.threads or None)
+    embedder = lazyembed.Embedder(share=args.share)  # threads: LAZYEMBED_INTRA_OP_THREADS
     for i in range(args.pss_calls):
         embedder.embed(text(args.who, -1 - i))
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
@@ -90,7 +90,6 @@ class Client:
             "--worker",
             f"--who={who}",
             f"--share={share}",
-            f"--threads={cfg.threads}",
             f"--seconds={cfg.seconds}",
             f"--pss-calls={cfg.pss_calls}",
         ]
@@ -144,9 +143,8 @@ def one_text(cfg: argparse.Namespace) -> dict[str, Any]:
     """Median ms of one text per call, in-process vs the daemon, interleaved rounds."""
     import lazyembed
 
-    threads = cfg.threads or None
-    local = lazyembed.Embedder(share="never", intra_op_threads=threads)
-    shared = lazyembed.Embedder(share="always", intra_op_threads=threads)
+    local = lazyembed.Embedder(share="never")
+    shared = lazyembed.Embedder(share="always")
     if not getattr(shared, "shared", False):
         raise RuntimeError("share='always' did not reach a daemon")
     times: dict[str, list[float]] = {"in-process": [], "daemon": []}
@@ -238,8 +236,10 @@ def pss(
 # ---- the run --------------------------------------------------------------------------
 
 
-def private_env(root: Path) -> dict[str, str]:
-    """This process's env with a private runtime/state folder and no cache."""
+def private_env(root: Path, threads: int) -> dict[str, str]:
+    """This process's env with a private runtime/state folder and no cache. The thread
+    count goes by env too, so that every client (the CLI included) sends the same
+    per-request options and the daemon holds one model, not one per option set."""
     run = root / "run"
     run.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if k != "LAZYEMBED_SHARE"}
@@ -249,6 +249,8 @@ def private_env(root: Path) -> dict[str, str]:
         LAZYEMBED_CACHE_MEMORY_MB="0",
         TOKENIZERS_PARALLELISM="false",
     )
+    if threads:
+        env["LAZYEMBED_INTRA_OP_THREADS"] = str(threads)
     if (ROOT / "src" / "lazyembed").is_dir():  # a source checkout: its code, installed or not
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
@@ -258,7 +260,7 @@ def private_env(root: Path) -> dict[str, str]:
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="le-bench-", dir="/tmp"))  # short socket paths
-    env = private_env(root)
+    env = private_env(root, cfg.threads)
     os.environ.clear()
     os.environ.update(env)  # the daemon this process starts inherits it
     from lazyembed.daemon import spawn
