@@ -787,8 +787,9 @@ class Daemon:
         return self.status(), b""
 
     def _op_stop(self, client: _Client, meta: Meta) -> tuple[Meta, bytes]:
-        # Stops after this answer is sent: the main loop waits for calls in flight.
-        threading.Timer(0.0, self.request_stop).start()
+        # The main loop stops accepting now and exits once the calls in flight, this one
+        # included, have sent their answers.
+        self.request_stop()
         return {}, b""
 
     # ---- reports -------------------------------------------------------------------------
