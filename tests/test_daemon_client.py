@@ -22,7 +22,7 @@ import pytest
 import lazyembed
 from daemon_helpers import DaemonEnv, private_daemon_env
 from helpers import wait_until
-from lazyembed.config import load_settings
+from lazyembed.config import load_settings, resolve_share
 from lazyembed.daemon import client as client_module
 from lazyembed.daemon import spawn
 from lazyembed.daemon.client import DaemonFallbackWarning, client_for
@@ -78,7 +78,10 @@ def shared(**settings: Any) -> SharedEmbedder:
 
 
 def test_settings_share_and_daemon_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAZYEMBED_SHARE", raising=False)  # conftest says "never"
     assert load_settings().share is None  # not given: the library uses "auto"
+    assert resolve_share(load_settings()) == "auto"
+    assert resolve_share(load_settings(), "always") == "always"  # the CLI's default
     monkeypatch.setenv("LAZYEMBED_SHARE", "Always")
     monkeypatch.setenv("LAZYEMBED_DAEMON_IDLE_EXIT", "10m")
     settings = load_settings(daemon_call_timeout="2s")
