@@ -380,6 +380,20 @@ def test_a_stale_socket_is_replaced_and_a_live_one_never_touched(daemon_env: Dae
         assert conn.request("status")["ok"]
 
 
+def test_a_stopping_daemon_never_unlinks_a_socket_that_is_no_longer_its_own(
+    daemon_env: DaemonEnv,
+) -> None:
+    first = daemon_env.start_in_process()
+    os.unlink(daemon_env.paths.socket)  # someone removed it; a second daemon took the path
+    daemon_env.start_in_process()
+    second_inode = os.lstat(daemon_env.paths.socket).st_ino
+    first.request_stop()
+    daemon_env.threads[0][1].join(60)
+    assert os.lstat(daemon_env.paths.socket).st_ino == second_inode
+    with Conn(daemon_env.paths.socket) as conn:
+        assert conn.request("status")["ok"]
+
+
 def test_malformed_and_oversized_frames_get_an_error_and_the_daemon_stays_up(
     daemon_env: DaemonEnv,
 ) -> None:

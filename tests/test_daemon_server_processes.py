@@ -179,3 +179,13 @@ def test_a_socket_passed_by_systemd_is_served_and_left_in_place(daemon_env: Daem
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def test_an_unwritable_log_folder_does_not_stop_the_daemon(daemon_env: DaemonEnv) -> None:
+    blocker = daemon_env.root / "state-is-a-file"
+    blocker.write_text("")
+    daemon_env.env["XDG_STATE_HOME"] = str(blocker)  # the log folder cannot be made
+    started = daemon_env.run(["daemon", "start", "--json"])
+    assert started.returncode == 0, started.stderr
+    assert call(daemon_env.paths.socket, "embed", texts=["no log"])["shape"] == [1, 384]
+    assert daemon_env.run(["daemon", "stop"]).returncode == 0
