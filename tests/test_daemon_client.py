@@ -394,6 +394,12 @@ def test_always_on_a_platform_without_unix_sockets_warns_once(
         warnings.simplefilter("error")
         second = lazyembed.Embedder(share="always")
     assert type(first) is type(second) is lazyembed.Embedder
+    monkeypatch.setattr(shared_module, "_windows_warned", False)
+    monkeypatch.delenv("LAZYEMBED_SHARE")  # the suite's "never": the CLI default applies
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI's default "always" is not asked for: quiet
+        cli = shared_module.shared_embedder_for(load_settings(share=None), "always")
+    assert type(cli) is lazyembed.Embedder
 
 
 def test_a_daemon_that_cannot_start_runs_in_process_with_one_warning(

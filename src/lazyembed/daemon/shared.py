@@ -67,7 +67,7 @@ def _share_client(settings: Settings, default: Share = DEFAULT_SHARE) -> DaemonC
         return None
     if not platform_supported():
         global _windows_warned
-        if share == "always" and not _windows_warned:
+        if settings.share == "always" and not _windows_warned:  # asked for, not a default
             import warnings
 
             from lazyembed.daemon.client import DaemonFallbackWarning
