@@ -295,6 +295,37 @@ def test_a_client_killed_mid_call_loses_its_queued_work_and_its_leases(
             child.wait()
 
 
+def test_a_client_killed_while_its_call_runs_leaves_no_lease_behind(
+    daemon_env: DaemonEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon_helpers import SRC, TESTS
+
+    daemon = daemon_env.start_in_process()
+    gate = Gate(daemon, monkeypatch)
+    code = (
+        "import sys; sys.path[:0] = sys.argv[2:4]\n"
+        "from daemon_helpers import Conn\n"
+        "c = Conn(sys.argv[1])\n"
+        "c.request_raw('embed', texts=['killed while running'], keep_alive='pin')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(daemon_env.paths.socket), SRC, TESTS])
+    try:
+        assert gate.entered.wait(120)  # its call is in the model now
+        child.send_signal(signal.SIGKILL)
+        child.wait(60)
+        with Conn(daemon_env.paths.socket) as watcher:
+            assert wait_until(lambda: watcher.request("status")["clients"] == 1)
+            gate.open.set()
+            assert wait_until(lambda: model_status(watcher)["batches"] == 1)
+            status = model_status(watcher)
+            assert not status["pinned"] and status["leases"] == []
+    finally:
+        gate.open.set()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 # ---- binding, permissions, peers -----------------------------------------------------------
 
 

@@ -289,7 +289,11 @@ class _ModelBatcher:
         now = self._clock()
         with self._lease_lock:
             for job in jobs:
-                self.leases.record(job.client.id, job.keep_alive, now)
+                # A client that left while its call ran has been dropped from the table
+                # already (`disconnect`, under this lock, after `closed` was set): its
+                # lease must not come back and outlive it.
+                if not job.client.closed:
+                    self.leases.record(job.client.id, job.keep_alive, now)
             if reset:
                 self.embedder.lifecycle.reset_leases(**self.leases.aggregate().as_kwargs())
 
