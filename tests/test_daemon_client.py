@@ -27,7 +27,7 @@ from lazyembed.daemon import client as client_module
 from lazyembed.daemon import spawn
 from lazyembed.daemon.client import DaemonFallbackWarning, client_for
 from lazyembed.daemon.paths import daemon_paths
-from lazyembed.daemon.protocol import recv_frame, send_frame
+from lazyembed.daemon.protocol import pack_float32, recv_frame, send_frame
 from lazyembed.daemon.shared import SharedEmbedder, SharedModels
 from lazyembed.errors import (
     InvalidInputError,
@@ -415,6 +415,88 @@ def test_a_daemon_that_cannot_start_runs_in_process_with_one_warning(
     assert embedder.embed(TEXT)
     embedder.close()
     assert not daemon.daemon_pids()
+
+
+def fake_daemon(
+    path: Path, answers: list[str], seen: list[dict[str, Any]]
+) -> tuple[socket.socket, threading.Thread]:
+    """A tiny daemon of our version: for each connection, hello then one scripted answer
+    per request ("stopping": ClosedError; "vector": one vector of 0.5s), then it closes."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        for kind in answers:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                recv_frame(conn)  # hello
+                settings = {"max_loaded_models": 3}
+                send_frame(
+                    conn,
+                    {
+                        "ok": True,
+                        "id": 0,
+                        "protocol": 1,
+                        "version": lazyembed.__version__,
+                        "pid": os.getpid(),
+                        "started_at": 0,
+                        "settings": settings,
+                    },
+                )
+                meta, _ = recv_frame(conn)
+                seen.append(meta)
+                if kind == "stopping":
+                    error = {"type": "ClosedError", "message": "the daemon is stopping"}
+                    send_frame(conn, {"ok": False, "id": meta["id"], "error": error})
+                else:
+                    vector = pack_float32([[0.5] * 4])
+                    send_frame(
+                        conn,
+                        {"ok": True, "id": meta["id"], "shape": [1, 4], "dtype": "<f4"},
+                        vector,
+                    )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_a_stopping_daemon_is_retried_once_then_the_call_runs_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: Any
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    paths = daemon_paths()
+    paths.ensure()
+    seen: list[dict[str, Any]] = []
+    listener, thread = fake_daemon(paths.socket, ["stopping", "vector"], seen)
+    try:
+        embedder = lazyembed.Embedder(share="auto")
+        assert isinstance(embedder, SharedEmbedder)
+        assert embedder.embed(TEXT) == [0.5] * 4  # the retry's answer
+        assert embedder.client.retries == 1 and [m["op"] for m in seen] == ["embed", "embed"]
+        thread.join(timeout=10)
+    finally:
+        listener.close()
+        client_module.close_all()
+    seen.clear()
+    paths.socket.unlink()
+    listener, thread = fake_daemon(paths.socket, ["stopping", "stopping"], seen)
+    try:
+        embedder = lazyembed.Embedder(share="auto", prepack_weights=False, cache_memory_mb=0)
+        assert isinstance(embedder, SharedEmbedder)
+        with pytest.warns(DaemonFallbackWarning, match="stopping"):
+            vector = embedder.embed(TEXT)
+        assert np.array_equal(np.asarray(vector, dtype=np.float32), local.embed_numpy([TEXT])[0])
+        thread.join(timeout=10)
+    finally:
+        listener.close()
+        client_module.close_all()
 
 
 @pytest.mark.xfail(strict=True, reason="the daemon has no warmup op yet (PROTOCOL.md)")

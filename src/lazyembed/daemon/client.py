@@ -259,6 +259,9 @@ class DaemonClient:
                             self.retries += 1
                             time.sleep(_STOPPING_PAUSE_S)  # let it close its listener
                             continue
+                        raise self._unusable(
+                            "lost", NO_DAEMON_RETRY_S, f"the lazyembed daemon is stopping ({error})"
+                        )
                     raise error
                 return answer, data
         raise AssertionError("unreachable")  # pragma: no cover
