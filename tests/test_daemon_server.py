@@ -222,6 +222,20 @@ def test_default_lease_calls_of_others_neither_drop_nor_keep_a_pin(daemon_env: D
         assert not status["pinned"] and status["unload_in_s"] is not None
 
 
+def test_warmup_loads_and_leaves_the_clients_lease(daemon_env: DaemonEnv) -> None:
+    daemon_env.start_in_process()
+    with Conn(daemon_env.paths.socket) as watcher:
+        assert watcher.request("warmup", keep_alive=0)["ok"]
+        status = model_status(watcher)
+        assert status["state"] == "unloaded" and status["loads"] == 1
+        with Conn(daemon_env.paths.socket) as warm:
+            assert warm.request("warmup", model=None, keep_alive="pin")["ok"]
+            status = model_status(watcher)
+            assert status["state"] == "loaded" and status["pinned"]
+            assert status["batches"] == 0  # no embedding call was made
+        assert wait_until(lambda: not model_status(watcher)["pinned"])
+
+
 def test_a_zero_keep_alive_unloads_before_the_answer_unless_another_client_holds_it(
     daemon_env: DaemonEnv,
 ) -> None:
@@ -324,6 +338,22 @@ def test_a_client_killed_while_its_call_runs_leaves_no_lease_behind(
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_pin_ended_by_a_budget_eviction_does_not_come_back(
+    daemon_env: DaemonEnv, model_dir: Path, tmp_path: Path
+) -> None:
+    from helpers import model_copy
+    from lazyembed.config import load_settings
+
+    other = str(model_copy(model_dir, tmp_path / "other-model"))
+    daemon_env.start_in_process(settings=load_settings(max_loaded_models=1))
+    with Conn(daemon_env.paths.socket) as a, Conn(daemon_env.paths.socket) as b:
+        a.request_raw("embed", texts=["pinned"], keep_alive="pin")
+        b.request_raw("embed", model=other, texts=["needs the room"])  # evicts the pinned one
+        b.request_raw("embed", texts=["back"], keep_alive=600)  # reloads it, leases reset
+        first = next(m for m in a.request("status")["models"] if m["model"] != other)
+        assert first["state"] == "loaded" and not first["pinned"]  # as in-process
 
 
 # ---- binding, permissions, peers -----------------------------------------------------------

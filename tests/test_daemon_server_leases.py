@@ -48,10 +48,22 @@ def test_a_default_only_client_that_leaves_keeps_its_default_lease() -> None:
     assert leases.disconnect(A, 20.0) == Aggregate(10.0, None, False)
 
 
+def test_the_default_lease_a_departed_client_left_outlives_later_calls_of_others() -> None:
+    leases = ClientLeases()
+    leases.record(A, KeepAlive.FOREVER, 10.0)
+    leases.disconnect(A, 100.0)
+    leases.record(B, KeepAlive.after(10), 110.0)
+    assert leases.aggregate() == Aggregate(100.0, 120.0, False)
+    leases.clear()  # the model unloaded: every lease ended
+    assert leases.aggregate() == Aggregate(None, None, False) and len(leases) == 0
+
+
 def test_release_expires_everything_now_unless_someone_else_holds_a_lease() -> None:
     leases = ClientLeases()
     leases.record(A, KeepAlive.FOREVER, 10.0)
     leases.record(B, KeepAlive.after(60), 10.0)
+    leases.record(3, KeepAlive.DEFAULT, 10.0)
+    leases.disconnect(3, 11.0)  # a client that left has no say in a release
     assert leases.release(A, 20.0) == Aggregate(None, 70.0, False)
     assert leases.release(B, 21.0) == Aggregate(None, 21.0, False)
     assert leases.release(B, 22.0) == Aggregate(None, 22.0, False)  # nobody: unload

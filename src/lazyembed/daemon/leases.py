@@ -59,6 +59,9 @@ class ClientLeases:
 
     def __init__(self) -> None:
         self._by_client: dict[int, _Lease] = {}
+        # The default lease that clients who disconnected left behind (their last
+        # default call, or the moment a live pin/explicit lease of theirs went).
+        self._left: float | None = None
 
     def __len__(self) -> int:
         return len(self._by_client)
@@ -77,6 +80,8 @@ class ClientLeases:
 
     def aggregate(self) -> Aggregate:
         defaults = [x.default_done for x in self._by_client.values() if x.default_done is not None]
+        if self._left is not None:
+            defaults.append(self._left)
         explicit = max((x.explicit_until for x in self._by_client.values()), default=_NEG_INF)
         return Aggregate(
             default_since=max(defaults) if defaults else None,
@@ -90,21 +95,25 @@ class ClientLeases:
         lease = self._by_client.pop(client, None)
         if lease is None:
             return None
-        since = lease.default_done
-        if lease.live(now):
-            since = now
-        union = self.aggregate()
-        if since is not None and (union.default_since is None or since > union.default_since):
-            union = Aggregate(since, union.explicit_until, union.pinned)
-        return union
+        since = now if lease.live(now) else lease.default_done
+        if since is not None and (self._left is None or since > self._left):
+            self._left = since
+        return self.aggregate()
 
     def release(self, client: int, now: float) -> Aggregate:
-        """``client`` lets go (unload_model()): without others' leases, expire all now."""
+        """``client`` lets go (unload_model()): without the leases of other connected
+        clients, expire all now (clients that left have no say any more)."""
         self._by_client.pop(client, None)
+        self._left = None
         union = self.aggregate()
         if union.default_since is None and union.explicit_until is None and not union.pinned:
             return Aggregate(None, now, False)
         return union
+
+    def clear(self) -> None:
+        """The model was unloaded, which ends every lease (as in-process): forget them."""
+        self._by_client.clear()
+        self._left = None
 
     def holders(self, now: float) -> list[dict[str, Any]]:
         """Per client (for `status`): pinned, seconds of explicit lease left, last default."""

@@ -14,13 +14,10 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lazyembed import errors
 from lazyembed.errors import LazyEmbedError
-
-if TYPE_CHECKING:
-    from lazyembed.config import Settings
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!II")
@@ -155,23 +152,6 @@ REQUEST_OPTIONS = (
     "allow_download",
     "model_cache_dir",
 )
-
-
-def daemon_settings(settings: Settings, daemon_idle_exit: str) -> dict[str, Any]:
-    """The daemon-level settings (they belong to the daemon, not to a request), as the
-    `hello` exchange and `status` show them; a client compares its own with the daemon's."""
-    cache = settings.cache
-    return {
-        "memory_budget_mb": settings.memory_budget_mb,
-        "max_loaded_models": settings.max_loaded_models,
-        "load_timeout": settings.load_timeout,
-        "idle_timeout": str(settings.idle_timeout),
-        "daemon_idle_exit": daemon_idle_exit,
-        "cache_memory_mb": cache.memory_mb,
-        "cache_persistent": cache.persistent,
-        "cache_path": None if cache.path is None else str(cache.path),
-        "cache_max_mb": cache.max_mb,
-    }
 
 
 # ---- float32 payloads without numpy -----------------------------------------------------

@@ -37,6 +37,7 @@ from filelock import FileLock
 
 from lazyembed import __version__
 from lazyembed.config import KeepAlive, Settings, load_settings, parse_duration, parse_keep_alive
+from lazyembed.daemon.client import daemon_level_settings
 from lazyembed.daemon.leases import ClientLeases, IdleExit
 from lazyembed.daemon.paths import DaemonPaths
 from lazyembed.daemon.protocol import (
@@ -47,7 +48,6 @@ from lazyembed.daemon.protocol import (
     PeerRefusedError,
     ProtocolError,
     VersionMismatchError,
-    daemon_settings,
     error_meta,
     recv_frame,
     send_frame,
@@ -253,6 +253,10 @@ class _ModelBatcher:
         # unloads before the answer).
         default_only = all(job.keep_alive.is_default for job in jobs)
         keep = _DEFAULT if default_only else _PIN
+        if lifecycle.state is State.UNLOADED:
+            # An unload ended every lease (a budget eviction even a pin): so does the table.
+            with self._lease_lock:
+                self.leases.clear()
         try:
             if jobs[0].solo:
                 job = jobs[0]
@@ -296,6 +300,21 @@ class _ModelBatcher:
                     self.leases.record(job.client.id, job.keep_alive, now)
             if reset:
                 self.embedder.lifecycle.reset_leases(**self.leases.aggregate().as_kwargs())
+
+    def warmup(self, client: _Client, keep_alive: KeepAlive) -> None:
+        """Load now (never through the cache) and leave the client's lease, as
+        `Embedder.warmup` does; on the connection's thread (a load is single-flight)."""
+        lifecycle = self.embedder.lifecycle
+        if lifecycle.state is State.UNLOADED:
+            with self._lease_lock:
+                self.leases.clear()
+        default_only = keep_alive.is_default
+        with lifecycle.acquire(_DEFAULT if default_only else _PIN):
+            pass
+        job = _Job(
+            client, [], prefix="", solo=False, keep_alive=keep_alive, prompt_name=None, prompt=None
+        )
+        self._settle_leases([job], reset=not default_only)
 
     def disconnect(self, client: _Client) -> None:
         """The client left: drop its queued work and its leases."""
@@ -377,6 +396,7 @@ class Daemon:
             "memory": self._op_memory,
             "release": self._op_release,
             "set_idle_timeout": self._op_set_idle_timeout,
+            "warmup": self._op_warmup,
             "status": self._op_status,
             "stop": self._op_stop,
         }
@@ -662,7 +682,10 @@ class Daemon:
         }, b""
 
     def daemon_settings(self) -> dict[str, Any]:
-        return daemon_settings(self.settings, str(self.idle_exit))
+        """As the client spells its own (`client.daemon_level_settings`), to compare."""
+        values = daemon_level_settings(self.settings)
+        values["daemon_idle_exit"] = str(self.idle_exit)
+        return values
 
     def _registry(self, options: object) -> tuple[str, Models]:
         """The Models registry of this set of per-request options (made once)."""
@@ -729,6 +752,12 @@ class Daemon:
         assert vectors is not None
         out = np.ascontiguousarray(vectors, dtype="<f4")
         return {"shape": list(out.shape), "dtype": "<f4"}, out.tobytes()
+
+    def _op_warmup(self, client: _Client, meta: Meta) -> tuple[Meta, bytes]:
+        key, embedder = self._embedder(meta)
+        keep_alive = _keep_alive(meta.get("keep_alive"))
+        self._batcher(client, key, embedder).warmup(client, keep_alive)
+        return {}, b""
 
     def _op_count_tokens(self, client: _Client, meta: Meta) -> tuple[Meta, bytes]:
         _, embedder = self._embedder(meta)
@@ -840,6 +869,8 @@ class Daemon:
                         "idle_seconds": s.idle_seconds,
                         "unload_in_s": s.unload_in_s,
                         "idle_timeout": str(s.idle_timeout),
+                        "loads": s.loads,
+                        "unloads": s.unloads,
                         "leases": batcher.holders() if batcher else [],
                         "queued": batcher.queued if batcher else 0,
                         "batches": batcher.batches if batcher else 0,
