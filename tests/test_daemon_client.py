@@ -499,7 +499,6 @@ def test_a_stopping_daemon_is_retried_once_then_the_call_runs_in_process(
         client_module.close_all()
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon has no warmup op yet (PROTOCOL.md)")
 def test_warmup_loads_in_the_daemon_and_leaves_this_clients_lease(daemon: Daemon) -> None:
     embedder = shared()
     embedder.warmup(keep_alive="never")  # load now, pinned for this client

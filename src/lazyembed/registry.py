@@ -48,12 +48,15 @@ class Models:
         """The ``share`` decision (see `Embedder.__new__`): a `SharedModels` client of the
         user's daemon when it resolves to the daemon, else an in-process registry."""
         if cls is Models and kwargs.get("clock", time.monotonic) is time.monotonic:
-            from lazyembed.daemon.shared import shared_models_or_none
+            from lazyembed.daemon.shared import SharedModels, decide_models
 
             kwargs.pop("clock", None)
-            shared = shared_models_or_none(kwargs)
-            if shared is not None:
-                return shared  # type: ignore[return-value]  # the same public surface
+            decided = decide_models(kwargs)
+            if isinstance(decided, SharedModels):
+                return decided  # type: ignore[return-value]  # the same public surface
+            models = super().__new__(cls)
+            models._settings_read = decided  # read once: __init__ takes them
+            return models
         return super().__new__(cls)
 
     def __init__(
@@ -63,7 +66,9 @@ class Models:
         clock: Callable[[], float] = time.monotonic,
         **overrides: Any,
     ) -> None:
-        self.settings = settings if settings is not None else load_settings(**overrides)
+        read: Settings | None = getattr(self, "_settings_read", None)
+        self._settings_read: Settings | None = None
+        self.settings = settings if settings is not None else read or load_settings(**overrides)
         if settings is not None and overrides:
             raise TypeError("pass either settings= or keyword settings, not both")
         self._clock = clock

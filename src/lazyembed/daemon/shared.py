@@ -109,13 +109,16 @@ def decide_embedder(model: str | None, kwargs: dict[str, Any]) -> SharedEmbedder
     return SharedEmbedder(settings, client)
 
 
-def shared_models_or_none(kwargs: dict[str, Any]) -> SharedModels | None:
-    """`Models.__new__`'s question: a SharedModels, or None for in-process."""
+def decide_models(kwargs: dict[str, Any]) -> SharedModels | Settings | None:
+    """`Models.__new__`'s question: a SharedModels, else the settings read for the
+    in-process registry (None: its constructor reads them)."""
     settings = _settings_from(None, kwargs)
     if settings is None or resolve_share(settings) == "never":
-        return None
+        return settings if kwargs.get("settings") is None else None
     client = _share_client(settings)
-    return None if client is None else SharedModels(settings, client)
+    if client is None:
+        return settings if kwargs.get("settings") is None else None
+    return SharedModels(settings, client)
 
 
 def shared_embedder_for(settings: Settings, default_share: Share) -> Embedder:
