@@ -421,8 +421,6 @@ class SharedEmbedder:
             self._request("warmup", keep_alive=wire)
         except DaemonUnavailable:
             self._fallback().warmup(keep_alive=keep_alive)
-        except ProtocolError:  # a daemon without the op: at least resolve the model
-            self._model_info()
 
     def set_idle_timeout(self, value: KeepAliveLike) -> None:
         """The model's idle timeout in the daemon (for every client of that model)."""
