@@ -121,3 +121,21 @@ def test_the_cli_share_never_starts_no_daemon(daemon: DaemonEnv) -> None:
     assert done.returncode == 0, done.stderr
     assert not daemon.daemon_pids()
     assert not daemon.paths.socket.exists()
+
+
+def test_the_cli_writes_every_format_through_the_daemon(daemon: DaemonEnv) -> None:
+    import numpy as np
+
+    texts = ["first line", "second line"]
+    for share in ("always", "never"):
+        out = daemon.root / f"{share}.npy"
+        done = daemon.run(["embed", "--share", share, "--format", "npy", "-o", str(out), *texts])
+        assert done.returncode == 0, done.stderr
+        lines = daemon.run(["embed", "--share", share, "--format", "jsonl", *texts])
+        assert lines.returncode == 0, lines.stderr
+        rows = [json.loads(line) for line in lines.stdout.splitlines()]
+        assert np.allclose(np.load(out), np.asarray(rows, dtype=np.float32), atol=1e-6)
+    assert daemon.daemon_pids()  # "always" started it
+    shared, local = np.load(daemon.root / "always.npy"), np.load(daemon.root / "never.npy")
+    assert shared.shape == (2, 384) and shared.dtype == np.float32
+    assert np.abs(shared - local).max() <= 1e-6
