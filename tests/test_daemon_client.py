@@ -7,6 +7,7 @@ it at teardown and asserts it is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -506,3 +507,20 @@ def test_warmup_loads_in_the_daemon_and_leaves_this_clients_lease(daemon: Daemon
     assert model["state"] == "loaded" and model["pinned"]
     assert embedder.unload_model() is True
     assert [m["state"] for m in daemon_status(daemon)["models"]] == ["unloaded"]
+
+
+def test_the_clis_default_always_also_rules_its_retry(daemon: Daemon) -> None:
+    from lazyembed.daemon.shared import shared_embedder_for
+
+    settings = dataclasses.replace(load_settings(), share=None)  # not given: "always"
+    embedder = shared_embedder_for(settings, "always")
+    assert isinstance(embedder, SharedEmbedder)
+    embedder.embed(TEXT)
+    first = daemon_pid(daemon)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: daemon_pid(daemon) is None, limit=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fresh daemon, no fallback
+        assert embedder.embed(TEXT)
+    assert daemon_pid(daemon) not in (None, first)

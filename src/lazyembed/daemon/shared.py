@@ -125,8 +125,9 @@ def shared_embedder_for(settings: Settings, default_share: Share) -> Embedder:
     """An Embedder for ``settings`` with ``default_share`` when the setting is not given
     (the CLI's "always"): shared when that resolves to the daemon, else in-process."""
     client = _share_client(settings, default_share)
-    if client is not None:
-        return cast("Embedder", SharedEmbedder(settings, client))
+    if client is not None:  # the mode it resolved to also rules its retries ("always")
+        resolved = dataclasses.replace(settings, share=resolve_share(settings, default_share))
+        return cast("Embedder", SharedEmbedder(resolved, client))
     from lazyembed.embedder import Embedder
 
     return Embedder(settings=dataclasses.replace(settings, share="never"))
