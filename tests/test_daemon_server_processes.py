@@ -189,3 +189,23 @@ def test_an_unwritable_log_folder_does_not_stop_the_daemon(daemon_env: DaemonEnv
     assert started.returncode == 0, started.stderr
     assert call(daemon_env.paths.socket, "embed", texts=["no log"])["shape"] == [1, 384]
     assert daemon_env.run(["daemon", "stop"]).returncode == 0
+
+
+def test_a_daemon_that_dies_at_start_fails_fast_with_a_typed_error(
+    daemon_env: DaemonEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazyembed.daemon import spawn
+
+    monkeypatch.setattr(
+        spawn, "DAEMON_COMMAND", ("-c", "import sys; print('broken install'); sys.exit(3)")
+    )
+    with pytest.raises(spawn.DaemonStartError, match="exited at start"):
+        spawn.ensure_daemon(daemon_env.paths, timeout=300)  # not waited out
+    assert "broken install" in daemon_env.paths.log.read_text()
+    assert stat_mode(daemon_env.paths.log) == 0o600
+
+
+def stat_mode(path: os.PathLike[str]) -> int:
+    import stat
+
+    return stat.S_IMODE(os.stat(path).st_mode)

@@ -64,7 +64,9 @@ def _answers(path: Path) -> bool:
 def ensure_daemon(paths: DaemonPaths, timeout: float = 30.0) -> Path:
     """The socket of a running daemon, spawning one if none answers (see module doc).
 
-    Raises `RuntimeDirError` (unsafe or unwritable runtime folder) or `DaemonStartError`.
+    Raises `RuntimeDirError` (unsafe or unwritable runtime folder) or `DaemonStartError`
+    (the lock could not be taken, the spawned daemon exited without anyone answering, or
+    nothing answered within ``timeout``).
     """
     paths.ensure()
     if _answers(paths.socket):
@@ -74,10 +76,16 @@ def ensure_daemon(paths: DaemonPaths, timeout: float = 30.0) -> Path:
         with FileLock(str(paths.lock), timeout=timeout):
             if _answers(paths.socket):  # another client started it while we waited
                 return paths.socket
-            spawn_daemon(paths)
+            pid = spawn_daemon(paths)
             while time.monotonic() < deadline:
                 if _answers(paths.socket):
                     return paths.socket
+                if pid is not None and not _alive(pid):
+                    if _answers(paths.socket):  # it lost a bind race to another daemon
+                        return paths.socket
+                    raise DaemonStartError(
+                        f"the lazyembed daemon (pid {pid}) exited at start; see {paths.log}"
+                    )
                 time.sleep(_POLL_S)
     except Timeout:
         pass
@@ -90,6 +98,21 @@ def ensure_daemon(paths: DaemonPaths, timeout: float = 30.0) -> Path:
     )
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (it is not our child: init reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _log_file(paths: DaemonPaths) -> int:
     """An fd appending to the daemon's log, or /dev/null if it cannot be written."""
     try:
@@ -99,25 +122,31 @@ def _log_file(paths: DaemonPaths) -> int:
         return os.open(os.devnull, os.O_WRONLY)
 
 
-def spawn_daemon(paths: DaemonPaths, env: dict[str, str] | None = None) -> None:
-    """Start ``python -m lazyembed daemon run`` detached (not our child); returns at once.
+def spawn_daemon(paths: DaemonPaths, env: dict[str, str] | None = None) -> int | None:
+    """Start ``python -m lazyembed daemon run`` detached (not our child); its pid.
 
-    ``sh`` starts it in the background and exits: the daemon is then reparented, never a
-    zombie of ours; it inherits sh's new session and its stdout/stderr (the log)."""
+    ``sh`` starts it in the background, tells its pid and exits: the daemon is then
+    reparented, never a zombie of ours, in sh's new session, with stdout and stderr on
+    the log. None if the pid could not be read (the caller then only polls the socket)."""
     log_fd = _log_file(paths)
     try:
+        script = '"$@" </dev/null 2>&1 & echo $! >&2'
         launcher = subprocess.Popen(
-            ["/bin/sh", "-c", 'exec "$@" </dev/null &', "sh", sys.executable, *DAEMON_COMMAND],
+            ["/bin/sh", "-c", script, "sh", sys.executable, *DAEMON_COMMAND],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
             env=env,
         )
-        launcher.wait()
+        _, said = launcher.communicate(timeout=30)
     finally:
         os.close(log_fd)
+    try:
+        return int(said.split()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def call(path: Path | str, op: str, *, timeout: float = 10.0, **fields: Any) -> Meta:
