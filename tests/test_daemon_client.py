@@ -524,3 +524,25 @@ def test_the_clis_default_always_also_rules_its_retry(daemon: Daemon) -> None:
         warnings.simplefilter("error")  # a fresh daemon, no fallback
         assert embedder.embed(TEXT)
     assert daemon_pid(daemon) not in (None, first)
+
+
+def test_threads_share_the_connection_and_each_gets_its_own_vectors(
+    daemon: Daemon, local: Any
+) -> None:
+    embedder = shared(cache_memory_mb=0)
+    texts = [f"thread-safe text number {i}" for i in range(32)]
+    expected = local.embed_numpy(texts)
+    results: dict[int, list[float]] = {}
+
+    def work(offset: int) -> None:
+        for i in range(offset, len(texts), 4):
+            results[i] = embedder.embed(texts[i])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    got = np.asarray([results[i] for i in range(len(texts))], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)  # no thread got another's
+    assert embedder.client.retries == 0
