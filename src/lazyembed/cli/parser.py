@@ -225,8 +225,9 @@ def _add_daemon(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "daemon",
         help="the shared per-user daemon: start, stop, status, run",
         description="start: make sure the daemon runs (detached); stop: ask it to exit; "
-        "status: pid, uptime, socket, models and memory, clients, settings; run: serve in "
-        "the foreground (systemd/launchd; accepts a socket passed by systemd).",
+        "status: pid, uptime, socket, models and memory, clients, settings (exit code 3 when "
+        "none runs); run: serve in the foreground (systemd/launchd; accepts a socket passed "
+        "by systemd).",
     )
     daemon.add_argument("action", choices=("start", "stop", "status", "run"), help="what to do")
     daemon.add_argument("--json", action="store_true", help="print the raw JSON status")
