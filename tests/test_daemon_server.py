@@ -190,6 +190,48 @@ def test_concurrent_one_text_requests_of_many_clients_share_one_model_call(
         assert np.abs(results[i][0] - want[i]).max() <= 1e-6
 
 
+def test_a_big_request_goes_in_chunks_and_a_short_one_rides_in_the_next_call(
+    daemon_env: DaemonEnv, shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = daemon_env.start_in_process(max_batch_texts=10)
+    gate = Gate(daemon, monkeypatch)
+    big = [f"document {i} of a corpus being indexed" for i in range(25)]
+    results: dict[str, np.ndarray] = {}
+
+    def send(name: str, texts: list[str]) -> None:
+        with Conn(daemon_env.paths.socket) as conn:
+            results[name] = vectors(*conn.request_raw("embed", texts=texts))
+
+    with Conn(daemon_env.paths.socket) as watcher:
+        indexer = threading.Thread(target=send, args=("big", big))
+        indexer.start()
+        assert gate.entered.wait(60)  # the first chunk of the big request is in the model
+        query = threading.Thread(target=send, args=("query", ["a short query"]))
+        query.start()
+        assert wait_until(lambda: model_status(watcher)["queued"] == 1)
+        gate.open.set()
+        for t in (indexer, query):
+            t.join(120)
+    assert gate.calls == [10, 10, 6]  # the query (1) rode along with the second chunk (9)
+    assert np.abs(results["big"] - shared_embedder.embed_numpy(big)).max() <= 1e-6
+    assert np.abs(results["query"] - shared_embedder.embed_numpy(["a short query"])).max() <= 1e-6
+
+
+def test_long_texts_are_bounded_by_their_length_too(
+    daemon_env: DaemonEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazyembed.daemon import server
+
+    daemon = daemon_env.start_in_process()
+    gate = Gate(daemon, monkeypatch)
+    gate.open.set()
+    long_texts = [f"{i} " + "long words " * 200 for i in range(30)]  # ~2200 characters each
+    with Conn(daemon_env.paths.socket) as conn:
+        assert vectors(*conn.request_raw("embed", texts=long_texts)).shape == (30, 384)
+    per_call = server.MAX_BATCH_COST // server._MAX_TEXT_COST
+    assert gate.calls == [per_call, 30 - per_call]
+
+
 # ---- per-client leases ---------------------------------------------------------------------
 
 

@@ -69,7 +69,12 @@ log = logging.getLogger("lazyembed.daemon")
 
 IDLE_EXIT_ENV = "LAZYEMBED_DAEMON_IDLE_EXIT"
 DEFAULT_IDLE_EXIT = KeepAlive.after(300.0)
-MAX_BATCH_TEXTS = 256  # texts merged into one model call (a bigger request runs alone)
+MAX_BATCH_TEXTS = 256  # texts in one model call (a bigger request goes in chunks)
+# Text length (characters, a proxy for tokens) in one model call, each text counted up to
+# about what the model's 256-token context holds: bounds how long a call can keep a short
+# request of another client waiting.
+MAX_BATCH_COST = 32_768
+_MAX_TEXT_COST = 1_500
 STOP_GRACE_S = 60.0  # how long a stop waits for calls in flight
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PIN = KeepAlive.FOREVER
@@ -126,11 +131,13 @@ class _Job:
         "error",
         "items",
         "keep_alive",
+        "parts",
         "prefix",
         "prompt",
         "prompt_name",
         "result",
         "solo",
+        "taken",
     )
 
     def __init__(
@@ -155,9 +162,15 @@ class _Job:
         self.result: FloatArray | None = None
         self.error: BaseException | None = None
         self.cancelled = False
+        self.taken = 0  # items handed to the model so far (a big request goes in chunks)
+        self.parts: list[FloatArray] = []  # their vectors, in order
 
 
 # ---- batching across clients ---------------------------------------------------------------
+
+
+#: One chunk of a request in a model call: (job, first item, past the last item).
+_Chunk = tuple[_Job, int, int]
 
 
 class _ModelBatcher:
@@ -170,12 +183,18 @@ class _ModelBatcher:
     """
 
     def __init__(
-        self, embedder: Embedder, options_key: str, max_texts: int, clock: Callable[[], float]
+        self,
+        embedder: Embedder,
+        options_key: str,
+        max_texts: int,
+        clock: Callable[[], float],
+        max_cost: int = MAX_BATCH_COST,
     ) -> None:
         self.embedder = embedder
         self._clock = clock  # the registry's (so the lifecycle's) clock
         self.options_key = options_key
         self._max_texts = max_texts
+        self._max_cost = max_cost
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._closed = False
@@ -218,33 +237,52 @@ class _ModelBatcher:
             if jobs:
                 self._execute(jobs)
 
-    def _take_locked(self) -> list[_Job]:
-        """Everything queued up to the bound; a solo job (or an oversized one) alone.
-        Jobs of clients that left are dropped here: they never reach the model."""
-        jobs: list[_Job] = []
-        count = 0
+    def _take_locked(self) -> list[_Chunk]:
+        """The next model call: chunks of the queued requests, in order, up to the bounds
+        (texts, and text length as a proxy for tokens). A request that does not fit
+        entirely gives a chunk, and after the call goes to the back of the line with the
+        rest, so a short request sent meanwhile rides in the very next call. A request
+        whose prompt is left out of the pooling ("solo") is never merged. Jobs of clients
+        that left (or that already failed) are dropped here: the rest never reaches the
+        model."""
+        chunks: list[_Chunk] = []
+        count = cost = 0
         while self._queue:
             job = self._queue[0]
-            if job.cancelled or job.client.closed:
+            if job.cancelled or job.client.closed or job.done.is_set():
                 self._queue.popleft()
-                self.dropped += 1
-                job.error = ClientDisconnectedError("the client went away")
-                job.done.set()
+                if not job.done.is_set():
+                    self.dropped += 1
+                    job.error = ClientDisconnectedError("the client went away")
+                    job.done.set()
                 continue
-            if jobs and (job.solo or count + len(job.items) > self._max_texts):
+            if chunks and (job.solo or chunks[0][0].solo):
+                break
+            start = stop = job.taken
+            while stop < len(job.items) and count < self._max_texts:
+                text_cost = min(len(job.items[stop]), _MAX_TEXT_COST)
+                if count and cost + text_cost > self._max_cost:
+                    break
+                count += 1
+                cost += text_cost
+                stop += 1
+            if stop == start:  # no room left in this call
                 break
             self._queue.popleft()
-            jobs.append(job)
-            count += len(job.items)
+            job.taken = stop
+            chunks.append((job, start, stop))
+            if stop < len(job.items):
+                break  # the rest goes to the back of the line after this call
             if job.solo:
                 break
-        return jobs
+        return chunks
 
-    def _execute(self, jobs: list[_Job]) -> None:
+    def _execute(self, chunks: list[_Chunk]) -> None:
         embedder = self.embedder
         lifecycle = embedder.lifecycle
         used_before = lifecycle.last_used
-        parts: list[FloatArray] = []
+        jobs = [job for job, _, _ in chunks]
+        vectors: FloatArray | None = None
         error: BaseException | None = None
         # The common case, only default leases: the call leaves the default lease itself,
         # and the lifecycle's explicit/pin state already is the table's (every reset sets
@@ -259,35 +297,43 @@ class _ModelBatcher:
                 self.leases.clear()
         try:
             if jobs[0].solo:
-                job = jobs[0]
-                parts = [
-                    embedder.embed_numpy(
-                        job.items, prompt_name=job.prompt_name, prompt=job.prompt, keep_alive=keep
-                    )
-                ]
+                job, start, stop = chunks[0]
+                vectors = embedder.embed_numpy(
+                    job.items[start:stop],
+                    prompt_name=job.prompt_name,
+                    prompt=job.prompt,
+                    keep_alive=keep,
+                )
             else:
                 texts = [
-                    job.prefix + text if job.prefix else text for job in jobs for text in job.items
+                    job.prefix + text if job.prefix else text
+                    for job, start, stop in chunks
+                    for text in job.items[start:stop]
                 ]
                 vectors = embedder.embed_numpy(texts, prompt="", keep_alive=keep)
-                start = 0
-                for job in jobs:
-                    parts.append(vectors[start : start + len(job.items)])
-                    start += len(job.items)
         except Exception as exc:
             error = exc
         finally:
             if lifecycle.last_used != used_before:  # a model call ran (not all cache hits)
                 self._settle_leases(jobs, reset=not default_only)
+        row = 0
         with self._cond:
             self.batches += 1
-            self.texts += sum(len(job.items) for job in jobs)
-        for i, job in enumerate(jobs):
-            if error is None:
-                job.result = parts[i]
-            else:
-                job.error = error
-            job.done.set()
+            for job, start, stop in chunks:
+                self.texts += stop - start
+                if error is not None:
+                    job.error = error  # its other chunks are dropped (done is set)
+                    job.done.set()
+                    continue
+                assert vectors is not None
+                job.parts.append(vectors[row : row + stop - start])
+                row += stop - start
+                if stop < len(job.items):
+                    self._queue.append(job)  # behind whatever arrived during this call
+                    continue
+                job.result = job.parts[0] if len(job.parts) == 1 else np.concatenate(job.parts)
+                job.parts = []
+                job.done.set()
 
     def _settle_leases(self, jobs: list[_Job], *, reset: bool) -> None:
         now = self._clock()
