@@ -121,6 +121,7 @@ def bench_env(workdir: Path) -> dict[str, str]:
     empty_config = workdir / "empty-config.toml"
     empty_config.write_text("# benchmark: defaults only\n", encoding="utf-8")
     env["LAZYEMBED_CONFIG"] = str(empty_config)
+    env["LAZYEMBED_SHARE"] = "never"  # in-process; the daemon section runs its own daemon
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
@@ -738,6 +739,25 @@ class Run:
         )
         return result, markdown
 
+    def daemon(self) -> tuple[Result, str]:
+        """The shared daemon against in-process models (bench/daemon_bench.py, issue 20)."""
+        argv = ["bench/daemon_bench.py", "--json", f"--threads={self.cfg.threads}"]
+        if self.cfg.quick:
+            argv.append("--quick")
+        result = run_python(argv, timeout=1800)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from daemon_bench import table
+
+        markdown = table(result) + (
+            "\n\nFrom bench/daemon_bench.py: one text per call with the model loaded "
+            f"(medians, {result['one_text']['calls_each']} calls each, interleaved rounds); "
+            f"{result['clients']} processes embedding one text at a time together; "
+            "`lazyembed embed` wall time, warm daemon vs `--share never`; PSS of "
+            f"{result['clients']} long-running clients after their one-text calls (the "
+            "daemon's own PSS included). Embedding cache off on both sides."
+        )
+        return result, markdown
+
     def server(self) -> tuple[Result, str]:
         cfg = self.cfg
         library = (
@@ -1206,6 +1226,36 @@ def targets(run: Run) -> str:
             get("isolation", "results", "isolated", "reload_ms"),
         ),
         Target(
+            "daemon: one text per call, extra over in-process (median)",
+            False,
+            1,
+            " ms",
+            get("daemon", "one_text", "extra_ms"),
+        ),
+        Target(
+            "daemon: 8 processes one text at a time, vs in-process",
+            True,
+            1.3,
+            "x",
+            get("daemon", "throughput", "ratio"),
+        ),
+        Target(
+            "daemon: `lazyembed embed` warm, vs in-process CLI",
+            False,
+            0.33,
+            "x",
+            get("daemon", "cli", "ratio"),
+        ),
+        Target(
+            "daemon: PSS of 8 clients + daemon, vs in-process",
+            False,
+            40,
+            " %",
+            None
+            if get("daemon", "pss", "ratio") is None
+            else 100.0 * get("daemon", "pss", "ratio"),
+        ),
+        Target(
             f"server ({SERVER_CLIENTS} clients) vs library batch 32",
             True,
             90,
@@ -1221,7 +1271,7 @@ def targets(run: Run) -> str:
         ),
     ]
     return md_table(
-        ["target (issues 4-7, 14)", "goal", "measured", "verdict", "measured / goal"],
+        ["target (issues 4-7, 14, 20)", "goal", "measured", "verdict", "measured / goal"],
         [target.row() for target in rows],
     )
 
@@ -1364,6 +1414,7 @@ SECTION_KEYS = (
     "server",
     "cache",
     "isolation",
+    "daemon",
     "cycles",
     "timeline",
 )
@@ -1382,6 +1433,7 @@ def sections(run: Run) -> list[tuple[str, str, Callable[[], tuple[Result, str]]]
         ("server", "Server throughput (issue 5)", run.server),
         ("cache", "Embedding cache (issue 6)", run.cache),
         ("isolation", "Isolated worker vs in-process (issue 7)", run.isolation),
+        ("daemon", "Shared daemon vs in-process (issue 20)", run.daemon),
         ("cycles", "RSS over load/unload cycles", run.cycles),
         ("timeline", "Memory timeline", run.timeline),
     ]

@@ -85,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["RAY_TMPDIR"] = str(session)  # Ray's logs and sockets; a short path
     for key in [k for k in os.environ if k.startswith("LAZYEMBED_") and k != _KEPT]:
         del os.environ[key]
+    # In-process unless a test asks for the shared daemon (share=, daemon_helpers.py): a
+    # CLI `embed` would otherwise start a daemon that outlives the test.
+    os.environ["LAZYEMBED_SHARE"] = "never"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""``python -m lazyembed``: the same as the ``lazyembed`` script."""
+"""``python -m lazyembed``: the same as the ``lazyembed`` script (the daemon starts this way)."""
 
 from __future__ import annotations
 

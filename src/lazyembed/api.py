@@ -3,7 +3,9 @@
 The seed project's names (`embed`, `embed_numpy`, `unload_model`, `get_memory_usage`,
 `set_idle_timeout`, `get_embedding_dimension`, `get_max_tokens`, `warmup`), each taking
 an optional ``model=``: one process can use several models under one memory budget. The
-default registry reads its settings from the config file and ``LAZYEMBED_*`` environment.
+default registry reads its settings from the config file and ``LAZYEMBED_*`` environment;
+like any ``Models()`` it is a thin client of the user's daemon when ``share`` resolves to
+one (`Models.__new__`), so these functions then use the daemon's models.
 """
 
 from __future__ import annotations

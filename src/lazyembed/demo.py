@@ -91,7 +91,7 @@ def _show_memory(embedder: Embedder, rss_start: float) -> None:
 def main() -> int:
     rss_start = memory.to_mb(memory.process_rss_bytes())
     # No persistent cache: a cache left by an earlier run would answer the warm call.
-    embedder = Embedder(idle_timeout="30m", cache_persistent=False)
+    embedder = Embedder(idle_timeout="30m", cache_persistent=False, share="never")
     try:
         prepared, took = _timed(embedder.prepare)
         how = "converted now" if prepared.converted.converted else "from the cache"

@@ -22,19 +22,14 @@ import hashlib
 import threading
 import time
 import weakref
+from abc import ABCMeta
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-import numpy as np
-import numpy.typing as npt
-from tokenizers import Tokenizer
-
-from lazyembed import memory
 from lazyembed._fork import after_fork_in_child
-from lazyembed.cache import EmbeddingCache
 from lazyembed.config import (
     KeepAlive,
     KeepAliveLike,
@@ -48,19 +43,93 @@ from lazyembed.config import (
 )
 from lazyembed.errors import ClosedError, ConfigError, InputTypeError
 from lazyembed.inputs import check_text, normalize_inputs
-from lazyembed.lifecycle import Lifecycle
-from lazyembed.models.convert import ConvertedModel
-from lazyembed.models.convert_child import ensure_onnx_in_child
-from lazyembed.models.info import ModelInfo, read_model_info
-from lazyembed.models.prompts import Prompts
-from lazyembed.models.resolve import ResolvedModel, canonical_spec, resolve_model
-from lazyembed.pressure import PressureMonitor
-from lazyembed.report import MemoryReport
-from lazyembed.runtime import EncodeResult, LoadedModel, RuntimeSpec, load_runtime, load_tokenizer
+from lazyembed.models.resolve import canonical_spec
 from lazyembed.st_dropin import SentenceTransformerMethods
 
-FloatArray = npt.NDArray[np.float32]
+# The heavy modules (numpy, tokenizers, ONNX Runtime, the model code) are imported by
+# `_import_heavy()` when the first in-process Embedder is made, not with this module: a
+# process whose Embedder() resolves to the shared daemon (`share`) never imports them.
+# After that first import they are ordinary module globals (same speed as before).
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from tokenizers import Tokenizer
+
+    from lazyembed import memory
+    from lazyembed.cache import EmbeddingCache
+    from lazyembed.lifecycle import Lifecycle
+    from lazyembed.models.convert import ConvertedModel
+    from lazyembed.models.convert_child import ensure_onnx_in_child
+    from lazyembed.models.info import ModelInfo, read_model_info
+    from lazyembed.models.prompts import Prompts
+    from lazyembed.models.resolve import ResolvedModel, resolve_model
+    from lazyembed.pressure import PressureMonitor
+    from lazyembed.report import MemoryReport
+    from lazyembed.runtime import (
+        EncodeResult,
+        LoadedModel,
+        RuntimeSpec,
+        load_runtime,
+        load_tokenizer,
+    )
+
+    FloatArray = npt.NDArray[np.float32]
+else:
+    FloatArray = Any  # the real alias needs numpy; annotations only
+
+_HEAVY = {
+    "np": ("numpy", None),
+    "npt": ("numpy.typing", None),
+    "Tokenizer": ("tokenizers", "Tokenizer"),
+    "memory": ("lazyembed.memory", None),
+    "EmbeddingCache": ("lazyembed.cache", "EmbeddingCache"),
+    "Lifecycle": ("lazyembed.lifecycle", "Lifecycle"),
+    "ConvertedModel": ("lazyembed.models.convert", "ConvertedModel"),
+    "ensure_onnx_in_child": ("lazyembed.models.convert_child", "ensure_onnx_in_child"),
+    "ModelInfo": ("lazyembed.models.info", "ModelInfo"),
+    "read_model_info": ("lazyembed.models.info", "read_model_info"),
+    "Prompts": ("lazyembed.models.prompts", "Prompts"),
+    "ResolvedModel": ("lazyembed.models.resolve", "ResolvedModel"),
+    "resolve_model": ("lazyembed.models.resolve", "resolve_model"),
+    "PressureMonitor": ("lazyembed.pressure", "PressureMonitor"),
+    "MemoryReport": ("lazyembed.report", "MemoryReport"),
+    "EncodeResult": ("lazyembed.runtime", "EncodeResult"),
+    "LoadedModel": ("lazyembed.runtime", "LoadedModel"),
+    "RuntimeSpec": ("lazyembed.runtime", "RuntimeSpec"),
+    "load_runtime": ("lazyembed.runtime", "load_runtime"),
+    "load_tokenizer": ("lazyembed.runtime", "load_tokenizer"),
+}
+
+
+_heavy_imported = False
+
+
+def _import_heavy() -> None:
+    """Bind the heavy names of `_HEAVY` as module globals (once; a name already bound,
+    e.g. patched by a test, is kept)."""
+    global _heavy_imported
+    if _heavy_imported:
+        return
+    import importlib
+
+    namespace = globals()
+    for name, (module, attribute) in _HEAVY.items():
+        if name not in namespace:
+            imported = importlib.import_module(module)
+            namespace[name] = imported if attribute is None else getattr(imported, attribute)
+    _heavy_imported = True
+
+
+def __getattr__(name: str) -> Any:
+    """``lazyembed.embedder.np`` (and the other heavy names) from outside: import them."""
+    if name in _HEAVY:
+        _import_heavy()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _DEFAULT = KeepAlive.DEFAULT
+
 #: Marks the cache keys of texts whose prompt is left out of the pooling (a lone
 #: surrogate: `check_text` refuses it in any input, so no text's own key can match).
 _EXCLUDED = "\ud800"
@@ -87,8 +156,31 @@ class PreparedModel:
     prompts: Prompts
 
 
-class Embedder(SentenceTransformerMethods):
+class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
     """Sentence embeddings whose model is loaded on first use and unloaded when idle."""
+
+    def __new__(cls, model: str | None = None, **kwargs: Any) -> Embedder:
+        """The ``share`` decision, before anything heavy is imported: a `SharedEmbedder`
+        (a thin client of the user's daemon) when it resolves to the daemon, else an
+        in-process Embedder. A registry's Embedders (``load_gate``) are always in-process."""
+        if cls is Embedder and kwargs.get("load_gate") is None:
+            from lazyembed.daemon.shared import SharedEmbedder, decide_embedder
+
+            decided = decide_embedder(model, kwargs, _in_process_embedder)
+            if isinstance(decided, SharedEmbedder):
+                return decided  # type: ignore[return-value]  # registered as an Embedder
+            embedder = super().__new__(cls)
+            embedder._settings_read = decided  # read once: __init__ takes them
+            return embedder
+        return super().__new__(cls)
+
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> Any:
+        """``isinstance(shared, Embedder)`` holds for the daemon's thin client (its class
+        says it has this surface), without this module importing it."""
+        if cls is Embedder and getattr(subclass, "_embedder_surface", False):
+            return True
+        return NotImplemented
 
     def __init__(
         self,
@@ -103,8 +195,11 @@ class Embedder(SentenceTransformerMethods):
         """``load_gate`` and ``on_idle`` connect a `Models` registry: every load runs
         inside ``load_gate(self)`` (which makes room under the memory budget), and
         ``on_idle`` hears when calls in flight reach zero or the model unloads."""
+        _import_heavy()
+        read: Settings | None = getattr(self, "_settings_read", None)
+        self._settings_read: Settings | None = None
         if settings is None:
-            settings = load_settings(model=model, **overrides)
+            settings = read or load_settings(model=model, **overrides)
         elif model is not None or overrides:
             raise TypeError("pass either settings= or model/keyword settings, not both")
         if settings.backend == "onnxruntime" and settings.precision == "bf16":
@@ -554,3 +649,8 @@ class Embedder(SentenceTransformerMethods):
 
     def _dropin_tokenizer(self) -> Tokenizer:
         return self._counting_tokenizer()
+
+
+def _in_process_embedder(settings: Settings) -> Embedder:
+    """An in-process Embedder of ``settings`` (the shared client's fallback)."""
+    return Embedder(settings=settings)

@@ -676,3 +676,31 @@ class Lifecycle(Generic[T]):
             self._model_mb = 0.0
             self._journal.unloaded("fork", 0.0, None, None)
             log.info("%s: forked child starts unloaded (parent's copy left untouched)", self.name)
+
+    # ---- leases kept elsewhere ------------------------------------------------------------
+
+    def reset_leases(
+        self, *, default_since: float | None, explicit_until: float | None, pinned: bool
+    ) -> str | None:
+        """Replace the lease state with one computed elsewhere; the reason if it unloaded.
+
+        For the shared daemon, which keeps each client's leases apart and gives the
+        lifecycle their union: the default lease as of ``default_since`` (None: none),
+        the latest explicit expiry (None: none) and whether anyone pins. Unlike the
+        leases calls leave (which only grow), this may shorten them: a dropped pin really
+        un-pins. If every lease has then expired (nothing in flight), it unloads now;
+        else the watcher re-plans. Times are on this lifecycle's clock.
+        """
+        now = self._clock()
+        with self._lock:
+            leases = self._leases
+            leases.default_done = default_since
+            leases.explicit_until = -_INF if explicit_until is None else explicit_until
+            leases.pinned = pinned
+            if self._in_flight or self._unload_waiting:
+                return None  # the last call out (or the unload) settles it
+            reason = self._settle_locked(now)
+        if reason:
+            self._finish_unload(reason)
+            return reason
+        return None

@@ -44,6 +44,21 @@ _HOLDS_MEMORY = (State.LOADING, State.LOADED, State.UNLOADING)
 class Models:
     """Embedders by model name, loaded lazily, evicted least-recently-used under a budget."""
 
+    def __new__(cls, **kwargs: Any) -> Models:
+        """The ``share`` decision (see `Embedder.__new__`): a `SharedModels` client of the
+        user's daemon when it resolves to the daemon, else an in-process registry."""
+        if cls is Models and kwargs.get("clock", time.monotonic) is time.monotonic:
+            from lazyembed.daemon.shared import SharedModels, decide_models
+
+            kwargs.pop("clock", None)
+            decided = decide_models(kwargs, _in_process_models)
+            if isinstance(decided, SharedModels):
+                return decided  # type: ignore[return-value]  # the same public surface
+            models = super().__new__(cls)
+            models._settings_read = decided  # read once: __init__ takes them
+            return models
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
@@ -51,7 +66,9 @@ class Models:
         clock: Callable[[], float] = time.monotonic,
         **overrides: Any,
     ) -> None:
-        self.settings = settings if settings is not None else load_settings(**overrides)
+        read: Settings | None = getattr(self, "_settings_read", None)
+        self._settings_read: Settings | None = None
+        self.settings = settings if settings is not None else read or load_settings(**overrides)
         if settings is not None and overrides:
             raise TypeError("pass either settings= or keyword settings, not both")
         self._clock = clock
@@ -316,3 +333,8 @@ def _weights_mb(embedder: Embedder) -> float:
     converted = embedder.prepare().converted
     size = sum(p.stat().st_size for p in (converted.path, converted.data_path) if p.exists())
     return to_mb(size)
+
+
+def _in_process_models(settings: Settings) -> Models:
+    """An in-process registry of ``settings`` (the shared client's fallback)."""
+    return Models(settings=settings)

@@ -16,25 +16,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
-import numpy as np
-import numpy.typing as npt
-
 from lazyembed.errors import InputTypeError, InvalidInputError, UnsupportedOptionError
 from lazyembed.inputs import normalize_inputs
-from lazyembed.quantization import Quantized, check_precision, quantize_embeddings
-from lazyembed.similarity import Scores, check_similarity_fn_name
-from lazyembed.similarity import similarity as _similarity
-from lazyembed.similarity import similarity_pairwise as _similarity_pairwise
 
+# numpy and the modules built on it are imported by the methods that use them: the class
+# is a base of `Embedder`, whose module a thin client of the shared daemon imports too.
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from tokenizers import Tokenizer
 
     from lazyembed.config import KeepAliveLike
     from lazyembed.models.info import ModelInfo
     from lazyembed.models.prompts import Prompts
+    from lazyembed.quantization import Quantized
+    from lazyembed.similarity import Scores
 
-FloatArray = npt.NDArray[np.float32]
-TokenArrays = dict[str, npt.NDArray[np.int64]]
+    FloatArray = npt.NDArray[np.float32]
+    TokenArrays = dict[str, npt.NDArray[np.int64]]
 #: Model types whose Hugging Face tokenizer also returns token_type_ids.
 _TOKEN_TYPE_MODELS: Final = frozenset({"bert"})
 #: encode() keywords sentence-transformers accepts that change nothing here: ``task``
@@ -171,6 +170,10 @@ class SentenceTransformerMethods:
             truncate_dim=truncate_dim,
             pool=pool,
         )
+        import numpy as np
+
+        from lazyembed.quantization import check_precision, quantize_embeddings
+
         precision = check_precision(precision)
         if isinstance(inputs, (list, tuple)) and not inputs:  # nothing in, none out
             width = self._dropin_info().dimension
@@ -360,6 +363,8 @@ class SentenceTransformerMethods:
     def similarity_fn_name(self) -> str:
         """``cosine``, ``dot``, ``euclidean`` or ``manhattan``: the model's
         (config_sentence_transformers.json, cosine when it names none) until set."""
+        from lazyembed.similarity import check_similarity_fn_name
+
         if self._similarity_fn_override is not None:
             return self._similarity_fn_override
         name = self._dropin_info().similarity_fn_name
@@ -373,6 +378,8 @@ class SentenceTransformerMethods:
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: object) -> None:
+        from lazyembed.similarity import check_similarity_fn_name
+
         # sentence-transformers: None falls back to cosine, not to the model's.
         self._similarity_fn_override = (
             "cosine" if value is None else check_similarity_fn_name(value)
@@ -381,12 +388,16 @@ class SentenceTransformerMethods:
     def similarity(self, embeddings1: object, embeddings2: object) -> Scores:
         """(n1, n2) scores of every vector of ``embeddings1`` with every one of
         ``embeddings2`` by `similarity_fn_name` (a numpy array, not a tensor)."""
-        return _similarity(self.similarity_fn_name, embeddings1, embeddings2)
+        from lazyembed.similarity import similarity
+
+        return similarity(self.similarity_fn_name, embeddings1, embeddings2)
 
     def similarity_pairwise(self, embeddings1: object, embeddings2: object) -> Scores:
         """(n,) scores of ``embeddings1[i]`` with ``embeddings2[i]`` by
         `similarity_fn_name` (a numpy array, not a tensor)."""
-        return _similarity_pairwise(self.similarity_fn_name, embeddings1, embeddings2)
+        from lazyembed.similarity import similarity_pairwise
+
+        return similarity_pairwise(self.similarity_fn_name, embeddings1, embeddings2)
 
     # ---- model facts ----------------------------------------------------------------------
 
@@ -424,6 +435,8 @@ class SentenceTransformerMethods:
         gives {}. A bare str is refused (sentence-transformers would tokenize each of its
         characters); text pairs and ``kwargs`` are not supported.
         """
+        import numpy as np
+
         from lazyembed.runtime.tokens import encode_truncated  # the runtime's tokenisation
 
         if kwargs:

@@ -7,6 +7,7 @@ left out is None, so the settings decide. Durations are parsed by `lazyembed.con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, TextIO
@@ -32,9 +33,11 @@ def settings_for(args: argparse.Namespace, **flags: Any) -> Settings:
 
 
 def make_embedder(settings: Settings) -> Embedder:
+    """An in-process Embedder (`models`, `cache` look at this process's files and cache;
+    `embed` goes through cli/sharing.py instead)."""
     from lazyembed.embedder import Embedder
 
-    return Embedder(settings=settings)
+    return Embedder(settings=dataclasses.replace(settings, share="never"))
 
 
 def duration_flag(parse: Callable[..., Any], flag: str) -> Callable[[str], Any]:

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from lazyembed.cli.common import Terminated, make_embedder, settings_for, stdout
+from lazyembed.cli.common import Terminated, stdout
+from lazyembed.cli.sharing import chunk_vectors, embedder_for_embed, progress_bar
 from lazyembed.cli.texts import read_lines
 from lazyembed.errors import CLIError
 
@@ -47,12 +48,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if output.path is None and args.format == "npy" and sys.stdout.isatty():
         raise CLIError("--format npy writes binary: pass -o FILE or redirect stdout")
     with _sigterm_unwinds():
-        embedder = make_embedder(settings_for(args))
+        embedder = embedder_for_embed(args)  # the daemon by default (cli/sharing.py)
         try:
-            from tqdm import tqdm
-
             quiet = args.quiet or sys.stderr is None or len(texts) < PROGRESS_MIN_TEXTS
-            progress = tqdm(total=len(texts), unit="text", file=sys.stderr, disable=quiet or None)
+            progress = progress_bar(len(texts), quiet)
             with progress, output:
                 chunks = _embedded_chunks(embedder, texts, args.batch_size, progress.update)
                 _write(args.format, chunks, output, len(texts), embedder)
@@ -85,7 +84,7 @@ def _embedded_chunks(
 ) -> Iterator[npt.NDArray[np.float32]]:
     for start in range(0, len(texts), size):
         chunk = texts[start : start + size]
-        yield embedder.embed_numpy(chunk)
+        yield chunk_vectors(embedder, chunk)
         done(len(chunk))
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from lazyembed import __version__
 from lazyembed.cli.common import SERVER_DEFAULTS, duration_flag
+from lazyembed.cli.daemon import cmd_daemon
 from lazyembed.cli.embed import cmd_embed
 from lazyembed.cli.local import cmd_cache, cmd_models
 from lazyembed.cli.remote import cmd_status, cmd_unload
@@ -69,6 +70,12 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="texts per model call, 1 to 4096 (default 256)",
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    embed.add_argument(
+        "--share",
+        choices=("never", "auto", "always"),
+        help="use the user's shared daemon: always (start it if needed; the default unless "
+        "the share setting / LAZYEMBED_SHARE says otherwise), auto (only if it runs), never",
+    )
     _model_option(embed)
     embed.set_defaults(func=cmd_embed, prints=False)  # it checks stdout itself (-o FILE)
 
@@ -241,6 +248,26 @@ def _add_others(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cache.set_defaults(func=cmd_cache, prints=True)
 
 
+def _add_daemon(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    daemon = sub.add_parser(
+        "daemon",
+        help="the shared per-user daemon: start, stop, status, run",
+        description="start: make sure the daemon runs (detached); stop: ask it to exit; "
+        "status: pid, uptime, socket, models and memory, clients, settings (exit code 3 when "
+        "none runs); run: serve in the foreground (systemd/launchd; accepts a socket passed "
+        "by systemd).",
+    )
+    daemon.add_argument("action", choices=("start", "stop", "status", "run"), help="what to do")
+    daemon.add_argument("--json", action="store_true", help="print the raw JSON status")
+    daemon.add_argument(
+        "--timeout",
+        type=duration_flag(parse_positive_seconds, "--timeout"),
+        default=_HTTP_TIMEOUT_S,
+        help=f"how long to wait for the daemon ('10s'; default {_HTTP_TIMEOUT_S:g} s)",
+    )
+    daemon.set_defaults(func=cmd_daemon, prints=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lazyembed",
@@ -253,4 +280,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_serve(sub)
     _add_others(sub)
+    _add_daemon(sub)
     return parser

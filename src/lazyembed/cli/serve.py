@@ -9,6 +9,7 @@ demand). SIGTERM drains in-flight requests for the graceful timeout, then exits 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -57,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"lazyembed: warning: serving on {server.host} without an API key: anyone who can "
             "reach this port can use it (set LAZYEMBED_API_KEY or --api-key)"
         )
-    models = Models(settings=settings)
+    models = Models(settings=dataclasses.replace(settings, share="never"))  # it is a server
     served = served_names(settings)
     for name in served:  # resolve and convert now, so a missing model fails here, not later
         models.get(name).prepare()

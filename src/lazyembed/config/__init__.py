@@ -28,6 +28,7 @@ from lazyembed.config.settings import (
     PressureSettings,
     ServerSettings,
     Settings,
+    Share,
     Variant,
     config_file,
     default_cache_path,
@@ -36,6 +37,7 @@ from lazyembed.config.settings import (
     effective_threads,
     load_settings,
     prepack_resolved,
+    resolve_share,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "PressureSettings",
     "ServerSettings",
     "Settings",
+    "Share",
     "Variant",
     "config_file",
     "default_cache_path",
@@ -66,4 +69,5 @@ __all__ = [
     "parse_keep_alive",
     "parse_positive_seconds",
     "prepack_resolved",
+    "resolve_share",
 ]

@@ -47,6 +47,9 @@ Variant = Literal["fp32", "int8"]
 Backend = Literal["onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "auto"]
 Isolation = Literal["none", "process"]
+#: Whether Embedder/Models use the user's shared daemon: never; auto (one that already
+#: runs, never starting one); always (starting it when none runs).
+Share = Literal["never", "auto", "always"]
 #: Pre-pack the weights for ONNX Runtime's matrix kernels: True (at load), False, or
 #: "auto" (at load when the model never idles out, else once a load is busy).
 PrepackWeights = bool | Literal["auto"]
@@ -71,6 +74,9 @@ def default_config_file() -> Path:
 
 
 DEFAULT_IDLE_TIMEOUT = KeepAlive.after(1800.0)
+#: The library's share mode when the setting is not given (`lazyembed embed`: "always").
+DEFAULT_SHARE: Share = "auto"
+DEFAULT_DAEMON_IDLE_EXIT = KeepAlive.after(300.0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,11 @@ class Settings:
     memory_budget_mb: float | None = None  # None = unlimited
     max_loaded_models: int = 3
     load_timeout: float = 60.0  # seconds a load may wait for room before ModelBusyError
+    # The shared per-user daemon (lazyembed.daemon). share None = not given: the library
+    # uses DEFAULT_SHARE ("auto"), `lazyembed embed` uses "always" (see resolve_share).
+    share: Share | None = None
+    daemon_idle_exit: KeepAlive = DEFAULT_DAEMON_IDLE_EXIT  # the daemon exits when idle
+    daemon_call_timeout: float = 60.0  # a client waits this long for an answer
     cache: CacheSettings = field(default_factory=CacheSettings)
     pressure: PressureSettings = field(default_factory=PressureSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -370,6 +381,9 @@ def _keys() -> dict[str, Key]:
         "memory_budget_mb": _optional_float("unlimited", lo=0.0),
         "max_loaded_models": _int(1, 1000),
         "load_timeout": _positive_seconds,
+        "share": _choice("never", "auto", "always"),
+        "daemon_idle_exit": _duration,
+        "daemon_call_timeout": _positive_seconds,
     }
     grouped: dict[str, dict[str, tuple[str, Parser]]] = {
         "cache": {
@@ -552,6 +566,12 @@ def prepack_resolved(settings: Settings) -> PrepackMode:
             return "at_load"
         return "never" if idle.kind == "seconds" and idle.seconds == 0 else "when_busy"
     return "at_load" if settings.prepack_weights else "never"
+
+
+def resolve_share(settings: Settings, default: Share = DEFAULT_SHARE) -> Share:
+    """The share mode: the setting when given (argument, env, file), else ``default``
+    ("auto" for the library, "always" for `lazyembed embed`)."""
+    return settings.share if settings.share is not None else default
 
 
 def effective_cache_path(settings: Settings) -> Path:

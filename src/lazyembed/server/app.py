@@ -57,7 +57,7 @@ def create_app(
     if embedder is None:
         from lazyembed.embedder import Embedder
 
-        embedder = Embedder()
+        embedder = Embedder(share="never")  # a server holds its own model
     if config is None:
         config = server_settings(embedder, overrides)
     srv = ServerContext(embedder, config)
