@@ -307,6 +307,30 @@ def test_a_daemon_of_another_version_is_not_used(
         listener.close()
 
 
+def test_a_daemon_that_never_answers_hello_costs_the_hello_timeout_not_the_call_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung daemon (its socket accepts in the kernel's backlog, nothing answers): a new
+    client's constructor gives up after the short hello timeout, whatever
+    daemon_call_timeout says (here an hour, far past the test's own timeout)."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setattr(client_module, "HELLO_TIMEOUT_S", 0.2)
+    paths = daemon_paths()
+    paths.ensure()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(paths.socket))
+    listener.listen()  # never accepted: the connection waits in the backlog, like SIGSTOP
+    try:
+        with pytest.warns(DaemonFallbackWarning, match="did not answer hello within 0.2s"):
+            embedder = lazyembed.Embedder(share="auto", daemon_call_timeout="1h")
+        assert type(embedder) is lazyembed.Embedder  # in-process
+        embedder.close()
+    finally:
+        listener.close()
+
+
 def test_other_daemon_level_settings_are_named_once(daemon: Daemon) -> None:
     shared().embed(TEXT)  # the daemon runs with the defaults
     with pytest.warns(DaemonFallbackWarning, match="memory_budget_mb, max_loaded_models"):

@@ -56,6 +56,11 @@ NO_DAEMON_RETRY_S = 30.0
 #: After a call timed out (a hung daemon): in-process this long before trying it again,
 #: so a stopped daemon costs one timeout per five minutes, not one per call.
 HUNG_RETRY_S = 300.0
+#: Connect and hello wait at most this long (or daemon_call_timeout, if shorter): a live
+#: daemon answers hello on its connection thread at once, whatever its models are doing,
+#: so only a hung (e.g. SIGSTOPped) one takes longer, and a new client must not wait a
+#: whole call timeout in its constructor to find that out.
+HELLO_TIMEOUT_S = 5.0
 _DYING_PAUSES_S = (0.02, 0.1, 0.3)  # between opens that met a dying daemon at hello
 _STOPPING_PAUSE_S = 0.05  # a daemon said "stopping": it closes its listener right away
 
@@ -330,7 +335,7 @@ class DaemonClient:
                 "hung",
                 HUNG_RETRY_S,
                 "the lazyembed daemon did not accept the connection within "
-                f"daemon_call_timeout={settings.daemon_call_timeout:g}s; running in this process",
+                f"{_hello_timeout(settings):g}s; running in this process",
             ) from None
         except OSError as exc:
             raise self._unusable(
@@ -354,12 +359,12 @@ class DaemonClient:
     def _connect(self, settings: Settings) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(settings.daemon_call_timeout)
+            sock.settimeout(_hello_timeout(settings))
             sock.connect(str(self.paths.socket))
         except BaseException:
             sock.close()
             raise
-        self._timeout = settings.daemon_call_timeout
+        self._timeout = _hello_timeout(settings)  # `call` sets the call timeout after hello
         return sock
 
     def _say_hello(self, sock: socket.socket, settings: Settings) -> None:
@@ -379,8 +384,8 @@ class DaemonClient:
             raise self._unusable(
                 "hung",
                 HUNG_RETRY_S,
-                f"the lazyembed daemon did not answer hello within daemon_call_timeout="
-                f"{settings.daemon_call_timeout:g}s; running in this process",
+                f"the lazyembed daemon did not answer hello within "
+                f"{_hello_timeout(settings):g}s; running in this process",
             ) from None
         except (OSError, ConnectionClosed, ProtocolError) as exc:
             raise _DiedAtHello(str(exc)) from None
@@ -420,6 +425,10 @@ class DaemonClient:
                 stacklevel=4,
             )
         return names
+
+
+def _hello_timeout(settings: Settings) -> float:
+    return min(settings.daemon_call_timeout, HELLO_TIMEOUT_S)
 
 
 _LIVE: weakref.WeakSet[DaemonClient] = weakref.WeakSet()
