@@ -68,10 +68,13 @@ def _session_dir() -> Path:
     return made
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     """Before any test module is imported: private cache, config, data, state and
     runtime folders, and no LAZYEMBED_* setting from the developer's environment."""
     session = _SESSION.dir = _session_dir()
+    if config.option.basetemp is None:  # tmp_path's folders go with the session's too
+        config.option.basetemp = str(session / f"tmp_path-{os.getpid()}")
     os.environ[_KEPT] = str(session / "cache")
     for variable, name in (
         ("XDG_CONFIG_HOME", "config"),
