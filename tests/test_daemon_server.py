@@ -190,6 +190,49 @@ def test_concurrent_one_text_requests_of_many_clients_share_one_model_call(
         assert np.abs(results[i][0] - want[i]).max() <= 1e-6
 
 
+def test_after_a_merged_call_the_batcher_waits_for_the_same_clients_next_requests(
+    daemon_env: DaemonEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients that shared a call resend at once, but on few cores they get the CPU only
+    after the call: the next call waits (briefly) until all of them are queued."""
+    from lazyembed.daemon import server
+
+    daemon = daemon_env.start_in_process()
+    gate = Gate(daemon, monkeypatch)
+    with (
+        Conn(daemon_env.paths.socket) as first,
+        Conn(daemon_env.paths.socket) as a,
+        Conn(daemon_env.paths.socket) as b,
+        Conn(daemon_env.paths.socket) as watcher,
+    ):
+
+        def send(conn: Conn, text: str) -> None:
+            vectors(*conn.request_raw("embed", texts=[text], options={}))
+
+        holder = threading.Thread(target=send, args=(first, "holds the model"))
+        holder.start()
+        assert gate.entered.wait(60)
+        pair = [threading.Thread(target=send, args=(c, f"{n} queued")) for n, c in ((1, a), (2, b))]
+        for t in pair:
+            t.start()
+        assert wait_until(lambda: model_status(watcher)["queued"] == 2)
+        gate.open.set()
+        for t in [holder, *pair]:
+            t.join(120)
+        assert gate.calls == [1, 2]  # a and b shared the second call
+        (batcher,) = daemon._batchers.values()
+        assert wait_until(lambda: batcher._last_clients == 2)
+        # Make the wait's bounds long: only a's and b's requests can end it.
+        monkeypatch.setattr(server, "LINGER_S", 120.0)
+        batcher._last_call_s = 240.0
+        later_a = threading.Thread(target=send, args=(a, "a again"))
+        later_a.start()
+        assert wait_until(lambda: model_status(watcher)["queued"] == 1)  # a waits for b
+        send(b, "b again")
+        later_a.join(120)
+    assert gate.calls == [1, 2, 2]  # without the wait: [1, 2, 1, 1]
+
+
 def test_a_big_request_goes_in_chunks_and_a_short_one_rides_in_the_next_call(
     daemon_env: DaemonEnv, shared_embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

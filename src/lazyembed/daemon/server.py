@@ -69,6 +69,9 @@ log = logging.getLogger("lazyembed.daemon")
 
 IDLE_EXIT_ENV = "LAZYEMBED_DAEMON_IDLE_EXIT"
 DEFAULT_IDLE_EXIT = KeepAlive.after(300.0)
+#: Before a model call, how long the batcher may wait for the next requests of the
+#: clients the previous call served (never longer than half that call): see `_gather_locked`.
+LINGER_S = 0.003
 MAX_BATCH_TEXTS = 256  # texts in one model call (a bigger request goes in chunks)
 # Text length (characters, a proxy for tokens) in one model call, each text counted up to
 # about what the model's 256-token context holds: bounds how long a call can keep a short
@@ -203,6 +206,8 @@ class _ModelBatcher:
         self.batches = 0
         self.texts = 0
         self.dropped = 0
+        self._last_clients = 0  # distinct clients of the last call (batcher thread only)
+        self._last_call_s = 0.0  # how long it took
         self._thread = threading.Thread(
             target=self._run, name=f"lazyembed-batcher-{embedder.model_name}", daemon=True
         )
@@ -233,9 +238,35 @@ class _ModelBatcher:
                     self._cond.wait()
                 if not self._queue:
                     return
+                self._gather_locked()
                 jobs = self._take_locked()
             if jobs:
+                started = time.perf_counter()
                 self._execute(jobs)
+                self._last_call_s = time.perf_counter() - started
+                self._last_clients = len({job.client for job, _, _ in jobs})
+
+    def _gather_locked(self) -> None:
+        """Under ``_cond``, before a call: if the last call served several clients and
+        fewer of them have a request queued now, wait a little for the rest.
+
+        Each of those clients sends its next request as soon as it has its answer, but
+        on a machine with few cores it gets the CPU only after the model call that just
+        ended gave the cores back, so without this wait the next call would start with
+        one or two requests and the others would each wait a whole call: many small
+        calls instead of one merged call. The wait ends as soon as every one of them is
+        queued, after `LINGER_S`, or after half the last call's time, whichever is first;
+        a lone client (the last call served one) never waits.
+        """
+        expected = self._last_clients
+        if expected < 2:
+            return
+        deadline = time.perf_counter() + min(LINGER_S, self._last_call_s / 2)
+        while not self._closed and len({job.client for job in self._queue}) < expected:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _take_locked(self) -> list[_Chunk]:
         """The next model call: chunks of the queued requests, in order, up to the bounds
