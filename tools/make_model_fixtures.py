@@ -41,6 +41,8 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    MPNetConfig,
+    MPNetModel,
     XLMRobertaConfig,
     XLMRobertaModel,
     XLMRobertaTokenizer,
@@ -76,7 +78,7 @@ class Spec:
     """One fixture: model shape, pooling, tokenizer options and on-disk layout."""
 
     name: str
-    arch: str  # "bert" | "xlm-roberta"
+    arch: str  # "bert" | "xlm-roberta" | "mpnet"
     layout: str  # "st6" (what model.save() writes) | "classic" (hub form)
     pooling: str
     normalize: bool
@@ -97,6 +99,9 @@ class Spec:
     #: through transformers' TokenizersBackend (what transformers 5 writes for a tokenizer
     #: loaded that way): tokenizer.json kept as it is, bare Metaspace included.
     tokenizer_class: str = "XLMRobertaTokenizer"
+    #: Replace model.safetensors by the transformer's ONNX export at onnx/model.onnx (after
+    #: the reference vectors are computed from the torch model), as the hub ships exports.
+    onnx_export: bool = False
 
 
 SPECS = [
@@ -211,6 +216,17 @@ SPECS = [
         seed=23,
         tokenizer_model_max_length=512,
         tokenizer_class="TokenizersBackend",
+    ),
+    # An architecture lazyembed does not convert, given only as its ONNX export.
+    Spec(
+        "mpnet-onnx-mean-norm",
+        "mpnet",
+        "st6",
+        "mean",
+        True,
+        seed=31,
+        prompts=PROMPTS,
+        onnx_export=True,
     ),
 ]
 
@@ -382,6 +398,8 @@ def build_hf_model(spec: Spec, vocab_size: int) -> torch.nn.Module:
     )
     if spec.arch == "bert":
         return BertModel(BertConfig(pad_token_id=0, **common))
+    if spec.arch == "mpnet":  # the BERT vocabulary: [PAD] is 0, positions count from 1
+        return MPNetModel(MPNetConfig(pad_token_id=0, bos_token_id=2, eos_token_id=3, **common))
     config = XLMRobertaConfig(
         pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common
     )
@@ -413,7 +431,7 @@ def build_fixture(
 ) -> None:
     """Save the model as sentence-transformers does, then (classic) rewrite it into the hub form."""
     length = spec.max_seq_length
-    if spec.arch == "bert":
+    if spec.arch in ("bert", "mpnet"):
         cased = spec.cased_tokenizer
         tokenizer: Any = bert_tokenizer(
             vocabs["bert-cased" if cased else "bert-uncased"], cased, length
@@ -617,6 +635,49 @@ def resave_as_tokenizers_backend(folder: Path) -> None:
     (folder / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 5 writes none
 
 
+# ------------------------------------------------------------------------ ONNX export
+
+
+class _LastHiddenState(torch.nn.Module):
+    """The Hugging Face model with the one output the hub's feature-extraction exports have."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def replace_weights_by_export(folder: Path) -> None:
+    """Export the folder's transformer to onnx/model.onnx (inputs input_ids and
+    attention_mask, output last_hidden_state, dynamic batch and sequence, as optimum's
+    feature-extraction export names them) and remove model.safetensors."""
+    from transformers import AutoModel
+
+    model = _LastHiddenState(AutoModel.from_pretrained(str(folder)).eval())
+    ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
+    mask = (ids != 0).long()
+    (folder / "onnx").mkdir(exist_ok=True)
+    dynamic = {0: "batch_size", 1: "sequence_length"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, mask),
+            str(folder / "onnx" / "model.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": dynamic,
+                "attention_mask": dynamic,
+                "last_hidden_state": dynamic,
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    (folder / "model.safetensors").unlink()
+
+
 # ------------------------------------------------------------------------ reference
 
 
@@ -744,6 +805,8 @@ def main() -> None:
             build_fixture(spec, folder, Path(tmp), charsmap, vocabs)
             ref = reference(spec, folder, texts)
             write_reference(folder / "reference.json", ref)
+            if spec.onnx_export:
+                replace_weights_by_export(folder)
             print(summary(ref), flush=True)
     manifest_keys = (
         "name",
@@ -782,6 +845,8 @@ def main() -> None:
                 if k in ("seed", "heads", "intermediate", "cased_tokenizer")
             },
         }
+        if spec.onnx_export:
+            entry["onnx_export"] = "onnx/model.onnx"
         if spec.tokenizer_class != "XLMRobertaTokenizer" and spec.arch == "xlm-roberta":
             entry["tokenizer_class"] = spec.tokenizer_class
         if ref["versions"] != common:

@@ -156,16 +156,21 @@ def _max_seq_length(directory: Path, encoder: EncoderConfig) -> tuple[int, str]:
 
 
 def read_model_info(
-    directory: Path, *, pooling_modes: Collection[str] = RUNTIME_POOLING
+    directory: Path,
+    *,
+    pooling_modes: Collection[str] = RUNTIME_POOLING,
+    any_architecture: bool = False,
 ) -> ModelInfo:
     """Read config.json plus the sentence-transformers side files (defaults where absent).
 
     ``pooling_modes`` are the modes the caller can apply; another one is refused.
     Without ``modules.json`` the vectors are normalised (lazyembed's default for a bare
     folder); without a pooling config, mean pooling (sentence-transformers' default).
+    ``any_architecture``: the transformer runs from its ONNX export (``onnx_export.py``),
+    so config.json's architecture is not refused.
     """
     directory = Path(directory)
-    encoder = read_config(directory)
+    encoder = read_config(directory, any_architecture=any_architecture)
     modules = _modules(directory)
     pooling, include_prompt = _pooling(directory, modules)
     if pooling not in pooling_modes:

@@ -58,6 +58,9 @@ class RuntimeSpec:
     #: When the MatMul weights are pre-packed (see `onnx.session_options`): "at_load",
     #: "when_busy" (`OnnxRuntime` swaps in a pre-packed session once busy) or "never".
     prepack: PrepackMode = "never"
+    #: The graph output read: token vectors ("last_hidden_state", "token_embeddings"),
+    #: or "sentence_embedding" from a graph that pools itself (then no pooling here).
+    output: str = "last_hidden_state"
 
     @property
     def prepack_at_load(self) -> bool:
@@ -123,6 +126,12 @@ class Call:
     def pool(self, rows: Rows, hidden: Any, mask: IdArray) -> None:
         """Pool a run's hidden states into its rows (the spec's modes, the prompt left out
         when the model excludes it), normalised when the spec says so."""
+        if self.spec.output == "sentence_embedding":  # pooled by the graph already
+            pooled = np.asarray(hidden, dtype=np.float32)
+            if self.spec.normalize:
+                pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            self.out[rows] = pooled
+            return
         excluded = np.full(len(rows), self.prompt_length) if self.prompt_length else None
         self.out[rows] = pool(
             hidden, mask, self.spec.pooling, normalize=self.spec.normalize, prompt_lengths=excluded
