@@ -94,10 +94,16 @@ def test_an_extra_module_is_refused(tmp_path: Path) -> None:
     folder = shutil.copytree(FIXTURES / "bert-classic-mean-norm", tmp_path / "m")
     modules = json.loads((folder / "modules.json").read_text())
     modules.insert(
-        2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+        2,
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_LayerNorm",
+            "type": "sentence_transformers.models.LayerNorm",
+        },
     )
     (folder / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(UnsupportedModelError, match="Dense"):
+    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
         read_model_info(folder)
 
 

@@ -272,3 +272,40 @@ def test_feeds_follow_the_graph() -> None:
     assert not feeds["token_type_ids"].any()
     past = feeds["past_key_values.3.value"]
     assert past.shape == (2, 4, 0, 8) and past.dtype == np.float16
+
+
+# ---- left padding (Qwen3-Embedding style) ------------------------------------------------
+
+QWEN3 = FIXTURES / "qwen3-onnx-lasttoken-left"
+
+
+def test_decoder_export_reads_left_padding_and_appends_eos(tmp_path: Path) -> None:
+    with embedder(QWEN3, tmp_path / "cache") as e:
+        prepared = e.prepare()
+        assert prepared.spec.padding_side == "left"
+        assert prepared.spec.output == "last_hidden_state"
+        assert "pad=left" in prepared.fingerprint
+        ids = e._counting_tokenizer().encode("hello world").ids
+    assert ids[-1] == 3  # [SEP], the EOS tokenizer.json's post-processor appends
+    assert 2 not in ids  # and no [CLS]: a decoder's template
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_decoder_vectors_do_not_depend_on_padding_side_or_batch(side: str, tmp_path: Path) -> None:
+    """sentence-transformers padded these left; either side, any batch: its vectors."""
+    import dataclasses
+
+    from lazyembed.runtime import load_runtime
+
+    data: dict[str, Any] = json.loads((QWEN3 / "reference.json").read_text())
+    with embedder(QWEN3, tmp_path / "cache") as e:
+        spec = dataclasses.replace(e.prepare().spec, padding_side=side)
+    runtime = load_runtime(spec)
+    try:
+        together = runtime.encode(data["texts"]).vectors
+        alone = np.stack([runtime.encode([text]).vectors[0] for text in data["texts"]])
+    finally:
+        runtime.close()
+    want = np.asarray(data["vectors"])
+    assert min_cosine(together, want) >= MIN_COSINE
+    assert min_cosine(alone, want) >= MIN_COSINE

@@ -289,6 +289,8 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
             # An export is optimised by ONNX Runtime at load, a converted model once.
             pre_optimized=graph is None,
             output=graph.output if graph is not None else "last_hidden_state",
+            dense=info.dense,
+            padding_side=info.padding_side,
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lazyembed.errors import ClosedError
+from lazyembed.models.dense import DenseStack
 from lazyembed.runtime.base import Call, EncodeResult, RuntimeSpec
 from lazyembed.runtime.batching import MAX_RUN_TOKENS
 from lazyembed.runtime.feeds import ORT_DTYPES, PLAIN_INPUTS, GraphInput, make_feeds
@@ -121,6 +122,8 @@ class OnnxRuntime:
         # What the graph takes (read once; every session of this file takes the same):
         # None for the plain two inputs, fed without any lookup.
         self._inputs = _graph_inputs(self._session)
+        # Dense modules' weights (small) live as long as this loaded model.
+        self._dense = DenseStack(spec.dense) if spec.dense else None
         # Shrink the arena at the end of big runs: the arena's speed within a run, not its
         # peak held between runs (the default arena keeps a big batch's whole peak).
         # Shrinking after every run would free and fault in its pages for each short text.
@@ -182,6 +185,7 @@ class OnnxRuntime:
             texts,
             max_run_tokens=self.max_run_tokens,
             prompt_length=prompt_length,
+            dense=self._dense,
         )
         prepack_now = False
         for rows in call.runs:

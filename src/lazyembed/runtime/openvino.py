@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lazyembed import memory
 from lazyembed.cpu import CpuFeatures, cpu_features
 from lazyembed.errors import BackendUnavailableError, ClosedError
+from lazyembed.models.dense import DenseStack
 from lazyembed.runtime.base import Call, EncodeResult, Rows, RuntimeSpec
 from lazyembed.runtime.batching import MAX_RUN_TOKENS
 from lazyembed.runtime.tokens import load_tokenizer
@@ -131,6 +132,7 @@ class OpenVinoRuntime:
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
         self._lock = threading.Lock()  # held by a call for all its runs; guards the requests
+        self._dense = DenseStack(spec.dense) if spec.dense else None  # read-only once loaded
         core_keys = {"ENABLE_MMAP"}
         core.set_property({k: v for k, v in config.items() if k in core_keys})
         compile_options = {k: v for k, v in config.items() if k not in core_keys}
@@ -150,6 +152,7 @@ class OpenVinoRuntime:
             texts,
             max_run_tokens=self.max_run_tokens,
             prompt_length=prompt_length,
+            dense=self._dense,
         )
         with self._lock:
             if self._compiled is None:
