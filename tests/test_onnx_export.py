@@ -286,6 +286,8 @@ def test_decoder_export_reads_left_padding_and_appends_eos(tmp_path: Path) -> No
         assert prepared.spec.output == "last_hidden_state"
         assert "pad=left" in prepared.fingerprint
         ids = e._counting_tokenizer().encode("hello world").ids
+    graph = read_graph(QWEN3 / DEFAULT_EXPORT)  # as onnx-community exports decoders
+    assert {"position_ids", "past_key_values.1.value"} <= set(graph.inputs)
     assert ids[-1] == 3  # [SEP], the EOS tokenizer.json's post-processor appends
     assert 2 not in ids  # and no [CLS]: a decoder's template
 
@@ -309,3 +311,17 @@ def test_decoder_vectors_do_not_depend_on_padding_side_or_batch(side: str, tmp_p
     want = np.asarray(data["vectors"])
     assert min_cosine(together, want) >= MIN_COSINE
     assert min_cosine(alone, want) >= MIN_COSINE
+
+
+def test_models_describe_lists_the_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lazyembed import cli
+
+    monkeypatch.setenv("LAZYEMBED_MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAZYEMBED_SHARE", "never")
+    assert cli.main(["models", "--describe", str(MPNET), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["onnx_exports"] == ["onnx/model.onnx"]
+    assert report["transformer"].startswith("onnx/model.onnx (not converted natively")
+    assert report["onnx_path"] == str(MPNET / DEFAULT_EXPORT)

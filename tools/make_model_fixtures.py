@@ -728,26 +728,38 @@ class _LastHiddenState(torch.nn.Module):
 
 
 class _DecoderLastHiddenState(torch.nn.Module):
-    """A decoder with the inputs onnx-community's exports give it (position_ids too)."""
+    """A decoder with the inputs onnx-community's exports give it: position_ids and the
+    key/value cache of every layer (``past_key_values.{i}.key``/``.value``)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
     ) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
         return self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            use_cache=False,
+            past_key_values=cache,
+            use_cache=True,
         ).last_hidden_state
 
 
 def replace_weights_by_export(folder: Path) -> None:
     """Export the folder's transformer to onnx/model.onnx (inputs input_ids and
-    attention_mask, plus position_ids for a decoder as onnx-community's exports have;
+    attention_mask, plus position_ids and past_key_values.* for a decoder, as
+    onnx-community's exports have;
     output last_hidden_state; dynamic batch and sequence, as optimum's feature-extraction
     export names them) and remove model.safetensors."""
     from transformers import AutoModel
@@ -758,13 +770,27 @@ def replace_weights_by_export(folder: Path) -> None:
     args: tuple[torch.Tensor, ...] = (ids, mask)
     names = ["input_ids", "attention_mask"]
     model: torch.nn.Module = _LastHiddenState(hf)
+    dynamic = {0: "batch_size", 1: "sequence_length"}
+    axes: dict[str, dict[int, str]] = {}
     if hf.config.model_type == "qwen3":
         ids, mask = ids.flip(1), mask.flip(1)  # left padded, as the model is used
-        args = (ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1))
-        names.append("position_ids")
+        config = hf.config
+        past_shape = (2, config.num_key_value_heads, 0, config.head_dim)  # an empty cache
+        past_names = [
+            f"past_key_values.{i}.{kv}"
+            for i in range(config.num_hidden_layers)
+            for kv in ("key", "value")
+        ]
+        args = (
+            ids,
+            mask,
+            (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
+            *(torch.zeros(past_shape) for _ in past_names),
+        )
+        names += ["position_ids", *past_names]
+        axes = {name: {0: "batch_size", 2: "past_sequence_length"} for name in past_names}
         model = _DecoderLastHiddenState(hf)
     (folder / "onnx").mkdir(exist_ok=True)
-    dynamic = {0: "batch_size", 1: "sequence_length"}
     with torch.no_grad():
         torch.onnx.export(
             model,
@@ -772,7 +798,10 @@ def replace_weights_by_export(folder: Path) -> None:
             str(folder / "onnx" / "model.onnx"),
             input_names=names,
             output_names=["last_hidden_state"],
-            dynamic_axes={name: dynamic for name in [*names, "last_hidden_state"]},
+            dynamic_axes={
+                **{name: dynamic for name in [*names, "last_hidden_state"]},
+                **axes,
+            },
             opset_version=17,
             dynamo=False,
         )
