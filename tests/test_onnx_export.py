@@ -325,3 +325,25 @@ def test_models_describe_lists_the_exports(
     assert report["onnx_exports"] == ["onnx/model.onnx"]
     assert report["transformer"].startswith("onnx/model.onnx (not converted natively")
     assert report["onnx_path"] == str(MPNET / DEFAULT_EXPORT)
+
+
+def test_the_graph_is_read_outside_the_embedding_process(tmp_path: Path) -> None:
+    """Parsing imports onnx and reads the whole protobuf: a child does it, once."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from lazyembed import Embedder\n"
+        f"e = Embedder({str(MPNET)!r}, model_cache_dir={str(tmp_path)!r}, share='never',"
+        " cache_memory_mb=0)\n"
+        "e.embed('hello')\n"
+        "e.close()\n"
+        "print('onnx' in sys.modules)\n"
+    )
+    for _ in range(2):  # a fresh cache, then the remembered description
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == "False", done.stderr
+    assert len(list(tmp_path.glob("export-*.json"))) == 1

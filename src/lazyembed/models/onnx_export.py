@@ -15,8 +15,9 @@ other folder runs ``onnx/model.onnx`` when present. A folder with neither is ref
 The export is used in place (never copied): ONNX Runtime memory-maps its external data
 file (``model.onnx_data``) as it does a converted model's. The fingerprint carries the
 sha256 of the graph and of each external data file (``hash_index.py`` remembers them per
-file version). What `read_graph` found is kept beside the hashes in the model cache
-directory (``export-<sha>.json``), so a later process needs neither onnx nor a parse.
+file version). `read_graph` runs in a short-lived child process (it imports onnx and
+reads the whole protobuf); what it found is kept in the model cache directory
+(``export-<sha>-<version>.json``), so a later process needs neither a child nor a parse.
 No locks: the JSON is written atomically and identical for every writer.
 """
 
@@ -24,12 +25,22 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from lazyembed.errors import ModelConversionError, ModelNotFoundError, UnsupportedModelError
 from lazyembed.models.convert import ConvertedModel, Variant, _ort_version
+from lazyembed.models.convert_child import (
+    CONVERSION_ERROR_EXIT,
+    UNSUPPORTED_EXIT,
+    child_env,
+    ensure_onnx_in_child,
+    last_line,
+)
 from lazyembed.models.encoder_config import read_config
 from lazyembed.models.files import atomic_write_bytes
 from lazyembed.models.hash_index import cached_sha256
@@ -168,6 +179,42 @@ def read_graph(path: Path) -> GraphInfo:
     return GraphInfo(tuple(inputs), output, width, tuple(data_files))
 
 
+def _read_graph_in_child(path: Path) -> GraphInfo:
+    """`read_graph` in a short-lived child process: parsing imports onnx and reads the
+    whole protobuf (a hub export without external data is hundreds of MB), and neither
+    should stay in a long-running process. In this process when no child can start."""
+    command = [sys.executable, "-m", __name__, str(path)]
+    try:
+        if not sys.executable:
+            raise OSError("sys.executable is empty")
+        child = subprocess.run(
+            command,
+            env=child_env(),
+            cwd=path.parent,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:
+        logger.warning("reading %s in this process (cannot start a child: %s)", path, exc)
+        return read_graph(path)
+    message = last_line(child.stderr)
+    if child.returncode == UNSUPPORTED_EXIT:
+        raise UnsupportedModelError(message or f"{path} cannot be run")
+    if child.returncode == CONVERSION_ERROR_EXIT:
+        raise ModelConversionError(message or f"{path} is not a readable ONNX model")
+    try:
+        if child.returncode != 0:
+            raise ValueError(f"exit status {child.returncode}: {message}")
+        raw = json.loads(child.stdout)
+        return GraphInfo(
+            tuple(raw["inputs"]), raw["output"], raw["width"], tuple(raw["data_files"])
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("reading %s in this process (the child failed: %s)", path, exc)
+        return read_graph(path)
+
+
 def _graph_info(path: Path, sha: str, cache_dir: Path) -> GraphInfo:
     """`read_graph`, remembered in the cache directory by the graph's sha256."""
     memo = cache_dir / f"export-{sha[:32]}-{EXPORT_VERSION}.json"
@@ -178,7 +225,7 @@ def _graph_info(path: Path, sha: str, cache_dir: Path) -> GraphInfo:
         )
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    info = read_graph(path)
+    info = _read_graph_in_child(path)
     try:
         atomic_write_bytes(memo, json.dumps(asdict(info)).encode("utf-8"))
     except OSError as exc:  # a read-only cache costs a parse per process, nothing else
@@ -242,8 +289,6 @@ def ensure_transformer(
     """The chosen transformer as a ready-to-load ONNX file: a native conversion (in a
     child process, cached) or the export itself (hashed, its graph checked)."""
     if choice.export is None:
-        from lazyembed.models.convert_child import ensure_onnx_in_child
-
         converted = ensure_onnx_in_child(directory, variant=variant, cache_dir=cache_dir)
         return PreparedTransformer(converted, choice, None)
     if variant != "fp32":
@@ -262,3 +307,26 @@ def ensure_transformer(
             POOLED_OUTPUT,
         )
     return PreparedTransformer(converted, choice, graph)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child of `_read_graph_in_child`: the graph's description as JSON on stdout,
+    or an error as one stderr line (exit status as ``convert_child``'s)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m lazyembed.models.onnx_export GRAPH.onnx", file=sys.stderr)
+        return 2
+    try:
+        info = read_graph(Path(args[0]))
+    except UnsupportedModelError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return UNSUPPORTED_EXIT
+    except ModelConversionError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return CONVERSION_ERROR_EXIT
+    print(json.dumps(asdict(info)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
