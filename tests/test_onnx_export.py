@@ -347,3 +347,14 @@ def test_the_graph_is_read_outside_the_embedding_process(tmp_path: Path) -> None
         )
         assert done.stdout.strip() == "False", done.stderr
     assert len(list(tmp_path.glob("export-*.json"))) == 1
+
+
+@pytest.mark.parametrize("name", ["qwen3-onnx-lasttoken-left", "mpnet-onnx-mean-norm"])
+def test_exports_run_on_openvino_too(name: str, tmp_path: Path) -> None:
+    """The OpenVINO backend reads the graph's inputs and its output by name, as ONNX
+    Runtime does (position_ids, an empty past; fp32 as sentence-transformers)."""
+    pytest.importorskip("openvino")
+    data: dict[str, Any] = json.loads((FIXTURES / name / "reference.json").read_text())
+    with embedder(FIXTURES / name, tmp_path / "cache", backend="openvino", precision="fp32") as e:
+        got = e.embed_numpy(data["texts"])
+    assert min_cosine(got, np.asarray(data["vectors"])) >= MIN_COSINE
