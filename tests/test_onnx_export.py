@@ -358,3 +358,24 @@ def test_exports_run_on_openvino_too(name: str, tmp_path: Path) -> None:
     with embedder(FIXTURES / name, tmp_path / "cache", backend="openvino", precision="fp32") as e:
         got = e.embed_numpy(data["texts"])
     assert min_cosine(got, np.asarray(data["vectors"])) >= MIN_COSINE
+
+
+def test_an_export_loads_unloads_and_isolates_like_a_converted_model(tmp_path: Path) -> None:
+    """The export is just another converted model: same lifecycle, report and worker."""
+    import psutil
+
+    from helpers import wait_until
+
+    data: dict[str, Any] = json.loads((QWEN3 / "reference.json").read_text())
+    texts = data["texts"][:8]
+    want = np.asarray(data["vectors"][:8])
+    with embedder(QWEN3, tmp_path / "cache", isolation="process", idle_timeout="never") as e:
+        got = e.embed_numpy(texts)
+        report = e.get_memory_usage()
+        worker = report["worker"]
+        assert worker is not None and report["model_loaded"] is True
+        assert e.unload_model() is True and not e.is_loaded
+        assert wait_until(lambda: not psutil.pid_exists(worker["worker_pid"]))
+        again = e.embed_numpy(texts)  # a reload after the unload
+    assert min_cosine(got, want) >= MIN_COSINE
+    assert np.abs(got - again).max() < 1e-6
