@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from lazyembed import Embedder
-from lazyembed.errors import ModelNotFoundError, UnsupportedModelError
+from lazyembed.errors import ModelConversionError, ModelNotFoundError, UnsupportedModelError
 from lazyembed.models.onnx_export import (
     DEFAULT_EXPORT,
     choose_transformer,
@@ -379,3 +379,47 @@ def test_an_export_loads_unloads_and_isolates_like_a_converted_model(tmp_path: P
         again = e.embed_numpy(texts)  # a reload after the unload
     assert min_cosine(got, want) >= MIN_COSINE
     assert np.abs(got - again).max() < 1e-6
+
+
+# ---- exports and Dense modules -----------------------------------------------------------
+
+DENSE = FIXTURES / "bert-dense-chain"
+
+
+def test_an_export_followed_by_a_dense_chain(tmp_path: Path) -> None:
+    """The folder's own graph (here: the one lazyembed converted, with its external data,
+    moved into onnx/) then the Dense chain: sentence-transformers' vectors."""
+    folder = tmp_path / "model"
+    shutil.copytree(DENSE, folder)
+    with embedder(folder, tmp_path / "native") as e:
+        converted = e.prepare().converted
+    (folder / "onnx").mkdir()
+    shutil.copy(converted.path, folder / DEFAULT_EXPORT)
+    shutil.copy(converted.data_path, folder / "onnx" / converted.data_path.name)
+    data: dict[str, Any] = json.loads((DENSE / "reference.json").read_text())
+    with embedder(folder, tmp_path / "cache", onnx_file=DEFAULT_EXPORT) as e:
+        got = e.embed_numpy(data["texts"])
+        prepared = e.prepare()
+        assert prepared.converted.path == folder / DEFAULT_EXPORT
+        assert len(prepared.spec.dense) == 2
+    assert min_cosine(got, np.asarray(data["vectors"])) >= MIN_COSINE
+
+
+def test_the_vectors_width_is_the_last_dense_not_the_graph() -> None:
+    import dataclasses
+
+    from lazyembed.models.info import read_model_info
+    from lazyembed.models.onnx_export import GraphInfo, fit_info
+
+    info = read_model_info(DENSE)
+    one = dataclasses.replace(info, dense=info.dense[:1], dimension=info.dense[0].out_features)
+    graph = GraphInfo(("input_ids", "attention_mask"), "last_hidden_state", 32, ())
+    assert fit_info(one, graph, DENSE / DEFAULT_EXPORT).dimension == 64
+    plain = dataclasses.replace(info, dense=(), dimension=16)
+    assert fit_info(plain, graph, DENSE / DEFAULT_EXPORT).dimension == 32
+    wider = GraphInfo(("input_ids", "attention_mask"), "last_hidden_state", 48, ())
+    with pytest.raises(ModelConversionError, match="in_features 32 does not match the width 48"):
+        fit_info(info, wider, DENSE / DEFAULT_EXPORT)
+    pooled = GraphInfo(("input_ids", "attention_mask"), "sentence_embedding", 32, ())
+    with pytest.raises(UnsupportedModelError, match="applied them already"):
+        fit_info(info, pooled, DENSE / DEFAULT_EXPORT)

@@ -18,7 +18,6 @@ itself.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 import time
@@ -65,6 +64,7 @@ if TYPE_CHECKING:
         TransformerChoice,
         choose_transformer,
         ensure_transformer,
+        fit_info,
     )
     from lazyembed.models.prompts import Prompts
     from lazyembed.models.resolve import ResolvedModel, resolve_model
@@ -94,6 +94,7 @@ _HEAVY = {
     "TransformerChoice": ("lazyembed.models.onnx_export", "TransformerChoice"),
     "choose_transformer": ("lazyembed.models.onnx_export", "choose_transformer"),
     "ensure_transformer": ("lazyembed.models.onnx_export", "ensure_transformer"),
+    "fit_info": ("lazyembed.models.onnx_export", "fit_info"),
     "read_model_info": ("lazyembed.models.info", "read_model_info"),
     "Prompts": ("lazyembed.models.prompts", "Prompts"),
     "ResolvedModel": ("lazyembed.models.resolve", "ResolvedModel"),
@@ -269,8 +270,8 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
             cache_dir=Path(settings.model_cache_dir),
         )
         converted, graph = transformer.converted, transformer.graph
-        if graph is not None and graph.width and graph.width != info.dimension:
-            info = dataclasses.replace(info, dimension=graph.width)
+        if graph is not None and choice.export is not None:
+            info = fit_info(info, graph, choice.export)
         spec = RuntimeSpec(
             onnx_path=str(converted.path),
             tokenizer_path=str(resolved.tokenizer),

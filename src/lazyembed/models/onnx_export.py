@@ -23,6 +23,7 @@ No locks: the JSON is written atomically and identical for every writer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -44,6 +45,7 @@ from lazyembed.models.convert_child import (
 from lazyembed.models.encoder_config import read_config
 from lazyembed.models.files import atomic_write_bytes
 from lazyembed.models.hash_index import cached_sha256
+from lazyembed.models.info import ModelInfo
 from lazyembed.models.resolve import list_exports
 
 logger = logging.getLogger("lazyembed")
@@ -271,6 +273,32 @@ def ensure_export(path: Path, *, cache_dir: Path) -> tuple[ConvertedModel, Graph
         seconds=time.perf_counter() - start,
     )
     return converted, info
+
+
+def fit_info(info: ModelInfo, graph: GraphInfo, path: Path) -> ModelInfo:
+    """The model's facts with what the export's graph says: its width is the vectors'
+    unless Dense modules follow (then it must be what the first one takes).
+
+    A graph that pools itself while modules.json has Dense modules is refused: nothing
+    tells whether its ``sentence_embedding`` already went through them.
+    """
+    if info.dense:
+        if graph.pooled:
+            raise UnsupportedModelError(
+                f"{path} gives only {POOLED_OUTPUT} and modules.json adds Dense modules: "
+                "lazyembed cannot tell whether the graph applied them already; use an export "
+                f"that gives {HIDDEN_OUTPUTS[0]}"
+            )
+        first = info.dense[0]
+        if graph.width and first.in_features != graph.width:
+            raise ModelConversionError(
+                f"{first.weights_path}: in_features {first.in_features} does not match the "
+                f"width {graph.width} of {path}'s {graph.output}"
+            )
+        return info
+    if graph.width and graph.width != info.dimension:
+        return dataclasses.replace(info, dimension=graph.width)
+    return info
 
 
 @dataclass(frozen=True)
