@@ -127,3 +127,33 @@ def test_a_dense_that_does_not_take_the_previous_width_is_refused(folder: Path) 
     )
     with pytest.raises(ModelConversionError, match="in_features 48 does not match"):
         read_model_info(folder)
+
+
+def test_bfloat16_weights_are_widened_exactly(folder: Path) -> None:
+    """numpy has no bfloat16: the file is read as the safetensors format defines it."""
+    import struct
+
+    from safetensors.numpy import load_file
+
+    from lazyembed.models.dense import DenseStack
+
+    weights = folder / "2_Dense" / "model.safetensors"
+    tensors = load_file(str(weights))
+    header: dict[str, object] = {}
+    blobs = b""
+    for name in sorted(tensors):
+        bits = (tensors[name].astype("<f4").view("<u4") >> 16).astype("<u2")
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [len(blobs), len(blobs) + bits.nbytes],
+        }
+        blobs += bits.tobytes()
+    encoded = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(encoded)) + encoded + blobs)
+    layer = read_dense(folder / "2_Dense")
+    x = np.ones((1, 32), dtype=np.float32)
+    truncated = (tensors["linear.weight"].view("<u4") & 0xFFFF0000).view("<f4")
+    bias = (tensors["linear.bias"].view("<u4") & 0xFFFF0000).view("<f4")
+    want = np.tanh(x @ truncated.T + bias)
+    np.testing.assert_allclose(DenseStack([layer]).apply(x), want, rtol=1e-6, atol=1e-6)

@@ -154,13 +154,41 @@ def read_dense(folder: Path) -> DenseLayer:
     return layer
 
 
+def _bf16_tensors(path: str) -> dict[str, FloatArray]:
+    """A safetensors file with bfloat16 tensors (numpy has no bfloat16): the header read
+    as the format defines it, each bf16 value widened to float32 exactly."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        data = f.read()
+    plain = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
+    out: dict[str, FloatArray] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        raw = data[start:end]
+        if meta["dtype"] == "BF16":
+            bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            values = bits.view(np.float32)
+        elif meta["dtype"] in plain:
+            values = np.frombuffer(raw, dtype=plain[meta["dtype"]]).astype(np.float32)
+        else:
+            raise ModelConversionError(f"{path}: {name} has dtype {meta['dtype']}")
+        out[name] = values.reshape(meta["shape"])
+    return out
+
+
 def _tensors(layer: DenseLayer) -> dict[str, FloatArray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
-        tensors = load_file(layer.weights_path)
-    except (SafetensorError, OSError, TypeError, ValueError) as exc:
+        try:
+            tensors = load_file(layer.weights_path)
+        except TypeError:  # "data type 'bfloat16' not understood"
+            return _bf16_tensors(layer.weights_path)
+    except (SafetensorError, OSError, TypeError, ValueError, KeyError) as exc:
         raise ModelConversionError(f"cannot read {layer.weights_path}: {exc}") from exc
     return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in tensors.items()}
 
