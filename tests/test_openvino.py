@@ -148,6 +148,9 @@ def test_bf16_on_a_cpu_without_it_names_the_cpu_and_what_it_lacks() -> None:
 
 
 class FakeCompiled:
+    #: No ports: the runtime reads the graph's inputs (runtime/feeds.py) but never runs here.
+    inputs: tuple[object, ...] = ()
+
     def __init__(self, requests: int) -> None:
         self.requests = requests
 

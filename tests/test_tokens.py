@@ -294,3 +294,41 @@ def test_xlmr_pre_tokenizer_follows_the_class(
     assert tokenizer.pre_tokenizer is not None
     got = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(" x ")]
     assert got == pieces
+
+
+def test_padded_inputs_pad_on_the_left_when_asked() -> None:
+    class Encoding:
+        def __init__(self, ids: list[int]) -> None:
+            self.ids = ids
+
+    encodings = [Encoding([5, 6]), Encoding([7, 8, 9])]
+    ids, mask = padded_inputs(encodings, [0, 1], 3, left=True)
+    assert ids.tolist() == [[0, 5, 6], [7, 8, 9]] and mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    ids, mask = padded_inputs(encodings, [0, 1], 3)
+    assert ids.tolist() == [[5, 6, 0], [7, 8, 9]] and mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    "mode", ["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+)
+@pytest.mark.parametrize("prompt", [0, 1])
+def test_pooling_gives_the_same_vectors_for_either_padding_side(mode: str, prompt: int) -> None:
+    """Positions (weighted mean, an excluded prompt) count from each text's first token."""
+    rng = np.random.default_rng(3)
+    lengths = [2, 4, 3]
+    width, dim = 4, 5
+    tokens = [rng.standard_normal((n, dim)).astype(np.float32) for n in lengths]
+    right = np.zeros((3, width, dim), dtype=np.float32)
+    left = np.zeros((3, width, dim), dtype=np.float32)
+    right_mask = np.zeros((3, width), dtype=np.int64)
+    left_mask = np.zeros((3, width), dtype=np.int64)
+    for row, values in enumerate(tokens):
+        n = len(values)
+        right[row, :n], right_mask[row, :n] = values, 1
+        left[row, width - n :], left_mask[row, width - n :] = values, 1
+        left[row, : width - n] = 100.0  # padding's hidden states must not count
+        right[row, n:] = 100.0
+    prompts = np.full(3, prompt) if prompt else None
+    a = pool(right, right_mask, [mode], normalize=False, prompt_lengths=prompts)
+    b = pool(left, left_mask, [mode], normalize=False, prompt_lengths=prompts)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

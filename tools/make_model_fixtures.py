@@ -12,6 +12,11 @@ It needs torch, so it runs in its own venv and never in CI:
     .venv-ref/bin/pip install sentence-transformers transformers sentencepiece protobuf
     .venv-ref/bin/python tools/make_model_fixtures.py
 
+Some fixtures stand for what the hub ships beyond BERT/XLM-R: an MPNet and a Qwen3
+decoder (left padding, last-token pooling, an EOS from the post-processor) given only as
+their ONNX export (`torch.onnx.export`, TorchScript exporter: `pip install onnx` into the
+reference venv), and a BERT with a Dense chain.
+
 sentencepiece only supplies the nmt_nfkc normalisation table that real XLM-R tokenizers
 carry (the Unigram vocabulary itself is trained with `tokenizers`). Each fixture folder
 gets a reference.json; tests/fixtures/models/manifest.json lists every fixture.
@@ -34,13 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    MPNetConfig,
+    MPNetModel,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3Model,
     XLMRobertaConfig,
     XLMRobertaModel,
     XLMRobertaTokenizer,
@@ -76,7 +86,7 @@ class Spec:
     """One fixture: model shape, pooling, tokenizer options and on-disk layout."""
 
     name: str
-    arch: str  # "bert" | "xlm-roberta"
+    arch: str  # "bert" | "xlm-roberta" | "mpnet" | "qwen3"
     layout: str  # "st6" (what model.save() writes) | "classic" (hub form)
     pooling: str
     normalize: bool
@@ -97,6 +107,11 @@ class Spec:
     #: through transformers' TokenizersBackend (what transformers 5 writes for a tokenizer
     #: loaded that way): tokenizer.json kept as it is, bare Metaspace included.
     tokenizer_class: str = "XLMRobertaTokenizer"
+    #: Replace model.safetensors by the transformer's ONNX export at onnx/model.onnx (after
+    #: the reference vectors are computed from the torch model), as the hub ships exports.
+    onnx_export: bool = False
+    #: Dense modules after the pooling: (out_features, torch.nn activation class name).
+    dense: tuple[tuple[int, str], ...] = ()
 
 
 SPECS = [
@@ -211,6 +226,39 @@ SPECS = [
         seed=23,
         tokenizer_model_max_length=512,
         tokenizer_class="TokenizersBackend",
+    ),
+    # An architecture lazyembed does not convert, given only as its ONNX export.
+    Spec(
+        "mpnet-onnx-mean-norm",
+        "mpnet",
+        "st6",
+        "mean",
+        True,
+        seed=31,
+        prompts=PROMPTS,
+        onnx_export=True,
+    ),
+    # A decoder, Qwen3-Embedding style: causal, last-token pooling, left padding, an EOS
+    # appended by tokenizer.json's post-processor; its export takes position_ids.
+    Spec(
+        "qwen3-onnx-lasttoken-left",
+        "qwen3",
+        "st6",
+        "lasttoken",
+        True,
+        seed=51,
+        prompts=PROMPTS,
+        onnx_export=True,
+    ),
+    # A Dense chain after the pooling (EmbeddingGemma-style, tiny), then Normalize.
+    Spec(
+        "bert-dense-chain",
+        "bert",
+        "st6",
+        "mean",
+        True,
+        seed=41,
+        dense=((64, "Tanh"), (32, "Identity")),
     ),
 ]
 
@@ -329,6 +377,29 @@ def vocabularies(charsmap: bytes, retrain: bool) -> dict[str, Any]:
     return vocabs
 
 
+def eos_left_tokenizer(pieces: list[str], max_length: int | None) -> PreTrainedTokenizerFast:
+    """The uncased WordPiece vocabulary as a decoder's tokenizer: no [CLS], an EOS ([SEP])
+    appended by tokenizer.json's TemplateProcessing, padding on the left (Qwen3-Embedding's
+    layout)."""
+    from tokenizers import processors
+
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A [SEP]", pair="$A [SEP] $B:1 [SEP]:1", special_tokens=[("[SEP]", 3)]
+    )
+    kwargs: dict[str, Any] = {} if max_length is None else {"model_max_length": max_length}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        eos_token="[SEP]",
+        padding_side="left",
+        **kwargs,
+    )
+
+
 def bert_tokenizer(pieces: list[str], cased: bool, max_length: int | None) -> BertTokenizer:
     kwargs: dict[str, Any] = {} if max_length is None else {"model_max_length": max_length}
     vocab = {piece: i for i, piece in enumerate(pieces)}
@@ -382,6 +453,23 @@ def build_hf_model(spec: Spec, vocab_size: int) -> torch.nn.Module:
     )
     if spec.arch == "bert":
         return BertModel(BertConfig(pad_token_id=0, **common))
+    if spec.arch == "qwen3":  # grouped-query attention: 2 query heads share 1 key/value head
+        qwen = Qwen3Config(
+            vocab_size=vocab_size,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=2,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=1,
+            head_dim=spec.hidden // spec.heads,
+            max_position_embeddings=256,
+            initializer_range=INITIALIZER_RANGE,
+            pad_token_id=0,
+            eos_token_id=3,
+        )
+        return Qwen3Model(qwen)
+    if spec.arch == "mpnet":  # the BERT vocabulary: [PAD] is 0, positions count from 1
+        return MPNetModel(MPNetConfig(pad_token_id=0, bos_token_id=2, eos_token_id=3, **common))
     config = XLMRobertaConfig(
         pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common
     )
@@ -398,6 +486,12 @@ def build_st_model(spec: Spec, hf_dir: Path) -> SentenceTransformer:
         transformer,
         Pooling(dim, pooling_mode=spec.pooling, include_prompt=spec.include_prompt),
     ]
+    width = dim
+    for out_features, activation in spec.dense:
+        modules.append(
+            Dense(width, out_features, activation_function=getattr(torch.nn, activation)())
+        )
+        width = out_features
     if spec.normalize:
         modules.append(Normalize())
     return SentenceTransformer(
@@ -413,11 +507,13 @@ def build_fixture(
 ) -> None:
     """Save the model as sentence-transformers does, then (classic) rewrite it into the hub form."""
     length = spec.max_seq_length
-    if spec.arch == "bert":
+    if spec.arch in ("bert", "mpnet"):
         cased = spec.cased_tokenizer
         tokenizer: Any = bert_tokenizer(
             vocabs["bert-cased" if cased else "bert-uncased"], cased, length
         )
+    elif spec.arch == "qwen3":
+        tokenizer = eos_left_tokenizer(vocabs["bert-uncased"], length)
     else:
         tokenizer = xlmr_tokenizer(vocabs["xlm-roberta"], charsmap, length)
     hf_dir = work / spec.name
@@ -617,6 +713,101 @@ def resave_as_tokenizers_backend(folder: Path) -> None:
     (folder / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 5 writes none
 
 
+# ------------------------------------------------------------------------ ONNX export
+
+
+class _LastHiddenState(torch.nn.Module):
+    """The Hugging Face model with the one output the hub's feature-extraction exports have."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class _DecoderLastHiddenState(torch.nn.Module):
+    """A decoder with the inputs onnx-community's exports give it: position_ids and the
+    key/value cache of every layer (``past_key_values.{i}.key``/``.value``)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
+    ) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+
+
+def replace_weights_by_export(folder: Path) -> None:
+    """Export the folder's transformer to onnx/model.onnx (inputs input_ids and
+    attention_mask, plus position_ids and past_key_values.* for a decoder, as
+    onnx-community's exports have;
+    output last_hidden_state; dynamic batch and sequence, as optimum's feature-extraction
+    export names them) and remove model.safetensors."""
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
+    mask = (ids != 0).long()
+    args: tuple[torch.Tensor, ...] = (ids, mask)
+    names = ["input_ids", "attention_mask"]
+    model: torch.nn.Module = _LastHiddenState(hf)
+    dynamic = {0: "batch_size", 1: "sequence_length"}
+    axes: dict[str, dict[int, str]] = {}
+    if hf.config.model_type == "qwen3":
+        ids, mask = ids.flip(1), mask.flip(1)  # left padded, as the model is used
+        config = hf.config
+        past_shape = (2, config.num_key_value_heads, 0, config.head_dim)  # an empty cache
+        past_names = [
+            f"past_key_values.{i}.{kv}"
+            for i in range(config.num_hidden_layers)
+            for kv in ("key", "value")
+        ]
+        args = (
+            ids,
+            mask,
+            (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
+            *(torch.zeros(past_shape) for _ in past_names),
+        )
+        names += ["position_ids", *past_names]
+        axes = {name: {0: "batch_size", 2: "past_sequence_length"} for name in past_names}
+        model = _DecoderLastHiddenState(hf)
+    (folder / "onnx").mkdir(exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            args,
+            str(folder / "onnx" / "model.onnx"),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                **{name: dynamic for name in [*names, "last_hidden_state"]},
+                **axes,
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    (folder / "model.safetensors").unlink()
+
+
 # ------------------------------------------------------------------------ reference
 
 
@@ -744,6 +935,8 @@ def main() -> None:
             build_fixture(spec, folder, Path(tmp), charsmap, vocabs)
             ref = reference(spec, folder, texts)
             write_reference(folder / "reference.json", ref)
+            if spec.onnx_export:
+                replace_weights_by_export(folder)
             print(summary(ref), flush=True)
     manifest_keys = (
         "name",
@@ -782,6 +975,10 @@ def main() -> None:
                 if k in ("seed", "heads", "intermediate", "cased_tokenizer")
             },
         }
+        if spec.onnx_export:
+            entry["onnx_export"] = "onnx/model.onnx"
+        if spec.dense:
+            entry["dense"] = [list(layer) for layer in spec.dense]
         if spec.tokenizer_class != "XLMRobertaTokenizer" and spec.arch == "xlm-roberta":
             entry["tokenizer_class"] = spec.tokenizer_class
         if ref["versions"] != common:

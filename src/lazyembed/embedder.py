@@ -43,7 +43,7 @@ from lazyembed.config import (
 )
 from lazyembed.errors import ClosedError, ConfigError, InputTypeError
 from lazyembed.inputs import check_text, normalize_inputs
-from lazyembed.models.resolve import canonical_spec
+from lazyembed.models.resolve import canonical_spec, list_exports
 from lazyembed.st_dropin import SentenceTransformerMethods
 
 # The heavy modules (numpy, tokenizers, ONNX Runtime, the model code) are imported by
@@ -59,8 +59,13 @@ if TYPE_CHECKING:
     from lazyembed.cache import EmbeddingCache
     from lazyembed.lifecycle import Lifecycle
     from lazyembed.models.convert import ConvertedModel
-    from lazyembed.models.convert_child import ensure_onnx_in_child
     from lazyembed.models.info import ModelInfo, read_model_info
+    from lazyembed.models.onnx_export import (
+        TransformerChoice,
+        choose_transformer,
+        ensure_transformer,
+        fit_info,
+    )
     from lazyembed.models.prompts import Prompts
     from lazyembed.models.resolve import ResolvedModel, resolve_model
     from lazyembed.pressure import PressureMonitor
@@ -85,8 +90,11 @@ _HEAVY = {
     "EmbeddingCache": ("lazyembed.cache", "EmbeddingCache"),
     "Lifecycle": ("lazyembed.lifecycle", "Lifecycle"),
     "ConvertedModel": ("lazyembed.models.convert", "ConvertedModel"),
-    "ensure_onnx_in_child": ("lazyembed.models.convert_child", "ensure_onnx_in_child"),
     "ModelInfo": ("lazyembed.models.info", "ModelInfo"),
+    "TransformerChoice": ("lazyembed.models.onnx_export", "TransformerChoice"),
+    "choose_transformer": ("lazyembed.models.onnx_export", "choose_transformer"),
+    "ensure_transformer": ("lazyembed.models.onnx_export", "ensure_transformer"),
+    "fit_info": ("lazyembed.models.onnx_export", "fit_info"),
     "read_model_info": ("lazyembed.models.info", "read_model_info"),
     "Prompts": ("lazyembed.models.prompts", "Prompts"),
     "ResolvedModel": ("lazyembed.models.resolve", "ResolvedModel"),
@@ -154,6 +162,8 @@ class PreparedModel:
     fingerprint: str
     cache: EmbeddingCache | None
     prompts: Prompts
+    #: Native conversion or the folder's ONNX export (models/onnx_export.py).
+    transformer: TransformerChoice | None = None
 
 
 class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
@@ -249,12 +259,19 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
     def _prepare_now(self) -> PreparedModel:
         settings = self.settings
         resolved = resolve_model(settings.model, allow_download=settings.allow_download)
-        info = read_model_info(resolved.directory)
+        choice = choose_transformer(resolved.directory, settings.onnx_file)
+        info = read_model_info(resolved.directory, any_architecture=choice.export is not None)
         # A first conversion runs in a child process: its imports and memory peak must
-        # not stay in this (long-running) process.
-        converted = ensure_onnx_in_child(
-            resolved.directory, variant=settings.variant, cache_dir=Path(settings.model_cache_dir)
+        # not stay in this (long-running) process. An export is used as it is.
+        transformer = ensure_transformer(
+            resolved.directory,
+            choice,
+            variant=settings.variant,
+            cache_dir=Path(settings.model_cache_dir),
         )
+        converted, graph = transformer.converted, transformer.graph
+        if graph is not None and choice.export is not None:
+            info = fit_info(info, graph, choice.export)
         spec = RuntimeSpec(
             onnx_path=str(converted.path),
             tokenizer_path=str(resolved.tokenizer),
@@ -270,6 +287,11 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
             compile_cache_dir=str(settings.model_cache_dir),
             lowercase=info.do_lower_case,
             prepack=prepack_resolved(settings),
+            # An export is optimised by ONNX Runtime at load, a converted model once.
+            pre_optimized=graph is None,
+            output=graph.output if graph is not None else "last_hidden_state",
+            dense=info.dense,
+            padding_side=info.padding_side,
         )
         # The tokenizer changes vectors too (normalisation, vocabulary, special tokens).
         tokenizer_sha = hashlib.sha256(Path(resolved.tokenizer).read_bytes()).hexdigest()
@@ -295,7 +317,9 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
                 sqlite_max_bytes=int(wanted.max_mb * 2**20),
                 dim=info.dimension,
             )
-        return PreparedModel(resolved, info, converted, spec, fingerprint, cache, info.prompts)
+        return PreparedModel(
+            resolved, info, converted, spec, fingerprint, cache, info.prompts, choice
+        )
 
     def _load(self) -> LoadedModel:
         """The lifecycle's loader: the session, with the tokenizer this Embedder keeps.
@@ -307,11 +331,13 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
         spec = prepared.spec
         # The cached files may have been damaged since they were prepared (a `cp` over
         # them, a full disk): check them again (a stat when unchanged) and heal if needed.
-        ensure_onnx_in_child(
-            prepared.resolved.directory,
-            variant=self.settings.variant,
-            cache_dir=Path(self.settings.model_cache_dir),
-        )
+        if prepared.transformer is not None:
+            ensure_transformer(
+                prepared.resolved.directory,
+                prepared.transformer,
+                variant=self.settings.variant,
+                cache_dir=Path(self.settings.model_cache_dir),
+            )
         if self.settings.isolation == "process":
             from lazyembed.isolation import load_isolated
 
@@ -623,6 +649,8 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
             "prepack_weights": prepared.spec.prepack,
             "dimension": prepared.info.dimension,
             "max_seq_length": prepared.info.max_seq_length,
+            "transformer": prepared.transformer.reason if prepared.transformer else None,
+            "onnx_exports": list_exports(prepared.resolved.directory),
         }
 
     def close(self) -> None:

@@ -2,9 +2,10 @@
 
 Modes: ``mean``, ``cls``, ``max``, ``mean_sqrt_len_tokens``, ``weightedmean``,
 ``lasttoken``; several at once are concatenated in that module's order. Inputs are
-right-padded runs (the runtime's): ``hidden`` (batch, seq, dim) and ``mask`` (batch, seq).
-``prompt_lengths`` (``include_prompt: false``) takes each text's first prompt tokens out
-of the pooling mask only; the encoder still attended to them.
+padded runs (the runtime's, right- or left-padded): ``hidden`` (batch, seq, dim) and
+``mask`` (batch, seq); positions count from each text's first kept token, so the side
+changes nothing. ``prompt_lengths`` (``include_prompt: false``) takes each text's first
+prompt tokens out of the pooling mask only; the encoder still attended to them.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ def pool(
     """One vector per row: the modes' poolings concatenated, then L2-normalised if asked."""
     hidden = hidden.astype(np.float32, copy=False)
     weights = mask.astype(np.float32)
+    positions = _positions(mask)
     if prompt_lengths is not None:
-        positions = np.arange(mask.shape[1])[None, :]
         weights = weights * (positions >= prompt_lengths[:, None])
-    parts = [_POOLERS[mode](hidden, weights) for mode in ORDER if mode in modes]
+    parts = [_POOLERS[mode](hidden, weights, positions) for mode in ORDER if mode in modes]
     pooled = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
     pooled = np.ascontiguousarray(pooled, dtype=np.float32)
     if normalize:
@@ -44,24 +45,32 @@ def pool(
     return pooled
 
 
+def _positions(mask: IntArray) -> IntArray:
+    """Each column's position counted from the row's first kept token (0 there; left
+    padding gets negative positions, which its zero mask ignores)."""
+    first = np.argmax(mask > 0, axis=1)
+    positions: IntArray = np.arange(mask.shape[1])[None, :] - first[:, None]
+    return positions
+
+
 def _summed(hidden: FloatArray, weights: FloatArray) -> FloatArray:
     summed: FloatArray = np.matmul(weights[:, None, :], hidden)[:, 0, :]
     return summed
 
 
-def _mean(hidden: FloatArray, weights: FloatArray) -> FloatArray:
+def _mean(hidden: FloatArray, weights: FloatArray, _: IntArray) -> FloatArray:
     counts = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
     mean: FloatArray = _summed(hidden, weights) / counts
     return mean
 
 
-def _mean_sqrt_len(hidden: FloatArray, weights: FloatArray) -> FloatArray:
+def _mean_sqrt_len(hidden: FloatArray, weights: FloatArray, _: IntArray) -> FloatArray:
     counts = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
     mean: FloatArray = _summed(hidden, weights) / np.sqrt(counts)
     return mean
 
 
-def _cls(hidden: FloatArray, weights: FloatArray) -> FloatArray:
+def _cls(hidden: FloatArray, weights: FloatArray, _: IntArray) -> FloatArray:
     """The first token the pooling mask keeps ([CLS], or the first after an excluded
     prompt)."""
     first = np.argmax(weights > 0, axis=1)
@@ -69,22 +78,22 @@ def _cls(hidden: FloatArray, weights: FloatArray) -> FloatArray:
     return picked
 
 
-def _max(hidden: FloatArray, weights: FloatArray) -> FloatArray:
+def _max(hidden: FloatArray, weights: FloatArray, _: IntArray) -> FloatArray:
     masked: FloatArray = np.where(weights[:, :, None] > 0, hidden, np.float32(-np.inf))
     maxed: FloatArray = masked.max(axis=1)
     return maxed
 
 
-def _weighted_mean(hidden: FloatArray, weights: FloatArray) -> FloatArray:
-    """Position i (from 1) weighs i: later tokens count more (right padding, no shift)."""
-    positions = np.arange(1, hidden.shape[1] + 1, dtype=np.float32)[None, :]
+def _weighted_mean(hidden: FloatArray, weights: FloatArray, first: IntArray) -> FloatArray:
+    """Position i (from 1, from the text's first token) weighs i: later tokens count more."""
+    positions = (first + 1).astype(np.float32)
     weighted = weights * positions
     totals = np.maximum(weighted.sum(axis=1, keepdims=True), np.float32(1e-9))
     mean: FloatArray = _summed(hidden, weighted) / totals
     return mean
 
 
-def _last_token(hidden: FloatArray, weights: FloatArray) -> FloatArray:
+def _last_token(hidden: FloatArray, weights: FloatArray, _: IntArray) -> FloatArray:
     """The last position the mask keeps (zeros when it keeps none, as ST's gather of a
     masked row gives)."""
     kept = weights > 0

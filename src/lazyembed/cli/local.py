@@ -64,7 +64,10 @@ def _list_catalogue(*, as_json: bool) -> int:
             f"{row['model']:<60} {row['dimension']:>4} {row['pooling']:<5} "
             f"{row['max_seq_length']:>4} {row['size_mb']:>5}  {present}"
         )
-    print("\nAny BERT or XLM-RoBERTa sentence-transformers folder works too: --model /path.")
+    print(
+        "\nAny BERT or XLM-RoBERTa sentence-transformers folder works too, and any other "
+        "architecture with its ONNX export (onnx/model.onnx): --model /path."
+    )
     return 0
 
 

@@ -138,6 +138,10 @@ class Settings:
     model_cache_dir: Path = field(default_factory=_default_model_cache_dir)
     allow_download: bool = False
     variant: Variant = "fp32"
+    # The transformer's ONNX export inside the model folder to run instead of converting
+    # model.safetensors (sentence-transformers' model_kwargs={"file_name": ...}); None:
+    # convert natively when lazyembed can, else onnx/model.onnx (models/onnx_export.py).
+    onnx_file: str | None = None
     backend: Backend = "onnxruntime"  # "openvino": the lazyembed[openvino] extra
     # OpenVINO's inference precision; "auto": bf16 if the CPU has it. bf16 vectors meet min
     # cosine >= 0.9999 against fp32 ONNX Runtime (fp32: >= 0.99999; tests/test_openvino.py).
@@ -369,6 +373,7 @@ def _keys() -> dict[str, Key]:
         "model_cache_dir": _path,
         "allow_download": _parse_bool,
         "variant": _choice("fp32", "int8"),
+        "onnx_file": _string(empty_ok=False),
         "backend": _choice("onnxruntime", "openvino"),
         "precision": _choice("fp32", "bf16", "auto"),
         "encode_batch_size": _int(1, 4096),

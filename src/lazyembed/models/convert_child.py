@@ -63,11 +63,7 @@ def ensure_onnx_in_child(
         "--cache-dir",
         str(cache_dir),
     ]
-    # The child must import this very lazyembed, even when it is found through sys.path
-    # entries the application added at run time.
-    path = os.pathsep.join([entry for entry in sys.path if entry])
-    inherited = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": path + (os.pathsep + inherited if inherited else "")}
+    env = child_env()
     logger.info("converting %s to ONNX (%s) in a child process", model_dir, variant)
     try:
         if not sys.executable:
@@ -109,6 +105,20 @@ def ensure_onnx_in_child(
     seconds = time.perf_counter() - start
     logger.info("converted %s in a child process in %.2f s", model_dir, seconds)
     return dataclasses.replace(converted, converted=True, seconds=seconds)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child ``python -m lazyembed...``: it must import this very
+    lazyembed, even when it is found through sys.path entries the application added at
+    run time."""
+    path = os.pathsep.join([entry for entry in sys.path if entry])
+    inherited = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": path + (os.pathsep + inherited if inherited else "")}
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a child's stderr (its one-line error message)."""
+    return _last_line(text)
 
 
 def _convert_here(model_dir: Path, variant: Variant, cache_dir: Path, why: str) -> ConvertedModel:

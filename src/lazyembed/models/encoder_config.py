@@ -20,6 +20,8 @@ from lazyembed.errors import ModelConversionError, UnsupportedModelError
 CONFIG_FILE = "config.json"
 #: config.json model_type -> how positions are numbered.
 SUPPORTED_MODEL_TYPES = {"bert": "absolute", "xlm-roberta": "padding-offset"}
+#: Model types (run through their ONNX export) that number positions from pad_token_id + 1.
+_PADDING_OFFSET_TYPES = frozenset({"xlm-roberta", "roberta", "camembert", "mpnet"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class EncoderConfig:
     @property
     def positions_from_padding(self) -> bool:
         """True for XLM-R: position ids are cumsum(mask) * mask + pad_token_id."""
-        return SUPPORTED_MODEL_TYPES[self.model_type] == "padding-offset"
+        return self.model_type in _PADDING_OFFSET_TYPES
 
     @property
     def max_tokens(self) -> int:
@@ -84,10 +86,42 @@ def _check_supported(raw: dict[str, Any], path: Path) -> None:
         )
 
 
-def read_config(model_dir: Path) -> EncoderConfig:
-    """The architecture fields of ``model_dir/config.json``; unsupported ones are refused."""
+def _first(raw: dict[str, Any], *names: str, default: int = 0) -> int:
+    return int(next((raw[name] for name in names if raw.get(name) is not None), default))
+
+
+def _any_architecture(raw: dict[str, Any], path: Path) -> EncoderConfig:
+    """The fields lazyembed reads of a model it runs through its ONNX export (sizes under
+    the names architectures use; those the graph alone needs may be absent: 0)."""
+    model_type = str(raw.get("model_type") or "unknown")
+    try:
+        return EncoderConfig(
+            model_type=model_type,
+            architectures=tuple(str(name) for name in raw.get("architectures") or []),
+            hidden=_first(raw, "hidden_size", "n_embd", "d_model", "dim"),
+            heads=_first(raw, "num_attention_heads", "n_head"),
+            layers=_first(raw, "num_hidden_layers", "n_layer"),
+            intermediate=_first(raw, "intermediate_size", "n_inner"),
+            hidden_act=str(raw.get("hidden_act") or raw.get("activation_function") or ""),
+            eps=float(raw.get("layer_norm_eps") or raw.get("rms_norm_eps") or 0.0),
+            vocab=_first(raw, "vocab_size"),
+            max_positions=_first(raw, "max_position_embeddings", "n_positions", default=512),
+            type_vocab_size=_first(raw, "type_vocab_size", default=1),
+            pad_token_id=_first(
+                raw, "pad_token_id", default=1 if model_type in _PADDING_OFFSET_TYPES else 0
+            ),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ModelConversionError(f"{path} lacks a usable {model_type} field: {exc!r}") from exc
+
+
+def read_config(model_dir: Path, *, any_architecture: bool = False) -> EncoderConfig:
+    """The architecture fields of ``model_dir/config.json``; unsupported ones are refused
+    (``any_architecture``: not refused, for a model run through its ONNX export)."""
     path = model_dir / CONFIG_FILE
     raw = _load(path, model_dir)
+    if any_architecture:
+        return _any_architecture(raw, path)
     _check_supported(raw, path)
     model_type = str(raw["model_type"])
     xlmr = SUPPORTED_MODEL_TYPES[model_type] == "padding-offset"

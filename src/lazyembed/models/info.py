@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyembed.errors import ModelConversionError, UnsupportedModelError
+from lazyembed.models.dense import DenseLayer, read_dense
 from lazyembed.models.encoder_config import EncoderConfig, read_config
 from lazyembed.models.prompts import Prompts, read_prompts
 from lazyembed.models.tokenizer_class import TokenizerClass, tokenizer_class
@@ -34,8 +35,8 @@ POOLING_FLAGS = {
 POOLING_MODES = tuple(POOLING_FLAGS.values())
 #: What the runtime pools (lazyembed.pooling); `read_model_info` refuses other modes.
 RUNTIME_POOLING = POOLING_MODES
-#: Modules a folder may chain; anything else (Dense, ...) would change the vectors.
-KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+#: Modules a folder may chain; anything else would change the vectors.
+KNOWN_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 #: Hugging Face writes this (int(1e30)) for "no limit" in tokenizer_config.json.
 _NO_LIMIT = 10**29
 
@@ -65,6 +66,10 @@ class ModelInfo:
     similarity_fn_name: str = "cosine"
     #: The transformers tokenizer class sentence-transformers tokenizes with.
     tokenizer: TokenizerClass = field(default_factory=lambda: TokenizerClass(None))
+    #: Dense modules after the pooling, in order (``dimension`` is the last one's output).
+    dense: tuple[DenseLayer, ...] = ()
+    #: tokenizer_config.json's padding_side: "left" for Qwen3-Embedding-style decoders.
+    padding_side: str = "right"
 
     def fingerprint_part(self) -> str:
         part = f"seq={self.max_seq_length};pool={self.pooling};norm={int(self.normalize)}"
@@ -76,6 +81,10 @@ class ModelInfo:
             part += f";tokenizer_class={self.tokenizer.name}"
             if not self.tokenizer.add_prefix_space:
                 part += ",no-prefix-space"
+        if self.padding_side != "right":  # rounding only, but keyed apart all the same
+            part += f";pad={self.padding_side}"
+        if self.dense:
+            part += ";dense=" + "|".join(layer.fingerprint_part() for layer in self.dense)
         return part
 
 
@@ -110,6 +119,43 @@ def _modules(directory: Path) -> list[dict[str, Any]]:
             f"supported: {', '.join(KNOWN_MODULES)}"
         )
     return entries
+
+
+def _dense(
+    directory: Path, modules: list[dict[str, Any]], pooled_width: int
+) -> tuple[DenseLayer, ...]:
+    """The Dense modules, checked to sit between the Pooling and a final Normalize (the
+    only order lazyembed applies), with matching sizes."""
+    names = [_short(m) for m in modules]
+    if "Dense" not in names:
+        return ()
+    order = [n for n in names if n != "Transformer"]
+    expected = ["Pooling"] + ["Dense"] * names.count("Dense")
+    if order not in (expected, [*expected, "Normalize"]):
+        raise UnsupportedModelError(
+            f"{directory / 'modules.json'} chains {' -> '.join(names)}; lazyembed applies "
+            "Dense modules only after the Pooling (and before a final Normalize)"
+        )
+    layers = tuple(
+        read_dense(directory / str(m.get("path") or "")) for m in modules if _short(m) == "Dense"
+    )
+    width, what = pooled_width, "the pooled vectors' width"
+    for layer in layers:
+        if width and layer.in_features != width:  # width 0: an export's config lacks it
+            raise ModelConversionError(
+                f"{layer.weights_path}: in_features {layer.in_features} does not match "
+                f"{what} {width}"
+            )
+        width, what = layer.out_features, "the previous Dense's out_features"
+    return layers
+
+
+def _padding_side(directory: Path) -> str:
+    path = directory / "tokenizer_config.json"
+    side = _optional_json(path).get("padding_side", "right")
+    if side not in ("left", "right"):
+        raise ModelConversionError(f"{path}: padding_side {side!r} is neither 'left' nor 'right'")
+    return str(side)
 
 
 def _short(module: dict[str, Any]) -> str:
@@ -156,16 +202,21 @@ def _max_seq_length(directory: Path, encoder: EncoderConfig) -> tuple[int, str]:
 
 
 def read_model_info(
-    directory: Path, *, pooling_modes: Collection[str] = RUNTIME_POOLING
+    directory: Path,
+    *,
+    pooling_modes: Collection[str] = RUNTIME_POOLING,
+    any_architecture: bool = False,
 ) -> ModelInfo:
     """Read config.json plus the sentence-transformers side files (defaults where absent).
 
     ``pooling_modes`` are the modes the caller can apply; another one is refused.
     Without ``modules.json`` the vectors are normalised (lazyembed's default for a bare
     folder); without a pooling config, mean pooling (sentence-transformers' default).
+    ``any_architecture``: the transformer runs from its ONNX export (``onnx_export.py``),
+    so config.json's architecture is not refused.
     """
     directory = Path(directory)
-    encoder = read_config(directory)
+    encoder = read_config(directory, any_architecture=any_architecture)
     modules = _modules(directory)
     pooling, include_prompt = _pooling(directory, modules)
     if pooling not in pooling_modes:
@@ -173,11 +224,12 @@ def read_model_info(
             f"{directory} pools with {pooling!r}; this lazyembed applies "
             f"{', '.join(sorted(pooling_modes))}"
         )
+    dense = _dense(directory, modules, encoder.hidden)
     max_seq, source = _max_seq_length(directory, encoder)
     st_config = _optional_json(directory / "sentence_bert_config.json")
     st_model = _optional_json(directory / "config_sentence_transformers.json")
     return ModelInfo(
-        dimension=encoder.hidden,
+        dimension=dense[-1].out_features if dense else encoder.hidden,
         max_seq_length=max_seq,
         pooling=pooling,
         normalize=any(_short(m) == "Normalize" for m in modules) if modules else True,
@@ -190,4 +242,6 @@ def read_model_info(
         prompts=read_prompts(directory),
         similarity_fn_name=str(st_model.get("similarity_fn_name") or "cosine"),
         tokenizer=tokenizer_class(directory),
+        dense=dense,
+        padding_side=_padding_side(directory),
     )

@@ -56,8 +56,25 @@ def canonical_spec(spec: str | None) -> str:
     return canonical_name(spec)
 
 
+def list_exports(directory: Path) -> list[str]:
+    """The ONNX exports in a model folder (``onnx/*.onnx`` and top-level ``*.onnx``),
+    relative to it, sorted (see ``onnx_export.py`` for how one is chosen)."""
+    directory = Path(directory)
+    found = [*directory.glob("*.onnx"), *(directory / "onnx").glob("*.onnx")]
+    return sorted(p.relative_to(directory).as_posix() for p in found if p.is_file())
+
+
+def has_export(directory: Path) -> bool:
+    """Whether the folder holds any ONNX export (so it needs no model.safetensors)."""
+    return bool(list_exports(directory))
+
+
 def _missing_files(directory: Path) -> list[str]:
-    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    """Required files absent; an ONNX export of the transformer stands in for the weights."""
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if "model.safetensors" in missing and has_export(directory):
+        missing.remove("model.safetensors")
+    return missing
 
 
 def _looks_like_path(spec: str) -> bool:

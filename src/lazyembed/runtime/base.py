@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lazyembed import memory
+from lazyembed.models.dense import DenseLayer, DenseStack
 from lazyembed.pooling import pool
 from lazyembed.runtime.batching import padded_inputs, plan_batches
 from lazyembed.runtime.tokens import encode_truncated
@@ -58,6 +59,15 @@ class RuntimeSpec:
     #: When the MatMul weights are pre-packed (see `onnx.session_options`): "at_load",
     #: "when_busy" (`OnnxRuntime` swaps in a pre-packed session once busy) or "never".
     prepack: PrepackMode = "never"
+    #: The graph output read: token vectors ("last_hidden_state", "token_embeddings"),
+    #: or "sentence_embedding" from a graph that pools itself (then no pooling here).
+    output: str = "last_hidden_state"
+    #: Dense modules applied to the pooled vectors, before the normalisation.
+    dense: tuple[DenseLayer, ...] = ()
+    #: tokenizer_config.json's padding_side ("left": Qwen3-Embedding-style decoders).
+    #: Positions are counted from the mask and pooling finds each text's tokens, so the
+    #: side changes no vector beyond rounding; it follows the model's own layout.
+    padding_side: str = "right"
 
     @property
     def prepack_at_load(self) -> bool:
@@ -97,8 +107,12 @@ class Call:
         *,
         max_run_tokens: int,
         prompt_length: int = 0,
+        dense: DenseStack | None = None,
     ) -> None:
+        if spec.dense and dense is None:
+            raise ValueError("a spec with Dense modules needs their loaded DenseStack")
         self.spec = spec
+        self.dense = dense
         self.prompt_length = prompt_length
         if spec.lowercase:
             texts = [text.lower() for text in texts]
@@ -116,17 +130,34 @@ class Call:
 
     def inputs(self, rows: Rows) -> tuple[IdArray, IdArray]:
         """input_ids and attention_mask of a run, padded to its longest (last) text."""
-        ids, mask = padded_inputs(self.encodings, rows, int(self.lengths[rows[-1]]))
+        ids, mask = padded_inputs(
+            self.encodings, rows, int(self.lengths[rows[-1]]), left=self.spec.padding_side == "left"
+        )
         self.largest = max(self.largest, ids.size)
         return ids, mask
 
     def pool(self, rows: Rows, hidden: Any, mask: IdArray) -> None:
         """Pool a run's hidden states into its rows (the spec's modes, the prompt left out
         when the model excludes it), normalised when the spec says so."""
-        excluded = np.full(len(rows), self.prompt_length) if self.prompt_length else None
-        self.out[rows] = pool(
-            hidden, mask, self.spec.pooling, normalize=self.spec.normalize, prompt_lengths=excluded
-        )
+        if self.spec.output == "sentence_embedding":  # pooled by the graph already
+            pooled = np.asarray(hidden, dtype=np.float32)
+        else:
+            excluded = np.full(len(rows), self.prompt_length) if self.prompt_length else None
+            pooled = pool(
+                hidden,
+                mask,
+                self.spec.pooling,
+                normalize=self.spec.normalize and self.dense is None,
+                prompt_lengths=excluded,
+            )
+            if self.dense is None:
+                self.out[rows] = pooled
+                return
+        if self.dense is not None:
+            pooled = self.dense.apply(pooled)
+        if self.spec.normalize:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        self.out[rows] = pooled
 
     def result(self, *, trim: bool = False) -> EncodeResult:
         """The vectors and token counts; trims the heap after a big run (or when asked):

@@ -50,13 +50,19 @@ def plan_batches(
 
 
 def padded_inputs(
-    encodings: Sequence[Any], rows: Sequence[int] | npt.NDArray[np.intp], width: int
+    encodings: Sequence[Any],
+    rows: Sequence[int] | npt.NDArray[np.intp],
+    width: int,
+    *,
+    left: bool = False,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """input_ids and attention_mask of the chosen encodings, zero-padded to `width`."""
+    """input_ids and attention_mask of the chosen encodings, zero-padded to `width` on
+    the right (or, ``left``, on the left: a decoder's ``padding_side: "left"``)."""
     ids = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for row, index in enumerate(rows):
         token_ids = encodings[index].ids
-        ids[row, : len(token_ids)] = token_ids
-        mask[row, : len(token_ids)] = 1
+        kept = slice(width - len(token_ids), width) if left else slice(0, len(token_ids))
+        ids[row, kept] = token_ids
+        mask[row, kept] = 1
     return ids, mask

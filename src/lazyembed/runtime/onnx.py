@@ -14,9 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lazyembed.errors import ClosedError
+from lazyembed.models.dense import DenseStack
 from lazyembed.runtime.base import Call, EncodeResult, RuntimeSpec
 from lazyembed.runtime.batching import MAX_RUN_TOKENS
+from lazyembed.runtime.feeds import ORT_DTYPES, PLAIN_INPUTS, GraphInput, make_feeds
 from lazyembed.runtime.tokens import load_tokenizer
 
 if TYPE_CHECKING:  # imported lazily: an isolated parent never needs onnxruntime
@@ -77,6 +81,16 @@ def session_options(threads: int, *, pre_optimized: bool, prepack: bool) -> ort.
     return options
 
 
+def _graph_inputs(session: ort.InferenceSession) -> list[GraphInput] | None:
+    """The session's inputs as `GraphInput` values; None when they are the plain two."""
+    inputs = session.get_inputs()
+    if sorted(i.name for i in inputs) == sorted(PLAIN_INPUTS) and all(
+        i.type == "tensor(int64)" for i in inputs
+    ):
+        return None
+    return [GraphInput(i.name, tuple(i.shape), ORT_DTYPES.get(i.type, np.float32)) for i in inputs]
+
+
 class OnnxRuntime:
     """A loaded model. `encode` is thread-safe (ORT sessions allow concurrent run()).
 
@@ -104,7 +118,12 @@ class OnnxRuntime:
         # of concurrent calls exactly one sees the count reach the mark.
         self._runs = itertools.count(1)
         self._prepack_at_run = PREPACK_AFTER_RUNS if spec.prepack == "when_busy" else 0
-        self._output_names = ["last_hidden_state"]
+        self._output_names = [spec.output]
+        # What the graph takes (read once; every session of this file takes the same):
+        # None for the plain two inputs, fed without any lookup.
+        self._inputs = _graph_inputs(self._session)
+        # Dense modules' weights (small) live as long as this loaded model.
+        self._dense = DenseStack(spec.dense) if spec.dense else None
         # Shrink the arena at the end of big runs: the arena's speed within a run, not its
         # peak held between runs (the default arena keeps a big batch's whole peak).
         # Shrinking after every run would free and fault in its pages for each short text.
@@ -166,11 +185,16 @@ class OnnxRuntime:
             texts,
             max_run_tokens=self.max_run_tokens,
             prompt_length=prompt_length,
+            dense=self._dense,
         )
         prepack_now = False
         for rows in call.runs:
             ids, mask = call.inputs(rows)
-            feeds = {"input_ids": ids, "attention_mask": mask}
+            feeds = (
+                {"input_ids": ids, "attention_mask": mask}
+                if self._inputs is None
+                else make_feeds(self._inputs, ids, mask)
+            )
             options = (
                 self._run_options if ids.size >= SHRINK_AFTER_TOKENS else self._small_run_options
             )

@@ -16,11 +16,15 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from lazyembed import memory
 from lazyembed.cpu import CpuFeatures, cpu_features
 from lazyembed.errors import BackendUnavailableError, ClosedError
+from lazyembed.models.dense import DenseStack
 from lazyembed.runtime.base import Call, EncodeResult, Rows, RuntimeSpec
 from lazyembed.runtime.batching import MAX_RUN_TOKENS
+from lazyembed.runtime.feeds import PLAIN_INPUTS, GraphInput, make_feeds
 from lazyembed.runtime.tokens import load_tokenizer
 
 if TYPE_CHECKING:
@@ -131,12 +135,18 @@ class OpenVinoRuntime:
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(spec.tokenizer_path, spec.max_seq_length)
         self._lock = threading.Lock()  # held by a call for all its runs; guards the requests
+        self._dense = DenseStack(spec.dense) if spec.dense else None  # read-only once loaded
         core_keys = {"ENABLE_MMAP"}
         core.set_property({k: v for k, v in config.items() if k in core_keys})
         compile_options = {k: v for k, v in config.items() if k not in core_keys}
         self._core: Any = core
         self._compiled: Any = core.compile_model(spec.onnx_path, "CPU", compile_options)
         # THROUGHPUT: one request per stream, so runs can go through the streams at once.
+        # A model's own export may take more than the plain two inputs (runtime/feeds.py)
+        # and give more than one output: read them, as the ONNX Runtime backend does.
+        self._inputs = _graph_inputs(self._compiled)
+        # By name: a port would keep the compiled model alive past close().
+        self._output = spec.output
         requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: list[Any] = [
             self._compiled.create_infer_request() for _ in range(max(1, requests))
@@ -150,6 +160,7 @@ class OpenVinoRuntime:
             texts,
             max_run_tokens=self.max_run_tokens,
             prompt_length=prompt_length,
+            dense=self._dense,
         )
         with self._lock:
             if self._compiled is None:
@@ -160,8 +171,8 @@ class OpenVinoRuntime:
                 request = self._requests[0]
                 for rows in call.runs:
                     ids, mask = call.inputs(rows)
-                    request.infer({"input_ids": ids, "attention_mask": mask})
-                    call.pool(rows, request.get_output_tensor(0).data, mask)
+                    request.infer(self._feeds(ids, mask))
+                    call.pool(rows, request.get_tensor(self._output).data, mask)
         return call.result()
 
     def _run_overlapped(self, call: Call) -> None:
@@ -178,7 +189,7 @@ class OpenVinoRuntime:
                 slot = index % len(requests)
                 self._collect(slot, pending, call)
                 ids, mask = call.inputs(rows)
-                requests[slot].start_async({"input_ids": ids, "attention_mask": mask})
+                requests[slot].start_async(self._feeds(ids, mask))
                 pending[slot] = (rows, mask)
             for slot in range(len(requests)):
                 self._collect(slot, pending, call)
@@ -196,7 +207,12 @@ class OpenVinoRuntime:
         pending[slot] = None
         request.wait()
         rows, mask = job
-        call.pool(rows, request.get_output_tensor(0).data, mask)
+        call.pool(rows, request.get_tensor(self._output).data, mask)
+
+    def _feeds(self, ids: Any, mask: Any) -> dict[str, Any]:
+        if self._inputs is None:
+            return {"input_ids": ids, "attention_mask": mask}
+        return dict(make_feeds(self._inputs, ids, mask))
 
     def close(self) -> None:
         """Drop the requests, the compiled model and the core, then hand the heap back."""
@@ -205,6 +221,23 @@ class OpenVinoRuntime:
             self._compiled = None
             self._core = None
         memory.release_to_os()
+
+
+def _graph_inputs(compiled: Any) -> list[GraphInput] | None:
+    """The compiled model's inputs as `GraphInput` values; None when they are the plain
+    two (int64 input_ids and attention_mask)."""
+    inputs = [
+        GraphInput(
+            port.get_any_name(),
+            tuple(dim.get_length() if dim.is_static else None for dim in port.get_partial_shape()),
+            port.get_element_type().to_dtype().type,
+        )
+        for port in compiled.inputs
+    ]
+    plain = sorted(i.name for i in inputs) == sorted(PLAIN_INPUTS)
+    if plain and all(i.dtype is np.int64 for i in inputs):
+        return None
+    return inputs
 
 
 def load_openvino(
