@@ -574,3 +574,25 @@ def test_threads_share_the_connection_and_each_gets_its_own_vectors(
 
 def _in_process(settings: Settings) -> lazyembed.Embedder:
     return lazyembed.Embedder(settings=settings)
+
+
+def test_a_model_run_from_its_onnx_export_through_the_daemon(daemon: Daemon) -> None:
+    """A decoder export (left padding, last-token pooling) and `onnx_file`, a
+    per-request option: the daemon's vectors are sentence-transformers' and the
+    in-process ones."""
+    import json
+
+    folder = Path(__file__).parent / "fixtures" / "models" / "qwen3-onnx-lasttoken-left"
+    reference = json.loads((folder / "reference.json").read_text())
+    texts, want = reference["texts"], np.asarray(reference["vectors"], dtype=np.float32)
+    remote = shared(model=str(folder), onnx_file="onnx/model.onnx", cache_memory_mb=0)
+    got = remote.embed_numpy(texts)
+    local = lazyembed.Embedder(str(folder), share="never", onnx_file="onnx/model.onnx")
+    assert np.abs(got - local.embed_numpy(texts)).max() <= 1e-6
+    local.close()
+    cosines = (got * want).sum(axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    )
+    assert cosines.min() >= 0.99999
+    (model,) = [m for m in daemon_status(daemon)["models"] if m["model"] == str(folder)]
+    assert model["options"]["onnx_file"] == "onnx/model.onnx"

@@ -38,6 +38,7 @@ from lazyembed.config import KeepAlive, Settings, effective_cache_path
 from lazyembed.daemon.paths import DaemonPaths, RuntimeDirError, daemon_paths
 from lazyembed.daemon.protocol import (
     PROTOCOL_VERSION,
+    REQUEST_OPTIONS,
     ConnectionClosed,
     Meta,
     ProtocolError,
@@ -76,17 +77,6 @@ DAEMON_LEVEL_KEYS = (
     "cache_path",
     "cache_max_mb",
 )
-#: The per-request settings that change vectors (sent as "options" with every request).
-OPTION_KEYS = (
-    "variant",
-    "backend",
-    "precision",
-    "prepack_weights",
-    "encode_batch_size",
-    "intra_op_threads",
-    "allow_download",
-    "model_cache_dir",
-)
 
 
 class _DiedAtHello(Exception):
@@ -121,7 +111,7 @@ def daemon_level_settings(settings: Settings) -> dict[str, Any]:
 def request_options(settings: Settings) -> dict[str, Any]:
     """The vector-affecting settings of a request (paths made absolute: the daemon's
     working folder is not the client's)."""
-    options: dict[str, Any] = {key: getattr(settings, key) for key in OPTION_KEYS}
+    options: dict[str, Any] = {key: getattr(settings, key) for key in REQUEST_OPTIONS}
     options["model_cache_dir"] = str(Path(settings.model_cache_dir).expanduser().absolute())
     return options
 

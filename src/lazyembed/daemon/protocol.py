@@ -151,6 +151,7 @@ REQUEST_OPTIONS = (
     "intra_op_threads",
     "allow_download",
     "model_cache_dir",
+    "onnx_file",
 )
 
 
