@@ -77,7 +77,7 @@ class Host(SentenceTransformerMethods):
     vectors from a plain function (no Embedder, no ONNX Runtime)."""
 
     def __init__(self, folder: Path) -> None:
-        self.info = read_model_info(folder)
+        self.info = read_model_info(folder, any_architecture=True)  # exports too
         self.folder = folder
         self.calls: list[tuple[list[str], str | None, str | None]] = []
 
@@ -356,8 +356,10 @@ def test_tokenize_matches_sentence_transformers(
 #: Per architecture: the keys Hugging Face's tokenizer returns and its pad token id, as
 #: sentence-transformers' tokenize gives them for the fixture models.
 TOKENIZER_OUTPUT = {
-    "bert": (["input_ids", "token_type_ids", "attention_mask"], 0),
-    "xlm-roberta": (["input_ids", "attention_mask"], 1),
+    "bert": ["input_ids", "token_type_ids", "attention_mask"],
+    "xlm-roberta": ["input_ids", "attention_mask"],
+    "mpnet": ["input_ids", "attention_mask"],
+    "qwen3": ["input_ids", "attention_mask"],
 }
 FIXTURE_NAMES = [
     entry["path"] for entry in json.loads((MODELS / "manifest.json").read_text())["fixtures"]
@@ -371,15 +373,18 @@ def test_tokenize_every_fixture_model(name: str) -> None:
     folder = MODELS / name
     reference = json.loads((folder / "reference.json").read_text())
     host = Host(folder)
-    keys, pad = TOKENIZER_OUTPUT[host.info.encoder.model_type]
+    keys, pad = TOKENIZER_OUTPUT[host.info.encoder.model_type], host.info.encoder.pad_token_id
     # The reference ids are of what encode() tokenized: the default prompt, if any, first.
     prompt = reference["prompts"].get(reference["default_prompt_name"] or "", "")
     tokens = host.tokenize([prompt + text for text in reference["texts"]])
     assert list(tokens) == keys
     mask = tokens["attention_mask"]
     assert mask.shape[1] == max(len(ids) for ids in reference["input_ids"])
+    left = host.info.padding_side == "left"  # Qwen3-Embedding pads on the left
     for row, want in enumerate(reference["input_ids"]):
         length = int(mask[row].sum())
-        assert tokens["input_ids"][row, :length].tolist() == want, row
-        assert set(tokens["input_ids"][row, length:].tolist()) <= {pad}
-        assert mask[row, :length].all()
+        kept = slice(mask.shape[1] - length, None) if left else slice(0, length)
+        padding = slice(0, mask.shape[1] - length) if left else slice(length, None)
+        assert tokens["input_ids"][row, kept].tolist() == want, row
+        assert set(tokens["input_ids"][row, padding].tolist()) <= {pad}
+        assert mask[row, kept].all()

@@ -454,11 +454,13 @@ class SentenceTransformerMethods:
         ids = np.full((len(items), width), info.encoder.pad_token_id, dtype=np.int64)
         types = np.zeros((len(items), width), dtype=np.int64)
         mask = np.zeros((len(items), width), dtype=np.int64)
+        left = info.padding_side == "left"  # as the model's tokenizer pads (Qwen3-Embedding)
         for row, encoding in enumerate(encodings):
             length = len(encoding.ids)
-            ids[row, :length] = encoding.ids
-            types[row, :length] = encoding.type_ids
-            mask[row, :length] = 1
+            cols = slice(width - length, width) if left else slice(0, length)
+            ids[row, cols] = encoding.ids
+            types[row, cols] = encoding.type_ids
+            mask[row, cols] = 1
         if info.encoder.model_type in _TOKEN_TYPE_MODELS:
             return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
         return {"input_ids": ids, "attention_mask": mask}
