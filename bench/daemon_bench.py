@@ -185,7 +185,31 @@ def throughput(cfg: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
         result[name] = {"calls_per_s": statistics.median(rates), "runs": rates}
         result[name]["heavy_modules"] = sorted({m for e in ends for m in e["heavy_modules"]})
     result["ratio"] = result["daemon"]["calls_per_s"] / result["in-process"]["calls_per_s"]
+    result["ceiling"] = batching_ceiling(cfg)
+    result["ceiling_ratio"] = result["ceiling"]["texts_per_s"] / result["in-process"]["calls_per_s"]
     return result
+
+
+def batching_ceiling(cfg: argparse.Namespace) -> dict[str, Any]:
+    """What merging buys at most: one process, no daemon, ``--clients`` texts per call
+    (the best batch the daemon can form), texts/s. Divided by the in-process figure it
+    bounds the daemon's throughput ratio on this machine and model."""
+    import lazyembed
+
+    embedder = lazyembed.Embedder(share="never")  # the worker's settings, from the env
+    size, counter, rates = cfg.clients, 0, []
+    for _ in range(40):  # loaded and past the pre-packing switch, as the workers are
+        counter += 1
+        embedder.embed_numpy([text(who, -counter) for who in range(size)])
+    for _ in range(cfg.repeats):
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < cfg.seconds:
+            counter += 1
+            embedder.embed_numpy([text(who, counter) for who in range(size)])
+            calls += 1
+        rates.append(calls * size / (time.perf_counter() - started))
+    embedder.close()
+    return {"texts_per_call": size, "texts_per_s": statistics.median(rates), "runs": rates}
 
 
 def cli(cfg: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
@@ -317,6 +341,12 @@ def table(result: dict[str, Any]) -> str:
             thr["in-process"]["calls_per_s"],
             thr["daemon"]["calls_per_s"],
             f"{thr['ratio']:.2f}x (target >= 1.3x)",
+        ),
+        (
+            f"ceiling: one process, {n} texts per call, texts/s",
+            thr["in-process"]["calls_per_s"],
+            thr["ceiling"]["texts_per_s"],
+            f"{thr['ceiling_ratio']:.2f}x: no merging can beat this",
         ),
         (
             '`lazyembed embed "text"`, wall ms',
