@@ -596,3 +596,16 @@ def test_a_model_run_from_its_onnx_export_through_the_daemon(daemon: Daemon) -> 
     assert cosines.min() >= 0.99999
     (model,) = [m for m in daemon_status(daemon)["models"] if m["model"] == str(folder)]
     assert model["options"]["onnx_file"] == "onnx/model.onnx"
+
+
+def test_threads_left_unset_or_set_to_the_daemons_count_share_one_model(daemon: Daemon) -> None:
+    """intra_op_threads unset means the daemon's core count: a client that spells that
+    count out gets the same model, not a second copy of it."""
+    from lazyembed.config import effective_threads
+
+    cores = effective_threads(load_settings())
+    shared(intra_op_threads=None).embed(TEXT)
+    shared(intra_op_threads=cores).embed(TEXT)
+    assert len(daemon_status(daemon)["models"]) == 1
+    shared(intra_op_threads=cores + 1).embed(TEXT)  # another count: its own model
+    assert len(daemon_status(daemon)["models"]) == 2

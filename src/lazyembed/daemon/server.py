@@ -36,7 +36,14 @@ import psutil
 from filelock import FileLock
 
 from lazyembed._version import __version__
-from lazyembed.config import KeepAlive, Settings, load_settings, parse_duration, parse_keep_alive
+from lazyembed.config import (
+    KeepAlive,
+    Settings,
+    effective_threads,
+    load_settings,
+    parse_duration,
+    parse_keep_alive,
+)
 from lazyembed.daemon.client import daemon_level_settings
 from lazyembed.daemon.leases import ClientLeases, IdleExit
 from lazyembed.daemon.paths import DaemonPaths
@@ -777,6 +784,10 @@ class Daemon:
                 f"per request: {', '.join(REQUEST_OPTIONS)}"
             )
         wanted = {k: v for k, v in options.items() if v is not None}
+        if self.settings.intra_op_threads is None and wanted.get(
+            "intra_op_threads"
+        ) == effective_threads(self.settings):
+            del wanted["intra_op_threads"]  # what "unset" means here: one model, not two
         key = json.dumps(wanted, sort_keys=True, default=str)
         with self._lock:
             registry = self._registries.get(key)
