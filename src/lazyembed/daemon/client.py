@@ -44,6 +44,7 @@ from lazyembed.daemon.protocol import (
     ProtocolError,
     VersionMismatchError,
     exception_from,
+    hello_meta,
     recv_frame,
     send_frame,
 )
@@ -359,14 +360,7 @@ class DaemonClient:
 
     def _say_hello(self, sock: socket.socket, settings: Settings) -> None:
         mine = daemon_level_settings(settings)
-        hello = {
-            "op": "hello",
-            "id": 0,
-            "protocol": PROTOCOL_VERSION,
-            "version": __version__,
-            "pid": os.getpid(),
-            "settings": mine,
-        }
+        hello = hello_meta(mine)
         try:
             send_frame(sock, hello)
             answer, _ = recv_frame(sock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import socket
 import struct
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lazyembed import errors
+from lazyembed._version import __version__
 from lazyembed.errors import LazyEmbedError
 
 PROTOCOL_VERSION = 1
@@ -26,6 +28,19 @@ MAX_PAYLOAD = 2**30  # bytes of payload a frame may carry
 _LITTLE = sys.byteorder == "little"
 
 Meta = dict[str, Any]
+
+
+def hello_meta(settings: dict[str, Any]) -> Meta:
+    """The first request on every connection: this process's protocol, version and pid,
+    and the daemon-level settings it has (compared by the daemon's answer)."""
+    return {
+        "op": "hello",
+        "id": 0,
+        "protocol": PROTOCOL_VERSION,
+        "version": __version__,
+        "pid": os.getpid(),
+        "settings": settings,
+    }
 
 
 class ProtocolError(LazyEmbedError, ValueError):

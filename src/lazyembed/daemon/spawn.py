@@ -22,12 +22,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from lazyembed._version import __version__
 from lazyembed.daemon.paths import DaemonPaths
 from lazyembed.daemon.protocol import (
-    PROTOCOL_VERSION,
     Meta,
     exception_from,
+    hello_meta,
     recv_frame,
     send_frame,
 )
@@ -157,14 +156,7 @@ def call(path: Path | str, op: str, *, timeout: float = 10.0, **fields: Any) -> 
     if sock is None:
         raise ConnectionRefusedError(f"no lazyembed daemon answers on {path}")
     with contextlib.closing(sock):
-        hello = {
-            "op": "hello",
-            "id": 0,
-            "protocol": PROTOCOL_VERSION,
-            "version": __version__,
-            "pid": os.getpid(),
-            "settings": {},
-        }
+        hello = hello_meta({})
         for request in (hello, {"op": op, "id": 1, **fields}):
             send_frame(sock, request)
             answer, _ = recv_frame(sock)
