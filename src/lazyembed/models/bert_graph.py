@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from lazyembed.errors import ModelConversionError
+from lazyembed.errors import UnsupportedModelError
 from lazyembed.models.bert_weights import Bert, FloatArray, Layer, load_bert
 from lazyembed.models.encoder_config import EncoderConfig
+from lazyembed.models.graph_ops import MS_DOMAIN, GraphBuilder
 
 if TYPE_CHECKING:  # importing onnx is slow; the cache-hit path must not pay it
     import onnx
@@ -40,70 +40,47 @@ CONVERTER_VERSION = "2"  # 2: weights in an external, memory-mapped data file
 
 GraphKind = Literal["fused", "plain"]
 
+
+def check_config(raw: dict[str, Any], path: Path) -> None:
+    """Refuse the BERT options this builder does not emit (see ``architectures.py``)."""
+    act = raw.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise UnsupportedModelError(
+            f"unsupported hidden_act={act!r} in {path}; only exact 'gelu' (erf) is supported"
+        )
+    pos_type = raw.get("position_embedding_type") or "absolute"
+    if pos_type != "absolute":
+        raise UnsupportedModelError(
+            f"unsupported position_embedding_type={pos_type!r} in {path}; only 'absolute'"
+        )
+
+
+def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
+    """The default (plain) graph; see `build_onnx_model`."""
+    return build_onnx_model(model_dir, graph=DEFAULT_GRAPH, data=data)
+
+
 #: Which graph flavour each variant is built from (chosen by measurement, see module doc).
 DEFAULT_GRAPH: GraphKind = "plain"
 INT8_GRAPH: GraphKind = "plain"
 
-_OPSET = 17
-_MS_DOMAIN = "com.microsoft"
+_MS_DOMAIN = MS_DOMAIN
 
 
-class _GraphBuilder:
-    """Collects nodes and initializers with unique names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self._n = 0
-
-    def const(self, name: str, value: npt.NDArray[Any]) -> str:
-        from onnx import numpy_helper
-
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def op(
-        self, op_type: str, inputs: list[str], *, domain: str = "", n_out: int = 1, **attrs: Any
-    ) -> str:
-        from onnx import helper
-
-        self._n += 1
-        base = f"{op_type}_{self._n}"
-        outputs = [base] if n_out == 1 else [f"{base}:{k}" for k in range(n_out)]
-        self.nodes.append(
-            helper.make_node(op_type, inputs, outputs, name=base, domain=domain, **attrs)
-        )
-        return outputs[0]
-
-    def layer_norm(self, x: str, gamma: str, beta: str, eps: float) -> str:
-        return self.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps)
+def _layer_norm(g: GraphBuilder, x: str, gamma: str, beta: str, eps: float) -> str:
+    return g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps)
 
 
-def _finish(g: _GraphBuilder, last: str, cfg: EncoderConfig, kind: GraphKind) -> onnx.ModelProto:
-    from onnx import TensorProto, helper
-
-    g.nodes.append(helper.make_node("Identity", [last], ["last_hidden_state"], name="output"))
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-    ]
-    output = helper.make_tensor_value_info(
-        "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", cfg.hidden]
-    )
-    graph = helper.make_graph(g.nodes, f"bert_{kind}", inputs, [output], initializer=g.inits)
-    opsets = [helper.make_opsetid("", _OPSET)]
-    if kind == "fused":
-        opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="lazyembed")
+def _finish(g: GraphBuilder, last: str, cfg: EncoderConfig, kind: GraphKind) -> onnx.ModelProto:
+    model = g.finish(last, cfg.hidden, f"bert_{kind}")
     model.producer_version = CONVERTER_VERSION
-    model.ir_version = 8  # readable by every onnxruntime we support (>= 1.17)
     return model
 
 
 # ---- plain: standard ops only ---------------------------------------------------------
 
 
-def _padding_offset_positions(g: _GraphBuilder, cfg: EncoderConfig) -> str:
+def _padding_offset_positions(g: GraphBuilder, cfg: EncoderConfig) -> str:
     """XLM-R's position ids [batch, seq]: cumsum(mask) * mask + pad_token_id.
 
     Real tokens are numbered from pad_token_id + 1, padding keeps pad_token_id (as
@@ -124,7 +101,7 @@ class _Shared:
     scale: str
 
 
-def _plain_layer(g: _GraphBuilder, x: str, layer: Layer, p: str, c: _Shared, eps: float) -> str:
+def _plain_layer(g: GraphBuilder, x: str, layer: Layer, p: str, c: _Shared, eps: float) -> str:
     """One encoder layer: self-attention, Add & LayerNorm, exact-GELU FFN, Add & LayerNorm."""
 
     def dense(inp: str, w: FloatArray, b: FloatArray, name: str) -> str:
@@ -142,8 +119,8 @@ def _plain_layer(g: _GraphBuilder, x: str, layer: Layer, p: str, c: _Shared, eps
     ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", [ctx, c.merge_heads])
     attn = g.op("Add", [dense(ctx, layer.wo, layer.bo, "o"), x])
-    x = g.layer_norm(
-        attn, g.const(f"{p}ln1_g", layer.ln1_g), g.const(f"{p}ln1_b", layer.ln1_b), eps
+    x = _layer_norm(
+        g, attn, g.const(f"{p}ln1_g", layer.ln1_g), g.const(f"{p}ln1_b", layer.ln1_b), eps
     )
     hmid = dense(x, layer.w1, layer.b1, "ffn1")
     # Exact GELU: 0.5 * h * (1 + erf(h / sqrt(2))).
@@ -156,17 +133,16 @@ def _plain_layer(g: _GraphBuilder, x: str, layer: Layer, p: str, c: _Shared, eps
         ],
     )
     out = g.op("Add", [dense(gelu, layer.w2, layer.b2, "ffn2"), x])
-    return g.layer_norm(
-        out, g.const(f"{p}ln2_g", layer.ln2_g), g.const(f"{p}ln2_b", layer.ln2_b), eps
+    return _layer_norm(
+        g, out, g.const(f"{p}ln2_g", layer.ln2_g), g.const(f"{p}ln2_b", layer.ln2_b), eps
     )
 
 
-def _build_plain(bert: Bert) -> onnx.ModelProto:
+def _build_plain(bert: Bert, g: GraphBuilder) -> onnx.ModelProto:
     """Standard ops only (opset 17): the reference and quantization-friendly graph."""
     from onnx import TensorProto
 
     cfg = bert.cfg
-    g = _GraphBuilder()
     head = cfg.hidden // cfg.heads
     word = g.const("word_embeddings", bert.word)
     pos = g.const("position_embeddings", bert.position)
@@ -185,7 +161,7 @@ def _build_plain(bert: Bert) -> onnx.ModelProto:
         seq = g.op("Gather", [g.op("Shape", ["input_ids"]), one], axis=0)
         positions = g.op("Range", [zero, seq, one])
     x = g.op("Add", [x, g.op("Gather", [pos, positions])])
-    x = g.layer_norm(x, g.const("emb_ln_g", bert.ln_g), g.const("emb_ln_b", bert.ln_b), cfg.eps)
+    x = _layer_norm(g, x, g.const("emb_ln_g", bert.ln_g), g.const("emb_ln_b", bert.ln_b), cfg.eps)
 
     # Additive mask [batch, 1, 1, seq]: 0 where attended, a huge negative where padded.
     maskf = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
@@ -209,7 +185,7 @@ def _build_plain(bert: Bert) -> onnx.ModelProto:
 
 
 def _fused_layer(
-    g: _GraphBuilder, x: str, mask32: str, layer: Layer, p: str, cfg: EncoderConfig
+    g: GraphBuilder, x: str, mask32: str, layer: Layer, p: str, cfg: EncoderConfig
 ) -> str:
     """One encoder layer as Attention (packed QKV), SkipLayerNorm, BiasGelu FFN, SkipLayerNorm."""
     qkv_w = np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
@@ -250,12 +226,11 @@ def _fused_layer(
     )
 
 
-def _build_fused(bert: Bert) -> onnx.ModelProto:
+def _build_fused(bert: Bert, g: GraphBuilder) -> onnx.ModelProto:
     """ONNX Runtime contrib ops (CPU EP): fewer kernels, same math (erf GELU)."""
     from onnx import TensorProto
 
     cfg = bert.cfg
-    g = _GraphBuilder()
     ids32 = g.op("Cast", ["input_ids"], to=TensorProto.INT32)
     mask32 = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
     # BERT: positions 0..seq (the op's default); XLM-R: computed, as in the plain graph.
@@ -288,14 +263,14 @@ def _build_fused(bert: Bert) -> onnx.ModelProto:
     return _finish(g, x, cfg, "fused")
 
 
-def build_onnx_model(model_dir: Path, *, graph: GraphKind = DEFAULT_GRAPH) -> onnx.ModelProto:
-    """Build the (unoptimized) ONNX graph of the BERT or XLM-R model in ``model_dir``."""
-    import onnx
-
+def build_onnx_model(
+    model_dir: Path, *, graph: GraphKind = DEFAULT_GRAPH, data: Path | None = None
+) -> onnx.ModelProto:
+    """Build the (unoptimized) ONNX graph of the BERT or XLM-R model in ``model_dir``;
+    ``data``: stream the weights into this external data file (see `GraphBuilder`)."""
     bert = load_bert(Path(model_dir))
-    model = _build_fused(bert) if graph == "fused" else _build_plain(bert)
+    g = GraphBuilder(data)
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:  # a converter bug, not a user error
-        raise ModelConversionError(f"built an invalid ONNX graph: {exc}") from exc
-    return model
+        return _build_fused(bert, g) if graph == "fused" else _build_plain(bert, g)
+    finally:
+        g.close()

@@ -8,60 +8,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from lazyembed.errors import ModelConversionError
+from lazyembed.models.checkpoint import WEIGHTS_FILE, Checkpoint, FloatArray
 from lazyembed.models.encoder_config import EncoderConfig, read_config
 
-WEIGHTS_FILE = "model.safetensors"
-
-FloatArray = npt.NDArray[np.float32]
+__all__ = ["WEIGHTS_FILE", "Bert", "FloatArray", "Layer", "load_bert"]
 
 
 class _Weights:
     """Tensors of a checkpoint, with or without a ``bert.``/``roberta.`` prefix, shape-checked."""
 
-    def __init__(self, path: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        self._path = path
-        try:
-            tensors = load_file(str(path))
-        except FileNotFoundError as exc:
-            raise ModelConversionError(f"{path} is missing") from exc
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelConversionError(f"{path} is not a readable safetensors file: {exc}") from exc
-        prefixes = ("bert.", "roberta.", "model.", "")
-        self._tensors: dict[str, npt.NDArray[Any]] = {}
-        # Prefer un-prefixed names; strip a known prefix otherwise (BertForX checkpoints).
-        for name, value in tensors.items():
-            for prefix in prefixes:
-                if name.startswith(prefix):
-                    self._tensors.setdefault(name[len(prefix) :], value)
-                    break
+    def __init__(self, model_dir: Path) -> None:
+        self._ckpt = Checkpoint(model_dir, prefixes=("bert.", "roberta.", "model."))
 
     def get(self, name: str, shape: tuple[int | None, ...]) -> FloatArray:
         """The tensor as contiguous float32; ``None`` in ``shape`` matches any size."""
-        value = self._tensors.get(name)
-        if value is None:
+        if not self._ckpt.has(name):
             raise ModelConversionError(
-                f"tensor {name!r} (or 'bert.{name}') missing from {self._path}; "
+                f"tensor {name!r} (or 'bert.{name}') missing from {self._ckpt.model_dir}; "
                 "is this a BERT-family checkpoint?"
             )
-        if len(value.shape) != len(shape) or any(
-            want is not None and got != want for got, want in zip(value.shape, shape, strict=False)
-        ):
-            raise ModelConversionError(
-                f"tensor {name!r} in {self._path} has shape {tuple(value.shape)}, "
-                f"config.json implies {shape}"
-            )
-        if not np.issubdtype(value.dtype, np.floating):
-            raise ModelConversionError(f"tensor {name!r} has non-float dtype {value.dtype}")
-        return np.ascontiguousarray(value, dtype=np.float32)
+        return self._ckpt.get(name, shape)
+
+    def close(self) -> None:
+        self._ckpt.close()
 
 
 @dataclass(frozen=True)
@@ -124,7 +97,14 @@ def _load_layer(w: _Weights, cfg: EncoderConfig, n: int) -> Layer:
 def load_bert(model_dir: Path) -> Bert:
     """The config and every tensor of the checkpoint in ``model_dir``."""
     cfg = read_config(model_dir)
-    w = _Weights(model_dir / WEIGHTS_FILE)
+    w = _Weights(model_dir)
+    try:
+        return _load(w, cfg)
+    finally:
+        w.close()
+
+
+def _load(w: _Weights, cfg: EncoderConfig) -> Bert:
     h = cfg.hidden
     layers = tuple(_load_layer(w, cfg, n) for n in range(cfg.layers))
     type_table = w.get("embeddings.token_type_embeddings.weight", (None, h))

@@ -26,17 +26,13 @@ from filelock import FileLock
 
 from lazyembed.errors import ModelConversionError
 from lazyembed.models import onnx_store
-from lazyembed.models.bert_graph import (
-    CONVERTER_VERSION,
-    DEFAULT_GRAPH,
-    INT8_GRAPH,
-    GraphKind,
-    build_onnx_model,
-)
-from lazyembed.models.bert_weights import WEIGHTS_FILE
+from lazyembed.models.architectures import converter_version
+from lazyembed.models.bert_graph import CONVERTER_VERSION, DEFAULT_GRAPH, INT8_GRAPH, GraphKind
+from lazyembed.models.checkpoint import WEIGHTS_FILE
 from lazyembed.models.encoder_config import CONFIG_FILE, read_config
 from lazyembed.models.files import sha256_file
 from lazyembed.models.hash_index import cached_sha256
+from lazyembed.models.onnx_build import build_onnx_model
 from lazyembed.models.onnx_store import Damage, Target, Variant
 
 __all__ = [
@@ -105,7 +101,7 @@ def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, P
         config_sha256=sha256_file(config),
         ort_version=_ort_version(),
         model_type=model_type,
-        converter_version=CONVERTER_VERSION,
+        converter_version=converter_version(model_type),
     )
     return target, cache_dir / f"{target.stem}.onnx"
 

@@ -1,7 +1,8 @@
 """The architecture a model's ``config.json`` describes, and whether we can convert it.
 
-One reader for the converter and for `info.py`: an architecture the graph builder cannot
-emit is refused here with `UnsupportedModelError`, before any conversion work.
+One reader for the converter and for `info.py`: an architecture no graph builder can
+emit (``architectures.py``), or a config option its builder does not implement, is
+refused here with `UnsupportedModelError`, before any conversion work.
 
 BERT and XLM-RoBERTa share the encoder; they differ in the embeddings: XLM-R numbers the
 positions of real tokens from ``pad_token_id + 1`` (padding keeps ``pad_token_id``) and
@@ -16,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lazyembed.errors import ModelConversionError, UnsupportedModelError
+from lazyembed.models.architectures import BERT_TYPES, architecture, native_model_types
 
 CONFIG_FILE = "config.json"
-#: config.json model_type -> how positions are numbered.
-SUPPORTED_MODEL_TYPES = {"bert": "absolute", "xlm-roberta": "padding-offset"}
 #: Model types (run through their ONNX export) that number positions from pad_token_id + 1.
 _PADDING_OFFSET_TYPES = frozenset({"xlm-roberta", "roberta", "camembert", "mpnet"})
 
@@ -67,23 +67,14 @@ def _load(path: Path, model_dir: Path) -> dict[str, Any]:
 
 
 def _check_supported(raw: dict[str, Any], path: Path) -> None:
-    supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    native = native_model_types()
+    if model_type not in native:
         raise UnsupportedModelError(
             f"unsupported architecture model_type={model_type!r} in {path}; "
-            f"lazyembed converts these model types: {supported}"
+            f"lazyembed converts these model types: {', '.join(sorted(native))}"
         )
-    act = raw.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise UnsupportedModelError(
-            f"unsupported hidden_act={act!r} in {path}; only exact 'gelu' (erf) is supported"
-        )
-    pos_type = raw.get("position_embedding_type") or "absolute"
-    if pos_type != "absolute":
-        raise UnsupportedModelError(
-            f"unsupported position_embedding_type={pos_type!r} in {path}; only 'absolute'"
-        )
+    architecture(str(model_type)).check_config(raw, path)
 
 
 def _first(raw: dict[str, Any], *names: str, default: int = 0) -> int:
@@ -124,7 +115,9 @@ def read_config(model_dir: Path, *, any_architecture: bool = False) -> EncoderCo
         return _any_architecture(raw, path)
     _check_supported(raw, path)
     model_type = str(raw["model_type"])
-    xlmr = SUPPORTED_MODEL_TYPES[model_type] == "padding-offset"
+    if model_type not in BERT_TYPES:  # sizes under the names each architecture uses
+        return _any_architecture(raw, path)
+    xlmr = model_type == "xlm-roberta"
     try:
         architectures = raw.get("architectures") or []
         cfg = EncoderConfig(

@@ -17,14 +17,56 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyembed.models.bert_graph import GraphKind, build_onnx_model
+from lazyembed.errors import ModelConversionError
+from lazyembed.models import bert_graph
+from lazyembed.models.architectures import BERT_TYPES, architecture
+from lazyembed.models.bert_graph import GraphKind
+from lazyembed.models.encoder_config import read_config
+from lazyembed.models.graph_ops import EXTERNAL_MIN_BYTES
 from lazyembed.models.onnx_store import Variant, data_path
 
 if TYPE_CHECKING:
     import onnx
 
 #: Tensors smaller than this stay inside the graph file.
-_EXTERNAL_MIN_BYTES = 1024
+_EXTERNAL_MIN_BYTES = EXTERNAL_MIN_BYTES
+
+
+def build_onnx_model(
+    model_dir: Path, *, graph: GraphKind = "plain", data: Path | None = None
+) -> onnx.ModelProto:
+    """The unoptimized graph of the model in ``model_dir`` (of a native type).
+
+    ``graph``: ``fused`` exists for BERT/XLM-R only. ``data``: stream the weights into
+    this external data file, so the graph must be saved beside it (and is checked from
+    disk, `_check_saved`); without it the graph is built and checked in memory.
+    """
+    import onnx
+
+    model_dir = Path(model_dir)
+    model_type = read_config(model_dir).model_type  # refuses unsupported ones
+    if model_type in BERT_TYPES:
+        model = bert_graph.build_onnx_model(model_dir, graph=graph, data=data)
+    elif graph == "fused":
+        raise ModelConversionError(f"the fused graph exists for BERT/XLM-R, not {model_type}")
+    else:
+        model = architecture(model_type).build(model_dir, data)
+    if data is None:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:  # a converter bug, not a user error
+            raise ModelConversionError(f"built an invalid ONNX graph: {exc}") from exc
+    return model
+
+
+def _check_saved(path: Path) -> None:
+    """``onnx.checker`` on a saved graph whose weights are external (any size)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:  # a converter bug, not a user error
+        raise ModelConversionError(f"built an invalid ONNX graph: {exc}") from exc
 
 
 def _optimize(src: Path, dest: Path) -> None:
@@ -41,6 +83,14 @@ def _optimize(src: Path, dest: Path) -> None:
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
     so.add_session_config_entry("session.disable_prepacking", "1")
+    # Weights go to an external file: a graph over 2 GB cannot be one protobuf.
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", data_path(dest).name
+    )
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes",
+        str(_EXTERNAL_MIN_BYTES),
+    )
     sess = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     del sess
 
@@ -132,9 +182,10 @@ def build_into(
     import onnx
 
     raw = work / "raw.onnx"
-    model = build_onnx_model(model_dir, graph=graph_kind)
+    model = build_onnx_model(model_dir, graph=graph_kind, data=data_path(raw))
     onnx.save(model, str(raw))
     del model
+    _check_saved(raw)
     if variant == "int8":
         quantized = work / "quantized.onnx"
         _quantize(raw, quantized)
