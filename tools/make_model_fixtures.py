@@ -17,6 +17,17 @@ decoder (left padding, last-token pooling, an EOS from the post-processor) given
 their ONNX export (`torch.onnx.export`, TorchScript exporter: `pip install onnx` into the
 reference venv), and a BERT with a Dense chain.
 
+Others are given only as model.safetensors, for the converters of issue 22 (torch-free
+graphs): MPNet, NomicBert in the form transformers 5 uses inside (q_proj, up_proj, ...)
+and in the hub's form of nomic-embed-text-v1.5 (n_embd, attn.Wqkv, fc11, ...: transformers
+5.24 cannot read that config.json, so its vectors come from the same weights under the
+transformers 5 config, checked to give the same last_hidden_state), ModernBERT (global and
+8-token local attention), Qwen3 (bf16, GQA; one truncating at 16 tokens) and an
+EmbeddingGemma-style Gemma3 text model (bidirectional, sliding and full layers, bf16, two
+Dense layers). bf16 weights are rounded first, and every reference is computed in fp32
+with eager attention. Their manifest entries say "native": "pending" until lazyembed
+converts the architecture (NATIVE below).
+
 sentencepiece only supplies the nmt_nfkc normalisation table that real XLM-R tokenizers
 carry (the Unigram vocabulary itself is trained with `tokenizers`). Each fixture folder
 gets a reference.json; tests/fixtures/models/manifest.json lists every fixture.
@@ -986,6 +997,7 @@ def write_nomic_hub_form(folder: Path, texts: list[str]) -> None:
     assert "encoder.layers.0.mlp.fc11.weight" in names, sorted(names)
     tf5 = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     before = NomicBertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    batch = load_st(folder).tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     hub = {
         **NOMIC_HUB_CONFIG,
         **{theirs: tf5[ours] for theirs, ours in NOMIC_HUB_KEYS.items()},
@@ -996,7 +1008,6 @@ def write_nomic_hub_form(folder: Path, texts: list[str]) -> None:
     after = NomicBertModel.from_pretrained(
         str(folder), config=config, attn_implementation="eager"
     ).eval()
-    batch = load_st(folder).tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         want, got = before(**batch).last_hidden_state, after(**batch).last_hidden_state
     if not torch.equal(want, got):
