@@ -258,7 +258,9 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
 
     def _prepare_now(self) -> PreparedModel:
         settings = self.settings
-        resolved = resolve_model(settings.model, allow_download=settings.allow_download)
+        resolved = resolve_model(
+            settings.model, allow_download=settings.allow_download, onnx_file=settings.onnx_file
+        )
         choice = choose_transformer(resolved.directory, settings.onnx_file)
         info = read_model_info(resolved.directory, any_architecture=choice.export is not None)
         # A first conversion runs in a child process: its imports and memory peak must
