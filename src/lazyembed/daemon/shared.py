@@ -27,6 +27,7 @@ from lazyembed.config import (
     KeepAliveLike,
     Settings,
     Share,
+    for_model,
     load_settings,
     parse_duration,
     parse_keep_alive,
@@ -531,7 +532,7 @@ class SharedModels:
             embedder = self._embedders.get(name)
             if embedder is None:
                 embedder = SharedEmbedder(
-                    dataclasses.replace(self.settings, model=name),
+                    for_model(self.settings, name),
                     self._client,
                     fallback=lambda: self._fallback().get(name),
                 )
