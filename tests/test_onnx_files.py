@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -94,3 +95,50 @@ def test_onnx_files_come_from_a_toml_table_or_the_environment(
     monkeypatch.delenv("LAZYEMBED_ONNX_FILES")
     with pytest.raises(ConfigError, match="onnx_files"):
         load_settings(onnx_files={"a": ""})
+
+
+def test_a_server_serves_each_model_from_its_own_export(
+    folders: dict[str, str], tmp_path: Path
+) -> None:
+    from lazyembed.server import create_app
+    from server_helpers import LiveServer
+
+    settings = load_settings(
+        share="never",
+        model_cache_dir=tmp_path / "cache",
+        model=folders["bert"],
+        serve_models=[folders["mpnet"]],
+        onnx_files={folders["mpnet"]: VARIANT},
+    )
+    registry = Models(settings=settings)
+    try:
+        with LiveServer(create_app(registry)) as live:
+            for name, folder in (("mpnet-onnx-mean-norm", "mpnet"), ("bert-mean-norm", "bert")):
+                texts, expected = _reference(name)
+                answer = httpx.post(
+                    f"{live.url}/v1/embeddings",
+                    json={"model": folders[folder], "input": texts},
+                    timeout=120,
+                )
+                assert answer.status_code == 200, answer.text
+                got = np.array([d["embedding"] for d in answer.json()["data"]], np.float32)
+                assert np.allclose(got, expected, atol=1e-5), name
+        chosen = registry.get(folders["mpnet"]).prepare().transformer
+        assert chosen is not None and chosen.export is not None
+        assert chosen.export.name == "model_variant.onnx"
+    finally:
+        registry.close()
+
+
+def test_serve_flags_name_an_export_per_model_or_for_all() -> None:
+    from lazyembed.cli.parser import build_parser
+    from lazyembed.cli.serve import serve_settings
+
+    args = build_parser().parse_args(
+        ["serve", "--model", "a", "--onnx-file", "a=onnx/model_O2.onnx", "--onnx-file", "x.onnx"]
+    )
+    settings = serve_settings(args)
+    assert settings.onnx_files == (("a", "onnx/model_O2.onnx"),)
+    assert settings.onnx_file == "x.onnx"
+    assert for_model(settings, "a").onnx_file == "onnx/model_O2.onnx"
+    assert for_model(settings, "b").onnx_file == "x.onnx"
