@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import shutil
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 
+from lazyembed import Embedder
 from lazyembed.errors import ModelNotFoundError
 from lazyembed.models import resolve
 from lazyembed.models.resolve import DEFAULT_MODEL, canonical_spec, resolve_model
@@ -207,3 +210,29 @@ def test_a_cached_copy_without_the_asked_export_is_completed_by_a_download(
     assert not hub.calls  # no download allowed: the cache as it is
     found = resolve_model("someone/bert", allow_download=True, onnx_file="onnx/model_O2.onnx")
     assert found.source == "download" and (found.directory / "onnx/model_O2.onnx").is_file()
+
+
+def test_a_downloaded_export_model_embeds_as_sentence_transformers_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the download brought is enough to run: the MPNet export fixture's vectors."""
+    hub = _hub(tmp_path, monkeypatch, "mpnet-onnx-mean-norm", exports=False)
+    (hub.repo / "model.safetensors").write_bytes(b"weights lazyembed cannot convert")
+    reference = json.loads((FIXTURES / "mpnet-onnx-mean-norm" / "reference.json").read_text())
+    embedder = Embedder(
+        model="someone/mpnet",
+        allow_download=True,
+        share="never",
+        cache_memory_mb=0,
+        model_cache_dir=tmp_path / "converted",
+    )
+    try:
+        got = embedder.embed_numpy(reference["texts"])
+    finally:
+        embedder.close()
+    expected = np.asarray(reference["vectors"], dtype=np.float32)
+    cosine = np.sum(got * expected, axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert cosine.min() >= 0.99999
+    assert "model.safetensors" not in hub.fetched and "onnx/model.onnx" in hub.fetched
