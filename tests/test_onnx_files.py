@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -142,3 +143,34 @@ def test_serve_flags_name_an_export_per_model_or_for_all() -> None:
     assert settings.onnx_file == "x.onnx"
     assert for_model(settings, "a").onnx_file == "onnx/model_O2.onnx"
     assert for_model(settings, "b").onnx_file == "x.onnx"
+
+
+def test_a_lone_embedder_and_a_daemon_request_take_their_models_entry(
+    folders: dict[str, str], tmp_path: Path
+) -> None:
+    """A config file's ``[onnx_files]`` reaches ``lazyembed embed`` too: the Embedder of
+    the model it names, and the options a shared-daemon request carries."""
+    from lazyembed import Embedder
+    from lazyembed.daemon.client import request_options
+    from lazyembed.daemon.shared import SharedEmbedder
+
+    settings = load_settings(
+        model=folders["mpnet"],
+        share="never",
+        model_cache_dir=tmp_path / "cache",
+        onnx_files={folders["mpnet"]: VARIANT},
+    )
+    embedder = Embedder(settings=settings)
+    try:
+        assert embedder.settings.onnx_file == VARIANT
+        chosen = embedder.prepare().transformer
+        assert chosen is not None and chosen.export is not None
+        assert chosen.export.name == "model_variant.onnx"
+    finally:
+        embedder.close()
+    other = Embedder(settings=load_settings(model=folders["bert"], onnx_files=settings.onnx_files))
+    assert other.settings.onnx_file is None
+    other.close()
+    assert request_options(for_model(settings, folders["mpnet"]))["onnx_file"] == VARIANT
+    shared = SharedEmbedder(settings, cast(Any, None), in_process=lambda s: None)
+    assert shared.settings.onnx_file == VARIANT  # what its requests carry

@@ -18,6 +18,7 @@ itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -37,6 +38,7 @@ from lazyembed.config import (
     effective_cache_path,
     effective_threads,
     load_settings,
+    model_onnx_file,
     parse_duration,
     parse_keep_alive,
     prepack_resolved,
@@ -216,6 +218,10 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
             raise ConfigError(
                 "precision='bf16' is OpenVINO's (backend='openvino', the lazyembed[openvino] "
                 "extra, on a CPU with AMX or AVX512-BF16); ONNX Runtime runs fp32"
+            )
+        if settings.onnx_files:  # this model's own export, if the table names one
+            settings = dataclasses.replace(
+                settings, onnx_file=model_onnx_file(settings, settings.model)
             )
         self.settings = settings
         self.model_name = canonical_spec(settings.model)

@@ -37,6 +37,7 @@ from lazyembed.config.settings import (
     effective_threads,
     for_model,
     load_settings,
+    model_onnx_file,
     prepack_resolved,
     resolve_share,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "effective_threads",
     "for_model",
     "load_settings",
+    "model_onnx_file",
     "parse_duration",
     "parse_keep_alive",
     "parse_positive_seconds",

@@ -575,16 +575,25 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def for_model(settings: Settings, model: str) -> Settings:
-    """The settings one model runs with: ``model`` set, and its own ``onnx_files`` entry
-    (matched by catalogue name or alias, or as the same folder) in place of ``onnx_file``."""
+    """The settings one model runs with: ``model`` set (canonical), and its own
+    ``onnx_files`` entry in place of ``onnx_file`` (see `model_onnx_file`)."""
     from lazyembed.models.catalogue import canonical_name
 
     name = canonical_name(model)
-    onnx_file = settings.onnx_file
+    return dataclasses.replace(settings, model=name, onnx_file=model_onnx_file(settings, name))
+
+
+def model_onnx_file(settings: Settings, model: str | None) -> str | None:
+    """The export ``model`` runs: its ``onnx_files`` entry (matched by catalogue name or
+    alias, or as the same folder), else ``onnx_file``."""
+    from lazyembed.models.catalogue import canonical_name
+
+    name = canonical_name(model)
+    found = settings.onnx_file
     for key, file in settings.onnx_files:
         if _same_model(canonical_name(key), name):
-            onnx_file = file
-    return dataclasses.replace(settings, model=name, onnx_file=onnx_file)
+            found = file
+    return found
 
 
 def _same_model(a: str, b: str) -> bool:
