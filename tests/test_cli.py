@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,6 +136,23 @@ def test_models_lists_the_catalogue_and_marks_what_is_here(
     assert lines["sentence-transformers/all-MiniLM-L6-v2"][-2:] == ["native", "package"]
     assert lines["nomic-ai/nomic-embed-text-v1.5"][-2:] == ["export", "-"]
     assert lines["Qwen/Qwen3-Embedding-0.6B"][-3:] == ["not", "yet", "-"]
+
+
+def test_models_marks_a_local_export_as_what_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A catalogue model in the hub cache with its export runs that export, whatever the
+    catalogue records of its hub repo."""
+    snapshot = tmp_path / "models--Qwen--Qwen3-Embedding-0.6B" / "snapshots" / "abc"
+    fixture = Path(__file__).parent / "fixtures" / "models" / "qwen3-onnx-lasttoken-left"
+    shutil.copytree(fixture, snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert cli.main(["models", "--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    qwen = rows["Qwen/Qwen3-Embedding-0.6B"]
+    assert qwen["present"] == "hub-cache" and qwen["directory"] == str(snapshot)
+    assert qwen["runs"] == "export" and "local folder's onnx/model.onnx" in qwen["runs_why"]
+    assert rows["google/embeddinggemma-300m"]["runs"] == "not yet"  # absent: as published
 
 
 def test_models_describe_says_how_a_model_runs_and_why(
