@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,9 +125,49 @@ def test_models_lists_the_catalogue_and_marks_what_is_here(
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
     assert len(rows) >= 11 and "BAAI/bge-small-en-v1.5" in rows
     assert rows["sentence-transformers/all-MiniLM-L6-v2"]["present"] == "package"
-    assert rows["intfloat/multilingual-e5-small"]["architecture"] == "xlm-roberta"
+    assert rows["intfloat/multilingual-e5-small"]["model_type"] == "xlm-roberta"
+    assert rows["sentence-transformers/all-MiniLM-L6-v2"]["runs"] == "native"
+    gemma = rows["google/embeddinggemma-300m"]
+    assert gemma["ollama"] == "embeddinggemma" and gemma["present"] is None
+    assert gemma["runs"] == "not yet" and "onnx-community" in gemma["runs_why"]
     assert cli.main(["models"]) == 0
-    assert "all-MiniLM-L6-v2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if "/" in line[:40]}
+    assert lines["sentence-transformers/all-MiniLM-L6-v2"][-2:] == ["native", "package"]
+    assert lines["nomic-ai/nomic-embed-text-v1.5"][-2:] == ["export", "-"]
+    assert lines["Qwen/Qwen3-Embedding-0.6B"][-3:] == ["not", "yet", "-"]
+
+
+def test_models_marks_a_local_export_as_what_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A catalogue model in the hub cache with its export runs that export, whatever the
+    catalogue records of its hub repo."""
+    snapshot = tmp_path / "models--Qwen--Qwen3-Embedding-0.6B" / "snapshots" / "abc"
+    fixture = Path(__file__).parent / "fixtures" / "models" / "qwen3-onnx-lasttoken-left"
+    shutil.copytree(fixture, snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert cli.main(["models", "--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    qwen = rows["Qwen/Qwen3-Embedding-0.6B"]
+    assert qwen["present"] == "hub-cache" and qwen["directory"] == str(snapshot)
+    assert qwen["runs"] == "export" and "local folder's onnx/model.onnx" in qwen["runs_why"]
+    assert rows["google/embeddinggemma-300m"]["runs"] == "not yet"  # absent: as published
+
+
+def test_models_describe_says_how_a_model_runs_and_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Absent here and no download allowed: the catalogue's facts, not an error.
+    assert cli.main(["models", "--describe", "qwen3-embedding:0.6b", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "Qwen/Qwen3-Embedding-0.6B" and report["present"] is None
+    assert report["runs"] == "not yet" and "does not convert qwen3" in report["runs_why"]
+    assert report["pooling"] == "lasttoken" and report["dimension"] == 1024
+    assert cli.main(["models", "--describe", "nomic-embed-text"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^runs +export$", out, re.M), out
+    assert re.search(r"^prompts .*'query': 'search_query: '", out, re.M), out
 
 
 def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,6 +178,7 @@ def test_models_reports_source_path_size_and_hash(capsys: pytest.CaptureFixture[
     assert report["source"] and report["dimension"] == 384
     # The CLI's default idle timeout: a model that reloads, so auto pre-packs when busy.
     assert report["backend"] == "onnxruntime" and report["prepack_weights"] == "when_busy"
+    assert report["runs"] == "native" and "converts bert" in report["runs_why"]
 
 
 def test_loopback_detection() -> None:

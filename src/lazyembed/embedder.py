@@ -18,6 +18,7 @@ itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -37,6 +38,7 @@ from lazyembed.config import (
     effective_cache_path,
     effective_threads,
     load_settings,
+    model_onnx_file,
     parse_duration,
     parse_keep_alive,
     prepack_resolved,
@@ -217,6 +219,10 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
                 "precision='bf16' is OpenVINO's (backend='openvino', the lazyembed[openvino] "
                 "extra, on a CPU with AMX or AVX512-BF16); ONNX Runtime runs fp32"
             )
+        if settings.onnx_files:  # this model's own export, if the table names one
+            settings = dataclasses.replace(
+                settings, onnx_file=model_onnx_file(settings, settings.model)
+            )
         self.settings = settings
         self.model_name = canonical_spec(settings.model)
         self._prepare_lock = threading.Lock()
@@ -258,7 +264,9 @@ class Embedder(SentenceTransformerMethods, metaclass=ABCMeta):
 
     def _prepare_now(self) -> PreparedModel:
         settings = self.settings
-        resolved = resolve_model(settings.model, allow_download=settings.allow_download)
+        resolved = resolve_model(
+            settings.model, allow_download=settings.allow_download, onnx_file=settings.onnx_file
+        )
         choice = choose_transformer(resolved.directory, settings.onnx_file)
         info = read_model_info(resolved.directory, any_architecture=choice.export is not None)
         # A first conversion runs in a child process: its imports and memory peak must

@@ -29,7 +29,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lazyembed.config import KeepAlive, KeepAliveLike, Settings, load_settings, parse_duration
+from lazyembed.config import (
+    KeepAlive,
+    KeepAliveLike,
+    Settings,
+    for_model,
+    load_settings,
+    parse_duration,
+)
 from lazyembed.embedder import Embedder, FloatArray
 from lazyembed.errors import ClosedError, ModelBusyError
 from lazyembed.memory import to_mb
@@ -96,7 +103,7 @@ class Models:
             embedder = self._embedders.get(name)
             if embedder is None:
                 embedder = Embedder(
-                    settings=dataclasses.replace(self.settings, model=name),
+                    settings=for_model(self.settings, name),
                     clock=self._clock,
                     load_gate=self._admit,
                     on_idle=self._on_idle,

@@ -174,6 +174,14 @@ def _serve_models_options(serve: argparse.ArgumentParser) -> None:
         "serve_models (all-MiniLM-L6-v2)",
     )
     serve.add_argument(
+        "--onnx-file",
+        action="append",
+        metavar="[MODEL=]FILE",
+        help="run this ONNX export of a model folder instead of converting it: MODEL=FILE "
+        "for one model (repeatable; setting onnx_files), FILE for every other model "
+        "(setting onnx_file)",
+    )
+    serve.add_argument(
         "--any-model",
         action=argparse.BooleanOptionalAction,
         default=None,

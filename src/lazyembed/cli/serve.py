@@ -99,9 +99,12 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     """The settings with the flags on top. ``--model`` (repeatable) names every model
     served: the first becomes ``model``, the others ``serve_models``."""
     named: list[str] = args.model or []
+    onnx_file, onnx_files = _onnx_flags(getattr(args, "onnx_file", None) or [])
     return load_settings(
         model=named[0] if named else None,
         serve_models=named[1:] if named else None,
+        onnx_file=onnx_file,
+        onnx_files=onnx_files,
         serve_any_model=args.any_model,
         memory_budget_mb=args.memory_budget_mb,
         max_loaded_models=args.max_loaded_models,
@@ -115,6 +118,21 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         graceful_timeout=args.graceful_timeout,
         server_body_timeout=args.body_timeout,
     )
+
+
+def _onnx_flags(values: list[str]) -> tuple[str | None, list[tuple[str, str]] | None]:
+    """``--onnx-file`` values: ``MODEL=FILE`` per model, a bare ``FILE`` for the rest."""
+    default: str | None = None
+    per_model: list[tuple[str, str]] = []
+    for value in values:
+        model, sep, file = value.rpartition("=")
+        if not sep:
+            default = value
+        elif not model.strip() or not file.strip():
+            raise CLIError(f"--onnx-file {value!r}: expected MODEL=FILE or FILE")
+        else:
+            per_model.append((model, file))
+    return default, per_model or None
 
 
 def served_names(settings: Settings) -> list[str]:

@@ -142,6 +142,9 @@ class Settings:
     # model.safetensors (sentence-transformers' model_kwargs={"file_name": ...}); None:
     # convert natively when lazyembed can, else onnx/model.onnx (models/onnx_export.py).
     onnx_file: str | None = None
+    # Per model (name, alias or folder → export file): overrides onnx_file for that model,
+    # so one server or Models registry runs each model from its own export (for_model).
+    onnx_files: tuple[tuple[str, str], ...] = ()
     backend: Backend = "onnxruntime"  # "openvino": the lazyembed[openvino] extra
     # OpenVINO's inference precision; "auto": bf16 if the CPU has it. bf16 vectors meet min
     # cosine >= 0.9999 against fp32 ONNX Runtime (fp32: >= 0.99999; tests/test_openvino.py).
@@ -330,6 +333,29 @@ def _names(value: object, key: str, source: str) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items)
 
 
+def _model_files(value: object, key: str, source: str) -> tuple[tuple[str, str], ...]:
+    """Model → file pairs: a TOML table or mapping, or ``MODEL=FILE,MODEL=FILE`` (env)."""
+    pairs: list[tuple[object, object]]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, str):
+        parts = [part for part in value.split(",") if part.strip()]
+        if not all("=" in part for part in parts):
+            raise config_error(key, value, source, "expected MODEL=FILE pairs, comma-separated")
+        pairs = [tuple(part.rsplit("=", 1)) for part in parts]  # type: ignore[misc]
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in value
+    ):
+        pairs = [(p[0], p[1]) for p in value]
+    else:
+        raise config_error(key, value, source, "expected a table of model = file")
+    if not all(
+        isinstance(m, str) and m.strip() and isinstance(f, str) and f.strip() for m, f in pairs
+    ):
+        raise config_error(key, value, source, "expected non-empty model names and files")
+    return tuple((str(m).strip(), str(f).strip()) for m, f in pairs)
+
+
 def _path(value: object, key: str, source: str) -> Path:
     if isinstance(value, Path):
         return value.expanduser()
@@ -374,6 +400,7 @@ def _keys() -> dict[str, Key]:
         "allow_download": _parse_bool,
         "variant": _choice("fp32", "int8"),
         "onnx_file": _string(empty_ok=False),
+        "onnx_files": _model_files,
         "backend": _choice("onnxruntime", "openvino"),
         "precision": _choice("fp32", "bf16", "auto"),
         "encode_batch_size": _int(1, 4096),
@@ -545,6 +572,35 @@ def load_settings(**overrides: Any) -> Settings:
             log.warning("ignoring unknown environment variable %s", name)
     _apply(values, {k: v for k, v in overrides.items() if v is not None}, "argument")
     return _build(values)
+
+
+def for_model(settings: Settings, model: str) -> Settings:
+    """The settings one model runs with: ``model`` set (canonical), and its own
+    ``onnx_files`` entry in place of ``onnx_file`` (see `model_onnx_file`)."""
+    from lazyembed.models.catalogue import canonical_name
+
+    name = canonical_name(model)
+    return dataclasses.replace(settings, model=name, onnx_file=model_onnx_file(settings, name))
+
+
+def model_onnx_file(settings: Settings, model: str | None) -> str | None:
+    """The export ``model`` runs: its ``onnx_files`` entry (matched by catalogue name or
+    alias, or as the same folder), else ``onnx_file``."""
+    from lazyembed.models.catalogue import canonical_name
+
+    name = canonical_name(model)
+    found = settings.onnx_file
+    for key, file in settings.onnx_files:
+        if _same_model(canonical_name(key), name):
+            found = file
+    return found
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.is_dir() and second.is_dir() and first.resolve() == second.resolve()
 
 
 def effective_threads(settings: Settings) -> int:

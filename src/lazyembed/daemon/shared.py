@@ -27,7 +27,9 @@ from lazyembed.config import (
     KeepAliveLike,
     Settings,
     Share,
+    for_model,
     load_settings,
+    model_onnx_file,
     parse_duration,
     parse_keep_alive,
     resolve_share,
@@ -157,6 +159,10 @@ class SharedEmbedder:
     ) -> None:
         if (in_process is None) == (fallback is None):
             raise TypeError("SharedEmbedder needs exactly one of in_process and fallback")
+        if settings.onnx_files:  # this model's own export goes with each request
+            settings = dataclasses.replace(
+                settings, onnx_file=model_onnx_file(settings, settings.model)
+            )
         self.settings = settings
         self.model_name = canonical_spec(settings.model)
         self._model = model_for_request(self.model_name)
@@ -531,7 +537,7 @@ class SharedModels:
             embedder = self._embedders.get(name)
             if embedder is None:
                 embedder = SharedEmbedder(
-                    dataclasses.replace(self.settings, model=name),
+                    for_model(self.settings, name),
                     self._client,
                     fallback=lambda: self._fallback().get(name),
                 )

@@ -9,13 +9,14 @@ through ``huggingface_hub``. When nothing is found the error lists every place l
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from lazyembed.errors import ModelNotFoundError
-from lazyembed.models.catalogue import DEFAULT_MODEL, canonical_name
+from lazyembed.models.catalogue import DEFAULT_EXPORT, DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger("lazyembed")
 
@@ -116,7 +117,59 @@ def _hub_snapshot(spec: str) -> Path:
     return snapshots[-1] if snapshots else repo / "snapshots" / "<revision>"
 
 
-def _download(spec: str) -> Path:
+#: What every download fetches first: small files only (configs, tokenizer, the
+#: configs of modules such as ``2_Dense/config.json``), never weights.
+_SMALL_FILES = (
+    "config.json",
+    "tokenizer.json",
+    *OPTIONAL_FILES,
+    "config_sentence_transformers.json",
+    "*/config.json",
+)
+
+
+def export_patterns(onnx_file: str) -> list[str]:
+    """An export and its external data (``model.onnx_data``, ``model.onnx.data``, and
+    the numbered parts big exports are split into): nothing else of ``onnx/``."""
+    name = onnx_file.strip().lstrip("/")
+    return [name, f"{name}_data", f"{name}_data_*", f"{name}.data"]
+
+
+def _dense_weights(directory: Path) -> list[str]:
+    """The weights of the Dense modules ``modules.json`` chains (``2_Dense/...``)."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(modules, list):
+        return []
+    return [
+        f"{m['path']}/model.safetensors"
+        for m in modules
+        if isinstance(m, dict)
+        and str(m.get("type", "")).endswith(".Dense")
+        and isinstance(m.get("path"), str)
+        and m["path"]
+    ]
+
+
+def _converts_natively(directory: Path) -> bool:
+    """Whether lazyembed converts this folder's architecture (`choose_transformer`'s rule)."""
+    from lazyembed.errors import LazyEmbedError
+    from lazyembed.models.encoder_config import read_config
+
+    try:
+        read_config(directory)
+    except LazyEmbedError:
+        return False
+    return True
+
+
+def _download(spec: str, onnx_file: str | None = None) -> Path:
+    """Fetch what the model needs to run, and no more: the small files first, then the
+    weights it converts natively (``model.safetensors``) or its ONNX export (``onnx_file``,
+    else ``onnx/model.onnx``) with its external data -- never the other variants of
+    ``onnx/`` nor the weights of an architecture that runs from its export."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
@@ -124,12 +177,36 @@ def _download(spec: str) -> Path:
             "allow_download is set but huggingface_hub is not installed: "
             "pip install 'lazyembed[hub]'"
         ) from exc
-    patterns = [*REQUIRED_FILES, *OPTIONAL_FILES]
-    return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
+    directory = Path(snapshot_download(repo_id=spec, allow_patterns=list(_SMALL_FILES)))
+    weights = _dense_weights(directory)
+    native = not onnx_file and _converts_natively(directory)
+    if native:
+        weights.append("model.safetensors")
+    else:
+        weights += export_patterns(onnx_file or DEFAULT_EXPORT)
+    directory = Path(snapshot_download(repo_id=spec, allow_patterns=weights))
+    if native and not (directory / "model.safetensors").is_file():
+        # Only pytorch_model.bin: the export, if the repo has one, stands in.
+        directory = Path(
+            snapshot_download(repo_id=spec, allow_patterns=export_patterns(DEFAULT_EXPORT))
+        )
+    return directory
 
 
-def resolve_model(spec: str | None = None, *, allow_download: bool = False) -> ResolvedModel:
-    """Find local files for ``spec`` or raise ModelNotFoundError naming every place looked."""
+def _lacks_export(directory: Path, onnx_file: str | None) -> bool:
+    """An export named by ``onnx_file`` that a found folder does not hold (a download
+    may bring it)."""
+    return bool(onnx_file) and not (directory / str(onnx_file)).is_file()
+
+
+def resolve_model(
+    spec: str | None = None, *, allow_download: bool = False, onnx_file: str | None = None
+) -> ResolvedModel:
+    """Find local files for ``spec`` or raise ModelNotFoundError naming every place looked.
+
+    ``onnx_file``: the export the caller will run; a hub-cache copy without it is
+    completed by a download when ``allow_download`` is set (see `_download`).
+    """
     name = canonical_spec(spec)
     looked: list[str] = []
 
@@ -153,13 +230,16 @@ def resolve_model(spec: str | None = None, *, allow_download: bool = False) -> R
 
     snapshot = _hub_snapshot(name)
     if snapshot.is_dir() and not _missing_files(snapshot):
-        return ResolvedModel(name, snapshot, "hub-cache")
-    looked.append(f"Hugging Face hub cache: {snapshot}")
+        if not (allow_download and _lacks_export(snapshot, onnx_file)):
+            return ResolvedModel(name, snapshot, "hub-cache")
+        looked.append(f"Hugging Face hub cache: {snapshot} (without {onnx_file})")
+    else:
+        looked.append(f"Hugging Face hub cache: {snapshot}")
 
     if allow_download:
         log.info("downloading %s through huggingface_hub", name)
         try:
-            directory = _download(name)
+            directory = _download(name, onnx_file)
         except ModelNotFoundError:
             raise
         except Exception as exc:  # the hub raises many types; report them all the same way
