@@ -120,12 +120,12 @@ def _entry(**changes: object) -> CatalogueEntry:
 
 
 def test_native_comes_from_the_converters_one_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lazyembed.models import encoder_config
+    from lazyembed.models import architectures
 
-    assert native_model_types() == frozenset(encoder_config.SUPPORTED_MODEL_TYPES)
+    assert native_model_types() == architectures.native_model_types()
     entry = _entry(model_type="mpnet", onnx_export=True)
     assert run_status(entry).runs == "export"
-    monkeypatch.setattr(encoder_config, "SUPPORTED_MODEL_TYPES", {"bert": "", "mpnet": ""})
+    monkeypatch.setattr(architectures, "_BUILDERS", {"bert": "", "mpnet": ""})
     assert native_model_types() == {"bert", "mpnet"}
     status = run_status(entry)
     assert status.runs == "native" and "converts mpnet" in status.why
@@ -151,9 +151,9 @@ def test_not_native_runs_through_an_export_or_not_yet_saying_why(
     runs: str,
     why: str,
 ) -> None:
-    from lazyembed.models import encoder_config
+    from lazyembed.models import architectures
 
-    monkeypatch.setattr(encoder_config, "SUPPORTED_MODEL_TYPES", {"bert": ""})
+    monkeypatch.setattr(architectures, "_BUILDERS", {"bert": ""})
     entry = _entry(onnx_export=onnx_export, export_elsewhere=elsewhere)
     status = run_status(entry, local_export=local)
     assert status.runs == runs

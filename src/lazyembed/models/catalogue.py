@@ -67,10 +67,10 @@ class RunStatus:
 
 
 def native_model_types() -> frozenset[str]:
-    """The config.json model types lazyembed converts itself: the one lookup of them."""
-    from lazyembed.models.encoder_config import SUPPORTED_MODEL_TYPES
+    """The config.json model types lazyembed converts itself (``architectures.py``)."""
+    from lazyembed.models import architectures
 
-    return frozenset(SUPPORTED_MODEL_TYPES)
+    return architectures.native_model_types()
 
 
 def run_status(entry: CatalogueEntry, *, local_export: bool = False) -> RunStatus:
