@@ -200,3 +200,15 @@ def test_models_is_a_context_manager_and_refuses_work_once_closed(folders: dict[
     with pytest.raises(ClosedError):
         taken.embed("kept")  # an Embedder taken before the close: no silent reload
     models.close()  # idempotent
+
+
+@pytest.mark.parametrize("share", ["never", "auto"])
+def test_models_takes_its_default_model_as_a_keyword(
+    folders: dict[str, str], share: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Models(model=...)`` names the default model (it once raised a TypeError while the
+    share decision read the settings)."""
+    monkeypatch.setenv("LAZYEMBED_SHARE", share)
+    folder = next(iter(folders.values()))
+    with Models(model=folder) as models:
+        assert models.settings.model == folder

@@ -89,6 +89,8 @@ def _settings_from(model: str | None, kwargs: dict[str, Any]) -> Settings | None
         return None
     settings = kwargs.get("settings")
     overrides = {k: v for k, v in kwargs.items() if k not in ("settings", "clock", "on_idle")}
+    if model is None:  # Models(model=...) names its default model as a keyword setting
+        model = overrides.pop("model", None)
     if settings is not None:
         if model is not None or overrides:
             return None  # the constructor raises its TypeError
