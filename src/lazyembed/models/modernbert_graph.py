@@ -8,11 +8,11 @@ local_attention // 2``, and a GeGLU MLP (``Wi`` is ``[input; gate]``); a final L
 Which layers are global comes from ``layer_types`` or, in older configs, from
 ``global_attn_every_n_layers`` (layer ``i`` is global when ``i % n == 0``).
 
-Padding: transformers numbers positions ``0..seq-1`` for every row, which equals the
-count of real tokens before each token when the batch is right-padded (as ModernBERT's
-tokenizers pad). The graph numbers positions from the attention mask instead, so a
-left-padded row gets the same vectors too; the sliding window counts index distances,
-which padding on one side does not change between real tokens.
+Padding: transformers numbers positions ``0..seq-1`` in every row. The graph numbers
+them from the attention mask (real tokens before each token), which is the same for a
+right-padded row (ModernBERT's tokenizers pad right) and gives a left-padded row the
+very same angles; rotary attention depends only on ``i - j`` anyway, and the sliding
+window counts index distances, which one-sided padding does not change.
 """
 
 from __future__ import annotations
