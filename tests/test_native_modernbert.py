@@ -99,12 +99,16 @@ def test_hidden_states_do_not_depend_on_batch_or_padding_side() -> None:
         assert float(np.abs(left[i] - alone).max()) < 1e-5
 
 
-def test_config_fields_read_as_modernbert_names_them() -> None:
-    """norm_eps and hidden_activation, not BERT's layer_norm_eps/hidden_act."""
+def test_config_fields_read_as_modernbert_names_them(tmp_path: Path) -> None:
+    """norm_eps and hidden_activation, not BERT's layer_norm_eps/hidden_act (which
+    answerdotai/ModernBERT-base's config.json also carries, stale: 1e-12)."""
     cfg = read_config(FIXTURES / NAME)
     assert (cfg.model_type, cfg.hidden, cfg.heads, cfg.layers) == ("modernbert", 32, 2, 3)
     assert (cfg.eps, cfg.hidden_act) == (1e-5, "gelu")
     assert (cfg.max_tokens, cfg.pad_token_id) == (256, 0)
+    config = json.loads((FIXTURES / NAME / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-12}))
+    assert read_config(tmp_path).eps == 1e-5
 
 
 # ---- refused options ----------------------------------------------------------------------
