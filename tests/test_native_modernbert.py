@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,47 @@ def test_config_options_match_the_numpy_forward_pass(
         cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
         assert float(cos.min()) >= 0.99999
         assert float(np.abs(got - want).max()) < 1e-4
+
+
+def _bf16(value: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    """float32 -> bfloat16 bits, rounded to nearest even (as torch rounds)."""
+    bits = np.ascontiguousarray(value, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+
+
+def _save_bf16(weights: dict[str, npt.NDArray[np.float32]], path: Path) -> None:
+    """A safetensors file of bfloat16 tensors, written by hand: numpy has no bfloat16 and
+    safetensors.numpy cannot write one."""
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name, value in weights.items():
+        blob = _bf16(value).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(value.shape)}
+        header[name]["data_offsets"] = [offset, offset + len(blob)]
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def test_a_bf16_checkpoint_saved_inside_a_task_head_converts(tmp_path: Path) -> None:
+    """``model.``-prefixed bf16 weights beside a head's (as ModernBertForMaskedLM saves
+    them) give the numpy forward pass of the same bf16 weights, upcast."""
+    weights = load_file(FIXTURES / NAME / "model.safetensors")
+    folder, upcast = tmp_path / "mlm", tmp_path / "upcast"
+    for where in (folder, upcast):
+        where.mkdir()
+        shutil.copy(FIXTURES / NAME / "config.json", where / "config.json")
+    head = {"head.dense.weight": np.ones((32, 32), np.float32)}
+    _save_bf16(
+        {**{f"model.{k}": v for k, v in weights.items()}, **head}, folder / "model.safetensors"
+    )
+    rounded = {k: (_bf16(v).astype(np.uint32) << 16).view(np.float32) for k, v in weights.items()}
+    save_file(rounded, str(upcast / "model.safetensors"))  # the bf16 values, as float32
+    rows = sorted(reference(NAME)["input_ids"], key=len)[-2:]
+    ids, mask = _batch(rows)
+    hidden = _session(folder).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    for got, row in zip(_real_rows(hidden, mask), rows, strict=True):
+        want = _numpy_forward(upcast, row)
+        assert float(np.abs(got - want).max()) < 1e-4
+        assert float(np.abs(want - _numpy_forward(FIXTURES / NAME, row)).max()) > 1e-3
