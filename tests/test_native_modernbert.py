@@ -116,6 +116,7 @@ def test_config_fields_read_as_modernbert_names_them(tmp_path: Path) -> None:
 
 _REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"hidden_activation": "relu"}, "hidden_activation"),
+    ({"hidden_activation": ["gelu"]}, "hidden_activation"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
     (
         {"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e4}}},

@@ -107,7 +107,7 @@ def _thetas(raw: dict[str, Any], path: Path) -> dict[str, float]:
         if not isinstance(entry, dict) or entry.get("rope_type", entry.get("type")) not in (
             None,
             "default",
-        ):
+        ):  # ModernBertRotaryEmbedding's own init is the plain one
             raise _refuse(path, f"rope_parameters.{kind}", entry, "rope_type 'default' only")
         value = entry.get("rope_theta", raw.get(_LEGACY_THETA[kind], _DEFAULT_THETA[kind]))
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -119,7 +119,7 @@ def _thetas(raw: dict[str, Any], path: Path) -> dict[str, float]:
 def _spec(raw: dict[str, Any], path: Path) -> _Spec:
     """Read and vet ``config.json``; refuse, by name, every option not emitted."""
     act = raw.get("hidden_activation", "gelu")
-    if act not in _ACTIVATIONS:
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
         raise _refuse(path, "hidden_activation", act, ", ".join(sorted(_ACTIVATIONS)))
     try:
         hidden, heads = int(raw.get("hidden_size", 768)), int(raw.get("num_attention_heads", 12))
