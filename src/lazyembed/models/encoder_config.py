@@ -94,7 +94,12 @@ def _any_architecture(raw: dict[str, Any], path: Path) -> EncoderConfig:
             layers=_first(raw, "num_hidden_layers", "n_layer"),
             intermediate=_first(raw, "intermediate_size", "n_inner"),
             hidden_act=str(raw.get("hidden_act") or raw.get("activation_function") or ""),
-            eps=float(raw.get("layer_norm_eps") or raw.get("rms_norm_eps") or 0.0),
+            eps=float(
+                raw.get("layer_norm_eps")
+                or raw.get("layer_norm_epsilon")  # GPT-2 style (NomicBert's hub config)
+                or raw.get("rms_norm_eps")
+                or 0.0
+            ),
             vocab=_first(raw, "vocab_size"),
             max_positions=_first(raw, "max_position_embeddings", "n_positions", default=512),
             type_vocab_size=_first(raw, "type_vocab_size", default=1),
