@@ -18,9 +18,10 @@ on-disk forms exist and both convert:
 The math is transformers 5.24's ``NomicBertModel`` (its renaming: ``fc11`` -> ``up_proj``,
 ``fc12`` -> ``gate_proj``, so the MLP is ``fc2(act(fc12 x) * fc11 x)``), plus the hub
 config's partial rotary (``rotary_emb_fraction`` < 1 rotates the first features of each
-head, as nomic's code does). Rotary positions come from the attention mask, so a
-left-padded row gets the vectors of a right-padded one. Options neither implements the
-same way are refused by name in `check_config`.
+head, as nomic's code does). Positions are 0..seq-1 for every row, as in transformers:
+with no position table, attention sees only relative positions, so a left-padded row
+gets the vectors of a right-padded one. Options neither implements the same way are
+refused by name in `check_config`.
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
                 types = ckpt.get("embeddings.token_type_embeddings.weight", (None, cfg.hidden))
                 x = g.op("Add", [x, g.const("token_type_0", np.ascontiguousarray(types[0]))])
             x = _norm(g, w, "emb_ln", 0, x, cfg)
-            positions = g.op("Unsqueeze", [g.positions_from_mask(), g.ints(1)])  # [b, 1, s]
+            positions = g.positions()  # [seq], as transformers (see the module doc)
             cos, sin = g.rotary_tables(positions, cfg.rotary_dim, cfg.rope_base, "rope")
             bias = g.bias_from_allowed(g.key_padding_allowed())
             for n in range(cfg.layers):
