@@ -5,13 +5,15 @@ nomic-hub-mean-norm (nomic-embed-text-v1.5's config keys and Wqkv/fc11 names) go
 the real Embedder in test_model_fixtures.py (every text, every prompt). Here: vectors
 that do not depend on batch composition or padding side, the other combinations of
 config and weight names (transformers 5's default save, a ``bert.`` prefix, bf16), the
-hub's partial rotary against a numpy forward anchored on sentence-transformers' vectors,
-and every option the builder does not implement refused by name before any weight is read.
+hub options the fixture does not vary (partial rotary, GeGLU/GLU, epsilon) against a
+numpy forward anchored on sentence-transformers' vectors, and every option the builder
+does not implement refused by name before any weight is read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 from collections.abc import Iterator
@@ -180,9 +182,17 @@ def _layer_norm(x: Any, w: dict[str, Any], name: str, eps: float) -> Any:
     return (x - mu) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
 
 
+#: nomic's gate activations: F.silu, F.gelu (exact), sigmoid (F.glu).
+_ACTS: dict[str, Any] = {
+    "swiglu": lambda t: t / (1.0 + np.exp(-t)),
+    "geglu": lambda t: 0.5 * t * (1.0 + np.vectorize(math.erf)(t / math.sqrt(2.0))),
+    "glu": lambda t: 1.0 / (1.0 + np.exp(-t)),
+}
+
+
 def _numpy_hub_forward(folder: Path, ids: Any, mask: Any) -> Any:
     """nomic's own NomicBertModel (post-norm, rotary on the first ``rotary_emb_fraction``
-    of each head, SwiGLU ``fc2(silu(fc12 x) * fc11 x)``) in float64, right padding."""
+    of each head, gated MLP ``fc2(act(fc12 x) * fc11 x)``) in float64, right padding."""
     cfg = json.loads((folder / "config.json").read_text())
     w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
     heads, eps = cfg["n_head"], cfg["layer_norm_epsilon"]
@@ -212,8 +222,8 @@ def _numpy_hub_forward(folder: Path, ids: Any, mask: Any) -> Any:
         probs /= probs.sum(-1, keepdims=True)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(*ids.shape, heads * d)
         x = _layer_norm(x + ctx @ w[p + "attn.out_proj.weight"].T, w, p + "norm1", eps)
-        gate = x @ w[p + "mlp.fc12.weight"].T
-        mid = gate / (1.0 + np.exp(-gate)) * (x @ w[p + "mlp.fc11.weight"].T)
+        gate = _ACTS[cfg["activation_function"]](x @ w[p + "mlp.fc12.weight"].T)
+        mid = gate * (x @ w[p + "mlp.fc11.weight"].T)
         x = _layer_norm(x + mid @ w[p + "mlp.fc2.weight"].T, w, p + "norm2", eps)
     return x
 
@@ -231,18 +241,29 @@ def test_nomic_numpy_forward_gives_sentence_transformers_vectors() -> None:
     check_close(got, np.asarray(ref["vectors"], np.float32), "numpy forward")
 
 
-def test_nomic_partial_rotary_matches_numpy(tmp_path: Path) -> None:
-    """``rotary_emb_fraction`` 0.5: only the first half of each head is rotated."""
-    folder = _copy(HUB, tmp_path / "half-rotary")
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rotary_emb_fraction": 0.5},  # only the first half of each head is rotated
+        {"activation_function": "geglu"},
+        {"activation_function": "glu"},
+        {"layer_norm_epsilon": 0.5},
+    ],
+    ids=["half-rotary", "geglu", "glu", "epsilon"],
+)
+def test_nomic_hub_options_match_numpy(tmp_path: Path, change: dict[str, Any]) -> None:
+    """Hub options the fixture leaves at one value, each changed: the graph follows the
+    numpy forward (which then differs from the fixture's model, so the option counts)."""
+    folder = _copy(HUB, tmp_path / "changed")
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "rotary_emb_fraction": 0.5}))
+    (folder / "config.json").write_text(json.dumps({**cfg, **change}))
     rows = reference(HUB)["input_ids"]
     ids, mask = _batch(rows)
+    real = mask.astype(bool)
     want = _numpy_hub_forward(folder, ids, mask)
-    wants = [h[m.astype(bool)] for h, m in zip(want, mask, strict=True)]
-    _same_tokens(_tokens(_session(folder), rows), wants, 1e-4)
-    full = _numpy_hub_forward(FIXTURES / HUB, ids, mask)
-    assert not np.allclose(full[mask.astype(bool)], want[mask.astype(bool)], atol=1e-2)
+    _same_tokens(_tokens(_session(folder), rows), [h[m] for h, m in zip(want, real, strict=True)])
+    unchanged = _numpy_hub_forward(FIXTURES / HUB, ids, mask)
+    assert not np.allclose(unchanged[real], want[real], atol=1e-2)
 
 
 # ---- refused options ------------------------------------------------------------------------

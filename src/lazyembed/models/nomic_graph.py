@@ -49,7 +49,7 @@ _PREFIXES = ("nomic_bert.", "bert.", "model.")
 _TF5_ACTS = frozenset({"silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_tanh"})
 #: The hub's gated ``activation_function`` values -> the gate's activation.
 _HUB_ACTS = {"swiglu": "silu", "geglu": "gelu", "glu": "sigmoid"}
-#: Hub options that must be off (nomic's defaults in brackets where a missing key is on).
+#: Hub options that must be off (false, or absent: nomic's default).
 _HUB_OFF = (
     "prenorm",
     "parallel_block",
@@ -59,7 +59,7 @@ _HUB_OFF = (
     "rotary_head_dim",
 )
 _HUB_BIASES = ("qkv_proj_bias", "mlp_fc1_bias", "mlp_fc2_bias")  # nomic's default: true
-_HUB_NULL = ("rotary_scaling_factor", "rotary_emb_scale_base")
+_HUB_NULL = ("rotary_scaling_factor", "rotary_emb_scale_base")  # must be null or absent
 
 
 @dataclass(frozen=True)
