@@ -31,6 +31,7 @@ _BUILDERS: dict[str, str] = {
     "bert": "lazyembed.models.bert_graph",
     "xlm-roberta": "lazyembed.models.bert_graph",
     "modernbert": "lazyembed.models.modernbert_graph",
+    "nomic_bert": "lazyembed.models.nomic_graph",
 }
 #: The types the BERT builder handles (it alone has the ``fused`` flavour).
 BERT_TYPES = frozenset({"bert", "xlm-roberta"})

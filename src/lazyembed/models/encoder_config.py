@@ -101,7 +101,11 @@ def _any_architecture(raw: dict[str, Any], path: Path) -> EncoderConfig:
             ),
             # ModernBERT's norm_eps first: its hub configs also carry a stale layer_norm_eps
             eps=float(
-                raw.get("norm_eps") or raw.get("layer_norm_eps") or raw.get("rms_norm_eps") or 0.0
+                raw.get("norm_eps")
+                or raw.get("layer_norm_eps")
+                or raw.get("layer_norm_epsilon")  # GPT-2 style (NomicBert's hub config)
+                or raw.get("rms_norm_eps")
+                or 0.0
             ),
             vocab=_first(raw, "vocab_size"),
             max_positions=_first(raw, "max_position_embeddings", "n_positions", default=512),
