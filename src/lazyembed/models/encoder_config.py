@@ -20,7 +20,7 @@ from lazyembed.errors import ModelConversionError, UnsupportedModelError
 from lazyembed.models.architectures import BERT_TYPES, architecture, native_model_types
 
 CONFIG_FILE = "config.json"
-#: Model types (run through their ONNX export) that number positions from pad_token_id + 1.
+#: Model types that number positions from their padding index + 1 (pad_token_id, or fixed).
 _PADDING_OFFSET_TYPES = frozenset({"xlm-roberta", "roberta", "camembert", "mpnet"})
 #: Types whose padding index is fixed in the model code, whatever pad_token_id says
 #: (transformers' ``MPNetEmbeddings.padding_idx = 1``).
