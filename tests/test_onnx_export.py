@@ -1,11 +1,12 @@
 """A model folder's own ONNX export: chosen, checked, fed and read as its graph asks.
 
 The fixture ``mpnet-onnx-mean-norm`` (tools/make_model_fixtures.py) is an MPNet
-sentence-transformers model, an architecture lazyembed does not convert, given only as
-``onnx/model.onnx``; tests/test_model_fixtures.py checks its vectors and prompts against
-sentence-transformers'. Here: which transformer a folder runs, the typed errors, external
-data, graphs with more inputs or a pooled output, and vectors that do not depend on the
-batch a text is in.
+sentence-transformers model given only as ``onnx/model.onnx`` (no model.safetensors to
+convert); an architecture lazyembed does not convert is the same folder with another
+``model_type`` (`unsupported_copy`). tests/test_model_fixtures.py checks its vectors and
+prompts against sentence-transformers'. Here: which transformer a folder runs, the typed
+errors, external data, graphs with more inputs or a pooled output, and vectors that do
+not depend on the batch a text is in.
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def mpnet_copy(tmp_path: Path) -> Path:
     return folder
 
 
+#: A model type no converter handles (its folder can only run an export).
+UNSUPPORTED_TYPE = "deberta-v2"
+
+
+@pytest.fixture
+def unsupported_copy(mpnet_copy: Path) -> Path:
+    """The export fixture, its config.json saying an architecture lazyembed does not convert."""
+    config = json.loads((mpnet_copy / "config.json").read_text())
+    (mpnet_copy / "config.json").write_text(json.dumps({**config, "model_type": UNSUPPORTED_TYPE}))
+    return mpnet_copy
+
+
 @pytest.fixture(scope="module")
 def mpnet_embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedder]:
     with embedder(MPNET, tmp_path_factory.mktemp("cache"), idle_timeout="never") as e:
@@ -75,10 +88,29 @@ def test_supported_architecture_converts_natively_by_default() -> None:
     assert choose_transformer(BERT).export is None
 
 
-def test_unsupported_architecture_runs_its_export() -> None:
+def test_unsupported_architecture_runs_its_export(unsupported_copy: Path) -> None:
+    choice = choose_transformer(unsupported_copy)
+    assert choice.export == unsupported_copy / DEFAULT_EXPORT
+    assert UNSUPPORTED_TYPE in choice.reason and "not converted natively" in choice.reason
+
+
+def test_supported_architecture_without_safetensors_runs_its_export() -> None:
     choice = choose_transformer(MPNET)
     assert choice.export == MPNET / DEFAULT_EXPORT
-    assert "mpnet" in choice.reason
+    assert "no model.safetensors" in choice.reason
+
+
+def test_supported_architecture_with_safetensors_and_export_converts(tmp_path: Path) -> None:
+    folder = shutil.copytree(FIXTURES / "mpnet-mean-norm", tmp_path / "mpnet")
+    shutil.copytree(MPNET / "onnx", folder / "onnx")
+    assert choose_transformer(folder).export is None
+    assert choose_transformer(folder, DEFAULT_EXPORT).export == folder / DEFAULT_EXPORT
+
+
+def test_supported_architecture_without_weights_names_the_exports(mpnet_copy: Path) -> None:
+    (mpnet_copy / "onnx" / "model.onnx").rename(mpnet_copy / "onnx" / "model_O2.onnx")
+    with pytest.raises(ModelNotFoundError, match=r"no model\.safetensors.*onnx/model_O2\.onnx"):
+        choose_transformer(mpnet_copy)
 
 
 def test_onnx_file_forces_the_export(tmp_path: Path) -> None:
@@ -100,16 +132,16 @@ def test_onnx_file_that_is_absent_names_the_exports_present(mpnet_copy: Path) ->
 
 
 def test_unsupported_architecture_without_export_says_what_would_run(
-    mpnet_copy: Path, tmp_path: Path
+    unsupported_copy: Path, tmp_path: Path
 ) -> None:
-    (mpnet_copy / "onnx" / "model.onnx").rename(mpnet_copy / "onnx" / "model_O2.onnx")
+    (unsupported_copy / "onnx" / "model.onnx").rename(unsupported_copy / "onnx" / "model_O2.onnx")
     cache = tmp_path / "cache"
     with (
         pytest.raises(UnsupportedModelError, match=r"onnx/model\.onnx.*model_O2\.onnx") as err,
-        embedder(mpnet_copy, cache) as e,
+        embedder(unsupported_copy, cache) as e,
     ):
         e.prepare()
-    assert "mpnet" in str(err.value) and "supported architecture" in str(err.value)
+    assert UNSUPPORTED_TYPE in str(err.value) and "supported architecture" in str(err.value)
     assert not cache.exists() or not any(cache.iterdir())  # refused before any work
 
 
@@ -314,17 +346,20 @@ def test_decoder_vectors_do_not_depend_on_padding_side_or_batch(side: str, tmp_p
 
 
 def test_models_describe_lists_the_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    unsupported_copy: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from lazyembed import cli
 
     monkeypatch.setenv("LAZYEMBED_MODEL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LAZYEMBED_SHARE", "never")
-    assert cli.main(["models", "--describe", str(MPNET), "--json"]) == 0
+    assert cli.main(["models", "--describe", str(unsupported_copy), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["onnx_exports"] == ["onnx/model.onnx"]
     assert report["transformer"].startswith("onnx/model.onnx (not converted natively")
-    assert report["onnx_path"] == str(MPNET / DEFAULT_EXPORT)
+    assert report["onnx_path"] == str(unsupported_copy / DEFAULT_EXPORT)
 
 
 def test_the_graph_is_read_outside_the_embedding_process(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ _BUILDERS: dict[str, str] = {
     "xlm-roberta": "lazyembed.models.bert_graph",
     "modernbert": "lazyembed.models.modernbert_graph",
     "nomic_bert": "lazyembed.models.nomic_graph",
+    "mpnet": "lazyembed.models.mpnet_graph",
 }
 #: The types the BERT builder handles (it alone has the ``fused`` flavour).
 BERT_TYPES = frozenset({"bert", "xlm-roberta"})

@@ -20,8 +20,11 @@ from lazyembed.errors import ModelConversionError, UnsupportedModelError
 from lazyembed.models.architectures import BERT_TYPES, architecture, native_model_types
 
 CONFIG_FILE = "config.json"
-#: Model types (run through their ONNX export) that number positions from pad_token_id + 1.
+#: Model types that number positions from their padding index + 1 (pad_token_id, or fixed).
 _PADDING_OFFSET_TYPES = frozenset({"xlm-roberta", "roberta", "camembert", "mpnet"})
+#: Types whose padding index is fixed in the model code, whatever pad_token_id says
+#: (transformers' ``MPNetEmbeddings.padding_idx = 1``).
+_FIXED_PADDING_IDX = {"mpnet": 1}
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,11 @@ class EncoderConfig:
 
     @property
     def max_tokens(self) -> int:
-        """The longest input the position table can number (XLM-R loses pad_token_id + 1)."""
+        """The longest input the position table can number (XLM-R loses pad_token_id + 1,
+        MPNet 2: its padding index is 1)."""
         if self.positions_from_padding:
-            return self.max_positions - self.pad_token_id - 1
+            pad = _FIXED_PADDING_IDX.get(self.model_type, self.pad_token_id)
+            return self.max_positions - pad - 1
         return self.max_positions
 
 

@@ -7,9 +7,10 @@ Such a file runs whatever its architecture: lazyembed feeds what the graph asks 
 Normalize from ``modules.json`` to the graph's token vectors.
 
 Which transformer a folder runs (`choose_transformer`): ``onnx_file`` (setting or
-argument) forces that export; otherwise a BERT or XLM-R folder with ``model.safetensors``
-is converted natively (``convert.py``: smaller, optimised once, memory-mapped), and any
-other folder runs ``onnx/model.onnx`` when present. A folder with neither is refused with
+argument) forces that export; otherwise a folder of an architecture lazyembed converts
+(``architectures.py``) with ``model.safetensors`` is converted natively (``convert.py``:
+smaller, optimised once, memory-mapped), even when it also has exports, and any other
+folder runs ``onnx/model.onnx`` when present. A folder with neither is refused with
 `UnsupportedModelError` saying what would make it run, before any heavy work.
 
 The export is used in place (never copied): ONNX Runtime memory-maps its external data
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from lazyembed.errors import ModelConversionError, ModelNotFoundError, UnsupportedModelError
+from lazyembed.models.checkpoint import INDEX_FILE, WEIGHTS_FILE
 from lazyembed.models.convert import ConvertedModel, Variant, _ort_version
 from lazyembed.models.convert_child import (
     CONVERSION_ERROR_EXIT,
@@ -125,9 +127,16 @@ def choose_transformer(directory: Path, onnx_file: str | None = None) -> Transfo
             'SentenceTransformer(path, backend="onnx").save(path)), or use a model of a '
             "supported architecture"
         ) from exc
-    if not (directory / "model.safetensors").is_file() and default.is_file():
-        return TransformerChoice(default, f"{DEFAULT_EXPORT} (no model.safetensors)")
-    return TransformerChoice(None, "converted from model.safetensors")
+    if not any((directory / name).is_file() for name in (WEIGHTS_FILE, INDEX_FILE)):
+        if default.is_file():
+            return TransformerChoice(default, f"{DEFAULT_EXPORT} (no {WEIGHTS_FILE})")
+        others = list_exports(directory)
+        if others:
+            raise ModelNotFoundError(
+                f"{directory} has no {WEIGHTS_FILE} to convert and no {DEFAULT_EXPORT}; "
+                f"set onnx_file to one of: {', '.join(others)}"
+            )
+    return TransformerChoice(None, f"converted from {WEIGHTS_FILE}")
 
 
 # ---- the graph ---------------------------------------------------------------------------
