@@ -438,8 +438,15 @@ def _training_text() -> list[str]:
 
 def build_tokenizer(arch: Arch, vocab_size: int) -> Any:
     """A tokenizer trained on the bench corpus with the model's specials and padding side."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     unk = arch.roles.get("unk")
@@ -661,7 +668,9 @@ def export_onnx(arch: Arch, folder: Path, model: Any) -> None:
         cfg = model.config
         past_shape = (2, cfg.num_key_value_heads, 0, cfg.head_dim)
         past_names = [
-            f"past_key_values.{i}.{kv}" for i in range(cfg.num_hidden_layers) for kv in ("key", "value")
+            f"past_key_values.{i}.{kv}"
+            for i in range(cfg.num_hidden_layers)
+            for kv in ("key", "value")
         ]
         args = (
             ids,
@@ -800,6 +809,10 @@ def _pss_mb() -> float | None:
     return None
 
 
+def _above(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None else value - base
+
+
 def _texts(n: int) -> list[str]:
     return corpus.sentences(n)
 
@@ -819,6 +832,7 @@ def measure_lazy(
     """lazyembed on the folder: ``native`` (its conversion) or ``export`` (onnx_file)."""
     import numpy as np
     import onnxruntime  # noqa: F401  (the import is not the model's memory)
+
     from lazyembed import Embedder, memory
 
     texts = _texts(sentences)
@@ -838,12 +852,12 @@ def measure_lazy(
     if runs_export != (mode == "export"):
         raise RuntimeError(f"{folder}: asked for {mode}, lazyembed chose {prepared.transformer}")
     memory.release_to_os()
-    base = _rss_mb()
+    base, base_pss = _rss_mb(), _pss_mb()
     started = time.perf_counter()
     first = embedder.embed_numpy([FIRST_TEXT])
     load_ms = (time.perf_counter() - started) * 1e3
     usage = embedder.get_memory_usage()
-    loaded_rss, loaded_pss = _rss_mb() - base, _pss_mb()
+    loaded_rss, loaded_pss = _rss_mb() - base, _above(_pss_mb(), base_pss)
     embedder.embed_numpy(texts[:32])  # the runs' buffers exist once
     started = time.perf_counter()
     vectors = embedder.embed_numpy(texts)
@@ -882,12 +896,12 @@ def measure_st(folder: Path, threads: int, sentences: int, one_texts: int) -> Re
 
     texts = _texts(sentences)
     singles = [f"{t} ({i})" for i, t in enumerate(_texts(one_texts))]
-    base = _rss_mb()
+    base, base_pss = _rss_mb(), _pss_mb()
     started = time.perf_counter()
     model = SentenceTransformer(str(folder), device="cpu")
     model.encode([FIRST_TEXT])
     load_ms = (time.perf_counter() - started) * 1e3
-    loaded_rss, loaded_pss = _rss_mb() - base, _pss_mb()
+    loaded_rss, loaded_pss = _rss_mb() - base, _above(_pss_mb(), base_pss)
     model.encode(texts[:32], batch_size=32)
     started = time.perf_counter()
     vectors = model.encode(texts, batch_size=32)
@@ -1206,6 +1220,9 @@ def markdown(result: Result) -> str:
             f"{_fmt(export, 'sentences_per_s', 1)} | {_fmt(export, 'one_text_ms', 1)} | "
             f"{_ratio(export, st, 'sentences_per_s')} | {_cos(export)} |"
         )
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in result.get("step_seconds", {}).items())
+    if steps:
+        lines += ["", f"Seconds per step (median, whole fresh process): {steps}."]
     if result["unsupported"]:
         lines += ["", "Not converted natively (yet), as lazyembed's converter said:", ""]
         lines += [f"- {key}: `{message[:300]}`" for key, message in result["unsupported"].items()]
