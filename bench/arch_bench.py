@@ -276,6 +276,9 @@ class Arch:
     prompts: dict[str, str] = field(default_factory=dict)
     #: Decoder exports take position_ids and past_key_values.* (onnx-community's form).
     decoder_export: bool = False
+    #: Sentences of the batch-32 run at real size (fewer for the larger models, so one
+    #: run takes seconds, not minutes, on 2 cores).
+    bench_sentences: int = 128
 
 
 ARCHS: dict[str, Arch] = {
@@ -343,6 +346,7 @@ ARCHS: dict[str, Arch] = {
             "answer the query\nQuery:"
         },
         decoder_export=True,
+        bench_sentences=48,
     ),
     "gemma3_text": Arch(
         "gemma3_text",
@@ -357,6 +361,7 @@ ARCHS: dict[str, Arch] = {
         (("<bos>",), ("<eos>",)),
         dense=(3072, 768),
         prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
+        bench_sentences=96,
     ),
 }
 
@@ -1013,7 +1018,7 @@ def compare(
     repeats: int,
     threads: int,
     tiny: bool,
-    sentences: int,
+    sentences: int | None,
     one_texts: int,
     models_dir: Path | None = None,
     env: dict[str, str] | None = None,
@@ -1025,7 +1030,7 @@ def compare(
     runs: dict[str, dict[str, list[Result]]] = {k: {c: [] for c in CONTENDERS} for k in keys}
     unsupported: dict[str, str] = {}
     step_s: dict[str, list[float]] = {}
-    common = [f"--threads={threads}", f"--sentences={sentences}", f"--one-texts={one_texts}"]
+    counts = {k: sentences or (64 if tiny else ARCHS[k].bench_sentences) for k in keys}
     with tempfile.TemporaryDirectory(prefix="archbench-", dir=models_dir) as work:
         for repeat in range(repeats):
             for key in keys:
@@ -1033,6 +1038,8 @@ def compare(
                 cache = Path(work) / f"{key}-{repeat}"  # empty: the conversion is measured
                 cache.mkdir()
                 plan: list[tuple[str, list[str]]] = []
+                common = [f"--threads={threads}", f"--sentences={counts[key]}"]
+                common.append(f"--one-texts={one_texts}")
                 started = time.perf_counter()
                 if key not in unsupported:
                     convert = measure_convert(folder, cache, cenv)
@@ -1057,7 +1064,7 @@ def compare(
         "tiny": tiny,
         "threads": threads,
         "repeats": repeats,
-        "sentences": sentences,
+        "sentences": counts,
         "one_texts": one_texts,
         "cpu": cpu_description(),
         "builds": builds,
@@ -1149,10 +1156,11 @@ def _ratio(a: Result | None, b: Result | None, key: str, invert: bool = False) -
 
 def markdown(result: Result) -> str:
     size = "TINY configs (flow check, not figures)" if result["tiny"] else "published configs"
+    counts = ", ".join(f"{k} {n}" for k, n in result["sentences"].items())
     lines = [
         f"CPU: {result['cpu']}; {result['threads']} threads for every contender; "
         f"{size}, random weights; median (min-max) of {result['repeats']} fresh processes "
-        f"per cell, interleaved; batch 32 over {result['sentences']} bench sentences; "
+        f"per cell, interleaved; batch 32 over bench sentences ({counts}); "
         f"one-text latency: median of {result['one_texts']} calls.",
         "",
         "Models (hub repository whose config.json each is built from):",
@@ -1254,17 +1262,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="scaled-down configs (flow check)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sentences", type=int, help="batch-32 corpus (default 256, tiny 64)")
+    parser.add_argument(
+        "--sentences", type=int, help="batch-32 corpus (default: per architecture; tiny 64)"
+    )
     parser.add_argument("--one-texts", type=int, help="one-text calls (default 20, tiny 5)")
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset")
     parser.add_argument("--models-dir", type=Path, help="where the folders are built and kept")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     parser.add_argument("command", nargs="*", help="(internal) build/lazy/st ARGS")
     args = parser.parse_args(argv)
-    sentences = args.sentences or (64 if args.tiny else 256)
     one_texts = args.one_texts or (5 if args.tiny else 20)
     if args.command:
-        return _internal(args, sentences, one_texts)
+        return _internal(args, args.sentences or 64, one_texts)
     keys = [k for k in args.archs.split(",") if k]
     unknown = set(keys) - set(ARCHS)
     if unknown:
@@ -1274,7 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats,
         threads=args.threads,
         tiny=args.tiny,
-        sentences=sentences,
+        sentences=args.sentences,
         one_texts=one_texts,
         models_dir=args.models_dir,
     )

@@ -656,7 +656,7 @@ class Run:
             repeats=1 if quick else self.cfg.repeats,
             threads=self.cfg.threads,
             tiny=quick,
-            sentences=64 if quick else 256,
+            sentences=None,
             one_texts=5 if quick else 20,
             env=bench_env(self.workdir),
         )
