@@ -1029,6 +1029,7 @@ def compare(
     builds = ensure_built(keys, models_dir, tiny, cenv)
     runs: dict[str, dict[str, list[Result]]] = {k: {c: [] for c in CONTENDERS} for k in keys}
     unsupported: dict[str, str] = {}
+    failed: dict[str, str] = {}  # a run that failed (the others go on), by arch/contender
     step_s: dict[str, list[float]] = {}
     counts = {k: sentences or (64 if tiny else ARCHS[k].bench_sentences) for k in keys}
     with tempfile.TemporaryDirectory(prefix="archbench-", dir=models_dir) as work:
@@ -1041,20 +1042,29 @@ def compare(
                 common = [f"--threads={threads}", f"--sentences={counts[key]}"]
                 common.append(f"--one-texts={one_texts}")
                 started = time.perf_counter()
-                if key not in unsupported:
-                    convert = measure_convert(folder, cache, cenv)
+                if key not in unsupported and key not in failed:
+                    try:
+                        convert = measure_convert(folder, cache, cenv)
+                    except RuntimeError as exc:  # a converter that fails: say so, go on
+                        failed[key] = str(exc)
+                        convert = {"supported": False}
                     step_s.setdefault(f"{key}/convert", []).append(time.perf_counter() - started)
                     if convert["supported"]:
                         runs[key]["convert"].append(convert)
                         plan.append(("native", ["lazy", str(folder), "native", str(cache)]))
-                    else:
+                    elif key not in failed:
                         unsupported[key] = convert["message"]
                 plan.append(("st", ["st", str(folder)]))
                 plan.append(("export", ["lazy", str(folder), "export", str(cache)]))
                 line = []
                 for name, argv in plan:
                     started = time.perf_counter()
-                    result = _child([*argv, *common], cenv, timeout=1800)
+                    try:
+                        result = _child([*argv, *common], cenv, timeout=1800)
+                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                        failed[f"{key}/{name}"] = str(exc)
+                        line.append(f"{name} FAILED")
+                        continue
                     step_s.setdefault(f"{key}/{name}", []).append(time.perf_counter() - started)
                     runs[key][name].append(result)
                     line.append(f"{name} {result['sentences_per_s']:,.1f}/s")
@@ -1069,6 +1079,7 @@ def compare(
         "cpu": cpu_description(),
         "builds": builds,
         "unsupported": unsupported,
+        "failed": failed,
         "step_seconds": {k: statistics.median(v) for k, v in step_s.items()},
         "archs": {key: summarize(runs[key]) for key in keys},
     }
@@ -1194,11 +1205,10 @@ def markdown(result: Result) -> str:
         ]
         native, convert = row.get("native"), row.get("convert")
         if native is None:
-            lines.append(
-                f"| {key} | not converted natively (yet) | | | | | | | "
-                + " | ".join(st_cells)
-                + " | | | |"
-            )
+            why = "not converted natively (yet)"
+            if any(k == key or k == f"{key}/native" for k in result.get("failed", {})):
+                why = "native run FAILED (below)"
+            lines.append(f"| {key} | {why} | | | | | | | " + " | ".join(st_cells) + " | | | |")
             continue
         lines.append(
             f"| {key} | {_fmt(convert, 'peak_rss_mb')} | {_fmt(convert, 'seconds', 1)} | "
@@ -1231,6 +1241,9 @@ def markdown(result: Result) -> str:
     steps = ", ".join(f"{k} {v:.1f}" for k, v in result.get("step_seconds", {}).items())
     if steps:
         lines += ["", f"Seconds per step (median, whole fresh process): {steps}."]
+    if result.get("failed"):
+        lines += ["", "**Failed runs** (the tables show the runs that finished):", ""]
+        lines += [f"- {key}: `{_last(message)}`" for key, message in result["failed"].items()]
     if result["unsupported"]:
         lines += ["", "Not converted natively (yet), as lazyembed's converter said:", ""]
         lines += [f"- {key}: `{message[:300]}`" for key, message in result["unsupported"].items()]
@@ -1247,6 +1260,11 @@ def markdown(result: Result) -> str:
         "sentences.",
     ]
     return "\n".join(lines)
+
+
+def _last(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else message)[:300]
 
 
 def _cos(row: Result | None) -> str:
