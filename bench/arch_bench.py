@@ -27,7 +27,8 @@ From the repository root, in .venv-bench:
     python -m bench.arch_bench --repeats 3       # real size (quiet machine only)
 
 ``make bench`` runs it as the "architectures" section (``--quick``: tiny configs). The
-built folders are kept under bench/.archmodels/ (gitignored) and reused.
+built folders are kept under bench/.archmodels/ (gitignored; ``ARCHBENCH_MODELS_DIR``
+points elsewhere) and reused; at real size they take ~9 GB of disk.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ from bench import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(__file__).resolve().parent / ".archmodels"  # gitignored (bench/.gitignore)
+#: Another place for the built folders (e.g. ones built in another checkout): its
+#: ``real/`` and ``tiny/`` subfolders are used.
+MODELS_DIR_ENV = "ARCHBENCH_MODELS_DIR"
 EXPORT = "onnx/model.onnx"
 FIRST_TEXT = "The first vector after a load."
 RELOAD_TEXT = "The first vector after an unload."
@@ -780,6 +784,11 @@ def build_one(arch: Arch, folder: Path, tiny: bool) -> Result:
     return result
 
 
+def default_models_dir(tiny: bool) -> Path:
+    root = Path(os.environ.get(MODELS_DIR_ENV) or MODELS_DIR)
+    return root / ("tiny" if tiny else "real")
+
+
 def folder_of(models_dir: Path, key: str) -> Path:
     return models_dir / key
 
@@ -1024,7 +1033,7 @@ def compare(
     env: dict[str, str] | None = None,
 ) -> Result:
     """Every contender of every architecture, one fresh process per run, interleaved."""
-    models_dir = models_dir or MODELS_DIR / ("tiny" if tiny else "real")
+    models_dir = models_dir or default_models_dir(tiny)
     cenv = child_env(env)
     builds = ensure_built(keys, models_dir, tiny, cenv)
     runs: dict[str, dict[str, list[Result]]] = {k: {c: [] for c in CONTENDERS} for k in keys}
@@ -1314,7 +1323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _internal(args: argparse.Namespace, sentences: int, one_texts: int) -> int:
     what, *rest = args.command
     if what == "build":
-        models_dir = args.models_dir or MODELS_DIR / ("tiny" if args.tiny else "real")
+        models_dir = args.models_dir or default_models_dir(args.tiny)
         models_dir.mkdir(parents=True, exist_ok=True)
         result = build_one(ARCHS[rest[0]], folder_of(models_dir, rest[0]), args.tiny)
     elif what == "lazy":
