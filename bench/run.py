@@ -645,6 +645,23 @@ class Run:
         )
         return result, markdown
 
+    def architectures(self) -> tuple[Result, str]:
+        """MPNet, NomicBert, ModernBERT, Qwen3, Gemma3 built from their published configs
+        (bench/arch_bench.py; --quick: scaled-down configs, one repeat)."""
+        from bench import arch_bench
+
+        quick = self.cfg.quick
+        result = arch_bench.compare(
+            list(arch_bench.ARCHS),
+            repeats=1 if quick else self.cfg.repeats,
+            threads=self.cfg.threads,
+            tiny=quick,
+            sentences=None,
+            one_texts=5 if quick else 20,
+            env=bench_env(self.workdir),
+        )
+        return result, arch_bench.markdown(result)
+
     # ---- cache, isolation, server --------------------------------------------------------
 
     def cache(self) -> tuple[Result, str]:
@@ -1417,6 +1434,7 @@ SECTION_KEYS = (
     "daemon",
     "cycles",
     "timeline",
+    "architectures",
 )
 
 
@@ -1436,6 +1454,11 @@ def sections(run: Run) -> list[tuple[str, str, Callable[[], tuple[Result, str]]]
         ("daemon", "Shared daemon vs in-process (issue 20)", run.daemon),
         ("cycles", "RSS over load/unload cycles", run.cycles),
         ("timeline", "Memory timeline", run.timeline),
+        (
+            "architectures",
+            "The 2026 architectures at published size, random weights (issues 21, 22)",
+            run.architectures,
+        ),
     ]
 
 
