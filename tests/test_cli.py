@@ -118,8 +118,17 @@ def test_debug_shows_the_traceback() -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.fixture
+def only_bert_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converter that knows BERT and XLM-R only: every other status is then shown."""
+    from lazyembed.models import architectures
+
+    bert = {k: v for k, v in architectures._BUILDERS.items() if k in architectures.BERT_TYPES}
+    monkeypatch.setattr(architectures, "_BUILDERS", bert)
+
+
 def test_models_lists_the_catalogue_and_marks_what_is_here(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], only_bert_converted: None
 ) -> None:
     assert cli.main(["models", "--json"]) == 0
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
@@ -139,7 +148,10 @@ def test_models_lists_the_catalogue_and_marks_what_is_here(
 
 
 def test_models_marks_a_local_export_as_what_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    only_bert_converted: None,
 ) -> None:
     """A catalogue model in the hub cache with its export runs that export, whatever the
     catalogue records of its hub repo."""
@@ -156,7 +168,7 @@ def test_models_marks_a_local_export_as_what_runs(
 
 
 def test_models_describe_says_how_a_model_runs_and_why(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], only_bert_converted: None
 ) -> None:
     # Absent here and no download allowed: the catalogue's facts, not an error.
     assert cli.main(["models", "--describe", "qwen3-embedding:0.6b", "--json"]) == 0

@@ -88,7 +88,7 @@ CPYTHON_TEST = (
 
 #: Architectures lazyembed converts from model.safetensors today; a fixture of another one
 #: without an ONNX export gets "native": "pending" in the manifest until its converter lands.
-NATIVE = ("bert", "xlm-roberta")
+NATIVE = ("bert", "xlm-roberta", "mpnet", "nomic_bert", "modernbert", "qwen3", "gemma3_text")
 INITIALIZER_RANGE = 0.2  # larger than BERT's 0.02 so that vectors of different texts differ clearly
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3 as in XLM-R; <mask> is appended last
