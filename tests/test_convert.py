@@ -352,3 +352,35 @@ def test_a_child_that_dies_or_cannot_import(
             ensure_onnx_in_child(model, cache_dir=tmp_path / "cache")
     else:  # the child could not run lazyembed: convert here rather than fail
         assert ensure_onnx_in_child(model, cache_dir=tmp_path / "cache").converted
+
+
+def test_a_sharded_checkpoint_converts_to_the_same_model(tmp_path: Path) -> None:
+    """model.safetensors split into two shards with an index: the same vectors, and a
+    cache key of its own (the shards' names and digests)."""
+    fixture = Path(__file__).parent / "fixtures" / "models" / "bert-mean-norm"
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for name in ("config.json",):
+        (sharded / name).write_bytes((fixture / name).read_bytes())
+    tensors = load_file(str(fixture / "model.safetensors"))
+    names = sorted(tensors)
+    halves = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, part in halves.items():
+        save_file({n: tensors[n] for n in part}, str(sharded / shard))
+        weight_map.update(dict.fromkeys(part, shard))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    whole = ensure_onnx(fixture, cache_dir=tmp_path / "cache")
+    split = ensure_onnx(sharded, cache_dir=tmp_path / "cache")
+    assert split.converted and split.weights_sha256 != whole.weights_sha256
+    ids = np.array([[2, 40, 41, 42, 3]], np.int64)
+    mask = np.ones_like(ids)
+    np.testing.assert_array_equal(
+        _run(str(split.path), ids, mask), _run(str(whole.path), ids, mask)
+    )
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ModelConversionError, match=r"model-00002-of-00002\.safetensors is missing"):
+        ensure_onnx(sharded, cache_dir=tmp_path / "cache2")

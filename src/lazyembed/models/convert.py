@@ -15,6 +15,7 @@ replacing and removing one cached model and its manifest; ``hash_index.py`` and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import tempfile
@@ -28,7 +29,7 @@ from lazyembed.errors import ModelConversionError
 from lazyembed.models import onnx_store
 from lazyembed.models.architectures import converter_version
 from lazyembed.models.bert_graph import CONVERTER_VERSION, DEFAULT_GRAPH, INT8_GRAPH, GraphKind
-from lazyembed.models.checkpoint import WEIGHTS_FILE
+from lazyembed.models.checkpoint import weight_files
 from lazyembed.models.encoder_config import CONFIG_FILE, read_config
 from lazyembed.models.files import sha256_file
 from lazyembed.models.hash_index import cached_sha256
@@ -80,13 +81,23 @@ def _ort_version() -> str:
         return str(onnxruntime.__version__)
 
 
+def _weights_sha256(files: list[Path], cache_dir: Path) -> str:
+    """The checkpoint's identity: its file's sha256, or for shards the sha256 of their
+    names and digests in order."""
+    digests = [cached_sha256(path, cache_dir) for path in files]
+    if len(files) == 1:
+        return digests[0]
+    joined = "\n".join(f"{path.name} {digest}" for path, digest in zip(files, digests, strict=True))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
 def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, Path]:
     """Check the inputs and name the cached model they map to (no conversion)."""
     if variant not in ("fp32", "int8"):
         raise ModelConversionError(f"unknown variant {variant!r}; expected 'fp32' or 'int8'")
-    weights = model_dir / WEIGHTS_FILE
+    weights = weight_files(model_dir)
     config = model_dir / CONFIG_FILE
-    for required in (weights, config):
+    for required in (*weights, config):
         if not required.is_file():
             raise ModelConversionError(f"{required} is missing; cannot convert {model_dir}")
     model_type = read_config(model_dir).model_type  # UnsupportedModelError before any work
@@ -97,7 +108,7 @@ def _plan(model_dir: Path, variant: Variant, cache_dir: Path) -> tuple[Target, P
     target = Target(
         variant=variant,
         graph=DEFAULT_GRAPH if variant == "fp32" else INT8_GRAPH,
-        weights_sha256=cached_sha256(weights, cache_dir),
+        weights_sha256=_weights_sha256(weights, cache_dir),
         config_sha256=sha256_file(config),
         ort_version=_ort_version(),
         model_type=model_type,
