@@ -311,19 +311,16 @@ class GraphBuilder:
     def _repeat_kv(self, x: str, groups: int) -> str:
         """[b, kv, s, d] -> [b, kv*groups, s, d], each head repeated ``groups`` times in a
         row (as ``repeat_kv`` does)."""
+        shape = self.op("Shape", [x])
+        batch_kv = self.op("Slice", [shape, self.ints(0), self.ints(2)])
+        seq_dim = self.op("Slice", [shape, self.ints(2), self.ints(4)])
         expanded = self.op("Unsqueeze", [x, self.ints(2)])  # [b, kv, 1, s, d]
-        shape = self.op("Shape", [expanded])
-        target = self.op(
-            "Concat",
-            [
-                self.op("Slice", [shape, self.ints(0), self.ints(2)]),
-                self.ints(groups),
-                self.op("Slice", [shape, self.ints(3), self.ints(5)]),
-            ],
-            axis=0,
-        )
-        tiled = self.op("Expand", [expanded, target])
-        return self.op("Reshape", [tiled, self.ints(0, -1, 0, 0)])  # kv*groups heads
+        target = self.op("Concat", [batch_kv, self.ints(groups), seq_dim], axis=0)
+        tiled = self.op("Expand", [expanded, target])  # [b, kv, groups, s, d]
+        # Reshape's 0 copies the input's dimension at the same index, so spell out s, d.
+        batch = self.op("Slice", [shape, self.ints(0), self.ints(1)])
+        merged = self.op("Concat", [batch, self.ints(-1), seq_dim], axis=0)
+        return self.op("Reshape", [tiled, merged])  # [b, kv*groups, s, d]
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
