@@ -89,7 +89,7 @@ def _rope(raw: dict[str, Any], path: Path) -> float:
     return float(_DEFAULT_THETA if theta is None else theta)
 
 
-def _read(raw: dict[str, Any], path: Path) -> Qwen3Config:
+def qwen3_config(raw: dict[str, Any], path: Path) -> Qwen3Config:
     """Vet ``raw`` (refusing what is not implemented, by name) and read its sizes."""
     if raw.get("use_sliding_window"):
         raise UnsupportedModelError(
@@ -138,7 +138,17 @@ def _read(raw: dict[str, Any], path: Path) -> Qwen3Config:
 
 def check_config(raw: dict[str, Any], path: Path) -> None:
     """Refuse the Qwen3 options this builder does not emit (see ``architectures.py``)."""
-    _read(raw, path)
+    qwen3_config(raw, path)
+
+
+@dataclass(frozen=True)
+class _Rope:
+    """Names shared by every layer: rotary tables [batch, 1, seq, head_dim] and the
+    additive attention bias [batch, 1, seq, seq] (causal and key padding)."""
+
+    cos: str
+    sin: str
+    bias: str
 
 
 def _layer(g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, rope: _Rope) -> str:
@@ -175,16 +185,6 @@ def _layer(g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, ro
     return g.op("Add", [x, down])
 
 
-@dataclass(frozen=True)
-class _Rope:
-    """Names shared by every layer: rotary tables [batch, 1, seq, head_dim] and the
-    additive attention bias [batch, 1, seq, seq] (causal and key padding)."""
-
-    cos: str
-    sin: str
-    bias: str
-
-
 def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
     """The unoptimized graph of the Qwen3 model in ``model_dir``; ``data``: stream the
     weights into this external data file (see `GraphBuilder`)."""
@@ -192,7 +192,7 @@ def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
 
     model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
-    cfg = _read(json.loads(path.read_text(encoding="utf-8")), path)
+    cfg = qwen3_config(json.loads(path.read_text(encoding="utf-8")), path)
     g = GraphBuilder(data)
     try:
         with Checkpoint(model_dir, prefixes=("model.",)) as ck:
