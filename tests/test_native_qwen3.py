@@ -180,3 +180,27 @@ def test_qwen3_checkpoint_saved_from_the_causal_lm_converts_too(tmp_path: Path) 
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         got.append(_last_token(sess, rows, "left"))
     assert float(np.abs(got[0] - got[1]).max()) < 1e-6
+
+
+def test_qwen3_conversion_never_loads_the_whole_model_through_onnx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights are streamed to the data file and ONNX Runtime writes the optimized files;
+    loading the model as one protobuf (GBs for Qwen3-Embedding-0.6B) is what the
+    converter must never do."""
+    import onnx
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the converter loaded a whole model with onnx.load")
+
+    for name in ("load", "load_model", "load_from_string"):
+        monkeypatch.setattr(onnx, name, refuse)
+    converted = ensure_onnx(FOLDER, cache_dir=tmp_path / "cache")
+    assert converted.converted and converted.data_path.stat().st_size > 0
+    monkeypatch.undo()
+    ref = _reference()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(converted.path), so, providers=["CPUExecutionProvider"])
+    got = _last_token(sess, ref["input_ids"], "left")
+    assert _cosines(got, np.asarray(ref["vectors"], np.float64)).min() >= 0.99999
