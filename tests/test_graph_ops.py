@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
@@ -39,3 +41,27 @@ def test_qwen3_grouped_query_attention_repeats_each_kv_head_for_its_query_heads(
     want = _softmax(q @ k_rep.transpose(0, 1, 3, 2) * 0.5) @ v_rep
     want = want.transpose(0, 2, 1, 3).reshape(batch, seq, kv * groups * dim)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_qwen3_rms_norm_matches_numpy_and_is_fused_by_onnx_runtime(tmp_path: Path) -> None:
+    """RMSNorm over the last axis (Qwen3's q/k head norms and layer norms), in the form
+    ONNX Runtime's optimizer turns into one SimplifiedLayerNormalization."""
+    import onnx
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32) * 3
+    w = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    g = GraphBuilder()
+    # x times the (all-ones) mask: an input, so the optimizer cannot fold the norm away.
+    ones = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=1), g.ints(-1)])
+    model = g.finish(g.rms_norm(g.op("Mul", [g.const("x", x), ones]), w, 1e-6, "n"), 8, "rms")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ids = np.zeros((2, 3), np.int64)
+    (got,) = sess.run(None, {"input_ids": ids, "attention_mask": ids + 1})
+    want = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert "SimplifiedLayerNormalization" in {n.op_type for n in optimized.graph.node}

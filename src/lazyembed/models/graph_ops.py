@@ -173,9 +173,10 @@ class GraphBuilder:
     def rms_norm(self, x: str, weight: npt.NDArray[F32], eps: float, name: str) -> str:
         """RMSNorm over the last axis: ``x / sqrt(mean(x^2) + eps) * weight`` (pass
         ``1 + w`` for Gemma's form)."""
-        ms = self.op("ReduceMean", [self.op("Mul", [x, x])], axes=[-1], keepdims=1)
-        inv = self.op("Reciprocal", [self.op("Sqrt", [self.op("Add", [ms, self.scalar(eps)])])])
-        return self.op("Mul", [self.op("Mul", [x, inv]), self.const(f"{name}.w", weight)])
+        ms = self.op("ReduceMean", [self.op("Pow", [x, self.scalar(2.0)])], axes=[-1], keepdims=1)
+        rms = self.op("Sqrt", [self.op("Add", [ms, self.scalar(eps)])])
+        # Pow / Div: the form ONNX Runtime's optimizer fuses into SimplifiedLayerNormalization.
+        return self.op("Mul", [self.op("Div", [x, rms]), self.const(f"{name}.w", weight)])
 
     # ---- activations ---------------------------------------------------------------------
 
