@@ -13,11 +13,13 @@ the first real token makes a text's vector what transformers gives for it alone,
 whatever padding a batch adds on its left.
 
 Sliding-window attention and scaled rotary variants (``rope_type`` other than
-``default``) are refused by name: Qwen3-Embedding uses neither.
+``default``) are refused by name: Qwen3-Embedding uses neither. Like transformers'
+default Qwen3 rotary embedding, the rotation spans the whole ``head_dim``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,7 +144,7 @@ def check_config(raw: dict[str, Any], path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class _Rope:
+class _Shared:
     """Names shared by every layer: rotary tables [batch, 1, seq, head_dim] and the
     additive attention bias [batch, 1, seq, seq] (causal and key padding)."""
 
@@ -151,7 +153,9 @@ class _Rope:
     bias: str
 
 
-def _layer(g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, rope: _Rope) -> str:
+def _layer(
+    g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, shared: _Shared
+) -> str:
     """One decoder layer; each weight is read from the checkpoint as it is emitted."""
     p = f"layers.{n}."
     hd, h = cfg.head_dim, cfg.hidden
@@ -166,13 +170,13 @@ def _layer(g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, ro
         r = g.op("Reshape", [t, g.ints(0, 0, count, hd)])
         r = g.rms_norm(r, ck.get(f"{p}self_attn.{norm}.weight", (hd,)), cfg.eps, f"{p}{norm}")
         r = g.op("Transpose", [r], perm=[0, 2, 1, 3])
-        return g.rotate(r, rope.cos, rope.sin, hd, hd)
+        return g.rotate(r, shared.cos, shared.sin, hd, hd)
 
     y = g.rms_norm(x, ck.get(f"{p}input_layernorm.weight", (h,)), cfg.eps, f"{p}ln1")
     q = heads(proj(y, "self_attn.q_proj", cfg.heads * hd, h), cfg.heads, "q_norm")
     k = heads(proj(y, "self_attn.k_proj", cfg.kv_heads * hd, h), cfg.kv_heads, "k_norm")
     v = g.split_heads(proj(y, "self_attn.v_proj", cfg.kv_heads * hd, h), cfg.kv_heads, hd)
-    ctx = g.attention(q, k, v, rope.bias, hd**-0.5, cfg.heads // cfg.kv_heads)
+    ctx = g.attention(q, k, v, shared.bias, hd**-0.5, cfg.heads // cfg.kv_heads)
     attn = proj(g.merge_heads(ctx, cfg.heads, hd), "self_attn.o_proj", h, cfg.heads * hd)
     x = g.op("Add", [x, attn])
 
@@ -188,8 +192,6 @@ def _layer(g: GraphBuilder, ck: Checkpoint, cfg: Qwen3Config, n: int, x: str, ro
 def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
     """The unoptimized graph of the Qwen3 model in ``model_dir``; ``data``: stream the
     weights into this external data file (see `GraphBuilder`)."""
-    import json
-
     model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
     cfg = qwen3_config(json.loads(path.read_text(encoding="utf-8")), path)
@@ -201,13 +203,13 @@ def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
             cos, sin = g.rotary_tables(g.positions_from_mask(), cfg.head_dim, cfg.theta, "rope")
             axis1 = g.ints(1)
             allowed = g.both(g.causal_allowed(g.distance()), g.key_padding_allowed())
-            rope = _Rope(
+            shared = _Shared(
                 g.op("Unsqueeze", [cos, axis1]),
                 g.op("Unsqueeze", [sin, axis1]),
                 g.bias_from_allowed(allowed),
             )
             for n in range(cfg.layers):
-                x = _layer(g, ck, cfg, n, x, rope)
+                x = _layer(g, ck, cfg, n, x, shared)
             x = g.rms_norm(x, ck.get("norm.weight", (cfg.hidden,)), cfg.eps, "norm")
         model = g.finish(x, cfg.hidden, "qwen3")
     finally:
