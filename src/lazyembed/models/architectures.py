@@ -33,6 +33,7 @@ _BUILDERS: dict[str, str] = {
     "modernbert": "lazyembed.models.modernbert_graph",
     "nomic_bert": "lazyembed.models.nomic_graph",
     "mpnet": "lazyembed.models.mpnet_graph",
+    "qwen3": "lazyembed.models.qwen3_graph",
 }
 #: The types the BERT builder handles (it alone has the ``fused`` flavour).
 BERT_TYPES = frozenset({"bert", "xlm-roberta"})

@@ -189,11 +189,20 @@ class Checkpoint:
         count = int(np.prod(entry.shape, dtype=np.int64))
         if count * stored.itemsize != entry.end - entry.begin:
             raise ModelConversionError(f"tensor {name!r} in {entry.file}: size does not match")
-        raw = np.frombuffer(self._map(entry.file), stored, count, entry.begin)
+        mapped = self._map(entry.file)
+        raw = np.frombuffer(mapped, stored, count, entry.begin)
         if entry.dtype == "BF16":  # bfloat16 is the top half of a float32
-            out = (raw.astype(np.uint32) << 16).view(np.float32)
+            bits = raw.astype(np.uint32)
+            bits <<= 16  # in place: one float32-sized copy, not two
+            out = bits.view(np.float32)
         else:
             out = raw.astype(np.float32)
+        del raw
+        # The copy is all the caller needs: drop the mapped pages from this process, so
+        # its resident memory stays about one tensor, not the whole checkpoint read so far.
+        start = entry.begin - entry.begin % mmap.PAGESIZE
+        if entry.end > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
         return out.reshape(entry.shape)
 
 

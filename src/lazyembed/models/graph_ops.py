@@ -75,7 +75,7 @@ class GraphBuilder:
         if pad:
             self._data.write(b"\0" * pad)
             offset += pad
-        self._data.write(array.tobytes())
+        self._data.write(array.data.cast("B"))  # no bytes copy of a large table
         tensor = TensorProto()
         tensor.name = name
         tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
@@ -173,9 +173,10 @@ class GraphBuilder:
     def rms_norm(self, x: str, weight: npt.NDArray[F32], eps: float, name: str) -> str:
         """RMSNorm over the last axis: ``x / sqrt(mean(x^2) + eps) * weight`` (pass
         ``1 + w`` for Gemma's form)."""
-        ms = self.op("ReduceMean", [self.op("Mul", [x, x])], axes=[-1], keepdims=1)
-        inv = self.op("Reciprocal", [self.op("Sqrt", [self.op("Add", [ms, self.scalar(eps)])])])
-        return self.op("Mul", [self.op("Mul", [x, inv]), self.const(f"{name}.w", weight)])
+        ms = self.op("ReduceMean", [self.op("Pow", [x, self.scalar(2.0)])], axes=[-1], keepdims=1)
+        rms = self.op("Sqrt", [self.op("Add", [ms, self.scalar(eps)])])
+        # Pow / Div: the form ONNX Runtime's optimizer fuses into SimplifiedLayerNormalization.
+        return self.op("Mul", [self.op("Div", [x, rms]), self.const(f"{name}.w", weight)])
 
     # ---- activations ---------------------------------------------------------------------
 
@@ -311,27 +312,15 @@ class GraphBuilder:
     def _repeat_kv(self, x: str, groups: int) -> str:
         """[b, kv, s, d] -> [b, kv*groups, s, d], each head repeated ``groups`` times in a
         row (as ``repeat_kv`` does)."""
+        shape = self.op("Shape", [x])
+        batch_kv = self.op("Slice", [shape, self.ints(0), self.ints(2)])
+        seq_dim = self.op("Slice", [shape, self.ints(2), self.ints(4)])
         expanded = self.op("Unsqueeze", [x, self.ints(2)])  # [b, kv, 1, s, d]
-        shape = self.op("Shape", [expanded])
-        target = self.op(
-            "Concat",
-            [
-                self.op("Slice", [shape, self.ints(0), self.ints(2)]),
-                self.ints(groups),
-                self.op("Slice", [shape, self.ints(3), self.ints(5)]),
-            ],
-            axis=0,
-        )
-        tiled = self.op("Expand", [expanded, target])
-        merged = self.op(
-            "Concat",
-            [
-                self.op("Slice", [shape, self.ints(0), self.ints(1)]),
-                self.ints(-1),
-                self.op("Slice", [shape, self.ints(3), self.ints(5)]),
-            ],
-            axis=0,
-        )
+        target = self.op("Concat", [batch_kv, self.ints(groups), seq_dim], axis=0)
+        tiled = self.op("Expand", [expanded, target])  # [b, kv, groups, s, d]
+        # Reshape's 0 copies the input's dimension at the same index, so spell out s, d.
+        batch = self.op("Slice", [shape, self.ints(0), self.ints(1)])
+        merged = self.op("Concat", [batch, self.ints(-1), seq_dim], axis=0)
         return self.op("Reshape", [tiled, merged])  # [b, kv*groups, s, d]
 
 

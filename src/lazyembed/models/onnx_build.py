@@ -1,10 +1,12 @@
-"""From the built graph to the files the cache stores: quantize, optimize, externalize.
+"""From the built graph to the files the cache stores: quantize, optimize.
 
 The graph is optimized once by ONNX Runtime (``ORT_ENABLE_EXTENDED``) and saved, so later
 processes load it with optimizations disabled, as a small graph file plus one external
 data file of weights that ONNX Runtime memory-maps (``<stem>.onnx`` and
-``<stem>.onnx.data``). Everything is written into a fresh private work directory; the
-store (``onnx_store.py``) moves the results into the cache.
+``<stem>.onnx.data``). ONNX Runtime writes both itself: re-saving through ``onnx`` would
+hold the whole model as one protobuf in memory (several GB for a 0.6B model).
+Everything is written into a fresh private work directory; the store
+(``onnx_store.py``) moves the results into the cache.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,12 +71,24 @@ def _check_saved(path: Path) -> None:
 
 
 def _optimize(src: Path, dest: Path) -> None:
-    """Let ONNX Runtime optimize ``src`` once and save the result to ``dest``.
+    """Let ONNX Runtime optimize ``src`` once and save the result to ``dest``, every
+    initializer of at least ``_EXTERNAL_MIN_BYTES`` in ``data_path(dest)``.
 
     ORT_ENABLE_EXTENDED, not ALL: ALL adds layout transforms that may be specific to the
     CPU the file was written on, and for this graph it produced the same nodes anyway.
+
+    The data file is what runtimes memory-map: a session is created in ~10 ms instead of
+    ~120 ms, and only the weight pages actually touched count in RSS (most of a
+    word-embedding table never is). The pages belong to the file, so unloading unmaps
+    them and the kernel can drop them under pressure. ONNX Runtime aligns each tensor's
+    offset, as ``onnx`` would, and reads the weights of ``src`` from its mapped data
+    file, so the converter never holds the model as one protobuf.
     """
     import onnxruntime as ort
+
+    data = data_path(dest)
+    if data.exists():  # must be a fresh file, not appended to or rewritten in place
+        raise FileExistsError(f"{data} exists in the private work directory")
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -141,44 +154,10 @@ def _quiet_root_logger() -> Iterator[None]:
             root.removeHandler(guard)
 
 
-def _mark_external(model: onnx.ModelProto, location: str) -> None:
-    """Point every large initializer at ``location`` (a name beside the graph file).
-
-    Not ``onnx.save_model(location=...)``: that refuses to run when a file of that name
-    exists in the *current working directory* (onnx checks the bare relative name), which
-    is the cache directory for the conversion child, where the damaged file being
-    replaced sits.
-    """
-    from onnx.external_data_helper import set_external_data
-
-    for tensor in model.graph.initializer:
-        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= _EXTERNAL_MIN_BYTES:
-            set_external_data(tensor, location)
-
-
-def _externalize(src: Path, dest: Path) -> Path:
-    """Re-save ``src`` as a small graph file plus one data file holding every weight.
-
-    ONNX Runtime memory-maps external data instead of parsing and copying it: a session
-    is created in ~10 ms instead of ~120 ms, and only the weight pages actually touched
-    count in RSS (most of the 47 MB word-embedding table never is). The pages belong to
-    the file, so unloading unmaps them and the kernel can drop them under pressure.
-    """
-    import onnx
-
-    data = data_path(dest)
-    if data.exists():  # onnx appends to an existing data file
-        raise FileExistsError(f"{data} exists in the private work directory")
-    model = onnx.load(str(src))
-    _mark_external(model, data.name)
-    onnx.save_model(model, str(dest))  # writes the marked tensors to dest's directory
-    return data
-
-
 def build_into(
     model_dir: Path, variant: Variant, graph_kind: GraphKind, work: Path, name: str
 ) -> tuple[Path, Path]:
-    """Build, (quantize,) optimize, externalize; return (graph, data) inside ``work``."""
+    """Build, (quantize,) optimize; return (graph, data) inside ``work``."""
     import onnx
 
     raw = work / "raw.onnx"
@@ -190,11 +169,12 @@ def build_into(
         quantized = work / "quantized.onnx"
         _quantize(raw, quantized)
         raw = quantized
-    optimized = work / "optimized.onnx"
-    _optimize(raw, optimized)
     graph = work / name
-    data = _externalize(optimized, graph)
-    data.chmod(0o644)  # onnx creates it 0600, which would hide the cache from other users
+    _optimize(raw, graph)
+    data = data_path(graph)
+    if not data.is_file():
+        raise ModelConversionError(f"ONNX Runtime wrote no external data file {data}")
+    data.chmod(0o644)  # not 0600 (by umask): that would hide the cache from other users
     for path in (data, graph):
         with path.open("rb") as f:
             os.fsync(f.fileno())
