@@ -323,7 +323,16 @@ class GraphBuilder:
             axis=0,
         )
         tiled = self.op("Expand", [expanded, target])
-        return self.op("Reshape", [tiled, self.ints(0, -1, 0, 0)])  # kv*groups heads
+        merged = self.op(
+            "Concat",
+            [
+                self.op("Slice", [shape, self.ints(0), self.ints(1)]),
+                self.ints(-1),
+                self.op("Slice", [shape, self.ints(3), self.ints(5)]),
+            ],
+            axis=0,
+        )
+        return self.op("Reshape", [tiled, merged])  # [b, kv*groups, s, d]
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
