@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 _BUILDERS: dict[str, str] = {
     "bert": "lazyembed.models.bert_graph",
     "xlm-roberta": "lazyembed.models.bert_graph",
+    "gemma3_text": "lazyembed.models.gemma3_graph",
 }
 #: The types the BERT builder handles (it alone has the ``fused`` flavour).
 BERT_TYPES = frozenset({"bert", "xlm-roberta"})
