@@ -98,7 +98,7 @@ def _rope_thetas(raw: dict[str, Any], path: Path) -> dict[str, float]:
             if kind != "default":
                 raise _refuse(
                     path,
-                    f"rope {key}={kind!r} for {layer_type}",
+                    f"{key}={kind!r} for {layer_type}",
                     "only the default (unscaled) rotary embedding is implemented",
                 )
         try:
@@ -131,8 +131,10 @@ def _parse(raw: dict[str, Any], path: Path) -> _Config:
     bidirectional = raw.get("use_bidirectional_attention")
     if bidirectional not in (None, True, False):
         raise _refuse(path, f"use_bidirectional_attention={bidirectional!r}", "expected a bool")
+    thetas = _rope_thetas(raw, path)
     try:
         layers = int(raw.get("num_hidden_layers", 26))
+        layer_types = _layer_types(raw, layers, path)
         heads = int(raw.get("num_attention_heads", 8))
         kv_heads = int(raw.get("num_key_value_heads", 4))
         window = raw.get("sliding_window", 4096)
@@ -150,9 +152,11 @@ def _parse(raw: dict[str, Any], path: Path) -> _Config:
             scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
             bidirectional=bool(bidirectional),
             sliding_window=int(window or 0),
-            layer_types=_layer_types(raw, layers, path),
-            thetas=_rope_thetas(raw, path),
+            layer_types=layer_types,
+            thetas=thetas,
         )
+    except UnsupportedModelError:
+        raise
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ModelConversionError(f"{path} lacks a usable gemma3_text field: {exc!r}") from exc
     if min(cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.vocab) < 1:
