@@ -7,6 +7,8 @@ whitespace, non-ASCII, past max_seq_length). Here they go through the whole lazy
 path: resolve, convert, tokenizer, ONNX Runtime, pooling, normalisation, prompts. One
 XLM-R model comes with one hub tokenizer.json (bare Metaspace) under two tokenizer classes,
 XLMRobertaTokenizerFast and TokenizersBackend, which transformers 5 tokenizes differently.
+Fixtures of architectures lazyembed does not convert yet (safetensors only, ``"native":
+"pending"`` in the manifest) are checked for their token ids and for being refused.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ import numpy.typing as npt
 import pytest
 
 from lazyembed import Embedder
+from lazyembed.errors import UnsupportedModelError
 from lazyembed.runtime import encode_truncated, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 NAMES = [fixture["path"] for fixture in MANIFEST["fixtures"]]
+#: Safetensors-only fixtures whose converter has not landed: refused until the manifest says
+#: otherwise (tools/make_model_fixtures.py's NATIVE lists the converted architectures).
+PENDING = [
+    fixture["path"] for fixture in MANIFEST["fixtures"] if fixture.get("native") == "pending"
+]
+RUNNABLE = [name for name in NAMES if name not in PENDING]
 MIN_COSINE = 0.99999
 
 
@@ -34,7 +43,7 @@ def reference(name: str) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=RUNNABLE)
 def fixture(request: pytest.FixtureRequest) -> Iterator[tuple[Embedder, dict[str, Any]]]:
     embedder = Embedder(str(FIXTURES / request.param), cache_memory_mb=0, idle_timeout="never")
     yield embedder, reference(request.param)
@@ -85,3 +94,15 @@ def test_token_ids_match_sentence_transformers(name: str) -> None:
     got = [encoding.ids for encoding in encode_truncated(tokenizer, texts)]
     differ = [i for i, (a, b) in enumerate(zip(got, ref["input_ids"], strict=True)) if a != b]
     assert differ == [], f"{name}: other token ids than sentence-transformers' for texts {differ}"
+
+
+@pytest.mark.parametrize("name", PENDING)
+def test_pending_architectures_are_refused_not_run(name: str) -> None:
+    """A fixture whose architecture has no converter yet gets UnsupportedModelError, never
+    vectors; once its converter lands, its manifest entry loses "native": "pending"."""
+    embedder = Embedder(str(FIXTURES / name), cache_memory_mb=0, idle_timeout="never")
+    try:
+        with pytest.raises(UnsupportedModelError, match=reference(name)["architecture"]):
+            embedder.embed_numpy(["a text"])
+    finally:
+        embedder.close()

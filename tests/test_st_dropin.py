@@ -360,6 +360,9 @@ TOKENIZER_OUTPUT = {
     "xlm-roberta": ["input_ids", "attention_mask"],
     "mpnet": ["input_ids", "attention_mask"],
     "qwen3": ["input_ids", "attention_mask"],
+    "nomic_bert": ["input_ids", "attention_mask"],
+    "modernbert": ["input_ids", "attention_mask"],
+    "gemma3_text": ["input_ids", "attention_mask"],
 }
 FIXTURE_NAMES = [
     entry["path"] for entry in json.loads((MODELS / "manifest.json").read_text())["fixtures"]

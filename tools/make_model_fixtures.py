@@ -17,6 +17,17 @@ decoder (left padding, last-token pooling, an EOS from the post-processor) given
 their ONNX export (`torch.onnx.export`, TorchScript exporter: `pip install onnx` into the
 reference venv), and a BERT with a Dense chain.
 
+Others are given only as model.safetensors, for the converters of issue 22 (torch-free
+graphs): MPNet, NomicBert in the form transformers 5 uses inside (q_proj, up_proj, ...)
+and in the hub's form of nomic-embed-text-v1.5 (n_embd, attn.Wqkv, fc11, ...: transformers
+5.24 cannot read that config.json, so its vectors come from the same weights under the
+transformers 5 config, checked to give the same last_hidden_state), ModernBERT (global and
+8-token local attention), Qwen3 (bf16, GQA; one truncating at 16 tokens) and an
+EmbeddingGemma-style Gemma3 text model (bidirectional, sliding and full layers, bf16, two
+Dense layers). bf16 weights are rounded first, and every reference is computed in fp32
+with eager attention. Their manifest entries say "native": "pending" until lazyembed
+converts the architecture (NATIVE below).
+
 sentencepiece only supplies the nmt_nfkc normalisation table that real XLM-R tokenizers
 carry (the Unigram vocabulary itself is trained with `tokenizers`). Each fixture folder
 gets a reference.json; tests/fixtures/models/manifest.json lists every fixture.
@@ -46,8 +57,16 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    Gemma3TextConfig,
+    Gemma3TextModel,
+    ModernBertConfig,
+    ModernBertModel,
     MPNetConfig,
     MPNetModel,
+    NomicBertConfig,
+    NomicBertModel,
+    PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3Model,
@@ -67,10 +86,29 @@ CPYTHON_TEST = (
     / "test"
 )
 
+#: Architectures lazyembed converts from model.safetensors today; a fixture of another one
+#: without an ONNX export gets "native": "pending" in the manifest until its converter lands.
+NATIVE = ("bert", "xlm-roberta")
 INITIALIZER_RANGE = 0.2  # larger than BERT's 0.02 so that vectors of different texts differ clearly
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3 as in XLM-R; <mask> is appended last
 PROMPTS = {"query": "query: ", "document": "passage: "}
+NOMIC_PROMPTS = {  # nomic-embed-text-v1.5's config_sentence_transformers.json
+    "search_query": "search_query: ",
+    "search_document": "search_document: ",
+    "classification": "classification: ",
+    "clustering": "clustering: ",
+}
+QWEN3_PROMPTS = {  # Qwen3-Embedding's query instruction ("document" is empty there)
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer "
+    "the query\nQuery:"
+}
+GEMMA_PROMPTS = {  # two of EmbeddingGemma's task prompts
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+}
+#: Reference vectors are computed in fp32 with eager attention (never flash or bf16 math).
+ST_MODEL_KWARGS: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "eager"}
 POOLING_FLAGS = {  # classic 1_Pooling/config.json key for each sentence-transformers pooling mode
     "cls": "pooling_mode_cls_token",
     "mean": "pooling_mode_mean_tokens",
@@ -86,14 +124,18 @@ class Spec:
     """One fixture: model shape, pooling, tokenizer options and on-disk layout."""
 
     name: str
-    arch: str  # "bert" | "xlm-roberta" | "mpnet" | "qwen3"
-    layout: str  # "st6" (what model.save() writes) | "classic" (hub form)
+    #: "bert" | "xlm-roberta" | "mpnet" | "qwen3" | "nomic_bert" | "modernbert" | "gemma3_text"
+    arch: str
+    #: "st6" (what model.save() writes) | "classic" (hub form) | "nomic-hub" (classic module
+    #: files, and config.json and model.safetensors as nomic-ai/nomic-embed-text-v1.5 has them)
+    layout: str
     pooling: str
     normalize: bool
     max_seq_length: int | None = 128  # None: absent everywhere (classic only)
     hidden: int = 32
     heads: int = 2
     intermediate: int = 64
+    layers: int = 2
     seed: int = 13
     cased_tokenizer: bool = False
     do_lower_case: bool = (
@@ -112,6 +154,10 @@ class Spec:
     onnx_export: bool = False
     #: Dense modules after the pooling: (out_features, torch.nn activation class name).
     dense: tuple[tuple[int, str], ...] = ()
+    dense_bias: bool = True
+    #: Store model.safetensors in bfloat16 (as Qwen and Gemma ship); the weights are rounded
+    #: to bf16 first, so the fp32 reference is of exactly the stored values.
+    bf16: bool = False
 
 
 SPECS = [
@@ -259,6 +305,66 @@ SPECS = [
         True,
         seed=41,
         dense=((64, "Tanh"), (32, "Identity")),
+    ),
+    # Architectures lazyembed is to convert natively from model.safetensors alone (issue 22).
+    Spec("mpnet-mean-norm", "mpnet", "st6", "mean", True, seed=61, prompts=PROMPTS),
+    # Qwen3-Embedding style again (left padding, EOS from the post-processor, last-token
+    # pooling), stored in bf16, with head_dim != hidden / heads and 4 query heads on 2 kv heads.
+    Spec(
+        "qwen3-lasttoken-left",
+        "qwen3",
+        "st6",
+        "lasttoken",
+        True,
+        heads=4,
+        seed=62,
+        prompts=QWEN3_PROMPTS,
+        bf16=True,
+    ),
+    Spec(
+        "qwen3-lasttoken-short",
+        "qwen3",
+        "st6",
+        "lasttoken",
+        True,
+        max_seq_length=16,
+        heads=4,
+        seed=63,
+        prompts=QWEN3_PROMPTS,
+        bf16=True,
+    ),
+    # NomicBert as transformers 5 names it inside (q_proj/k_proj/v_proj, up_proj/gate_proj:
+    # save_pretrained(save_original_format=False)) and in the hub's form (n_embd, attn.Wqkv, ...).
+    Spec("nomic-tf5-mean-norm", "nomic_bert", "st6", "mean", True, seed=64, prompts=NOMIC_PROMPTS),
+    Spec(
+        "nomic-hub-mean-norm",
+        "nomic_bert",
+        "nomic-hub",
+        "mean",
+        True,
+        hidden=48,
+        heads=4,
+        intermediate=96,
+        seed=65,
+        prompts=NOMIC_PROMPTS,
+        tokenizer_model_max_length=8192,
+    ),
+    # gte-modernbert style: CLS pooling; global and 8-token local attention layers.
+    Spec("modernbert-cls", "modernbert", "st6", "cls", True, layers=3, seed=66),
+    # EmbeddingGemma style: bidirectional Gemma3 text, mean pooling, two Dense layers without
+    # bias (hidden -> 4 hidden -> hidden), Normalize; bf16 weights.
+    Spec(
+        "gemma3-mean-dense",
+        "gemma3_text",
+        "st6",
+        "mean",
+        True,
+        layers=3,
+        seed=67,
+        prompts=GEMMA_PROMPTS,
+        dense=((128, "Identity"), (32, "Identity")),
+        dense_bias=False,
+        bf16=True,
     ),
 ]
 
@@ -440,47 +546,111 @@ def nmt_nfkc_charsmap() -> bytes:
 # --------------------------------------------------------------------------- models
 
 
-def build_hf_model(spec: Spec, vocab_size: int) -> torch.nn.Module:
-    torch.manual_seed(spec.seed)
+#: Window sizes of the sliding-window fixtures: short, so that many reference texts are longer.
+LOCAL_WINDOW = 8
+
+
+def hf_config(spec: Spec, vocab_size: int) -> PreTrainedConfig:
+    """The transformers config of the fixture's encoder (the BERT vocabulary's [PAD] 0,
+    [CLS] 2, [SEP] 3 serve as pad, bos/cls and eos/sep where the model has them)."""
     common = dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         intermediate_size=spec.intermediate,
-        max_position_embeddings=130,
         initializer_range=INITIALIZER_RANGE,
+        pad_token_id=0,
     )
+    specials = dict(bos_token_id=2, eos_token_id=3)
     if spec.arch == "bert":
-        return BertModel(BertConfig(pad_token_id=0, **common))
-    if spec.arch == "qwen3":  # grouped-query attention: 2 query heads share 1 key/value head
-        qwen = Qwen3Config(
-            vocab_size=vocab_size,
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=2,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=1,
-            head_dim=spec.hidden // spec.heads,
+        return BertConfig(max_position_embeddings=130, **common)
+    if spec.arch == "mpnet":  # positions count from 1 past [PAD]
+        return MPNetConfig(max_position_embeddings=130, **specials, **common)
+    if spec.arch == "qwen3":  # grouped-query attention: query heads share key/value heads
+        return Qwen3Config(
+            num_key_value_heads=max(1, spec.heads // 2),
+            # Explicit; for 4 heads it differs from hidden / heads, which Qwen3 allows.
+            head_dim=16,
             max_position_embeddings=256,
-            initializer_range=INITIALIZER_RANGE,
-            pad_token_id=0,
             eos_token_id=3,
+            **common,
         )
-        return Qwen3Model(qwen)
-    if spec.arch == "mpnet":  # the BERT vocabulary: [PAD] is 0, positions count from 1
-        return MPNetModel(MPNetConfig(pad_token_id=0, bos_token_id=2, eos_token_id=3, **common))
-    config = XLMRobertaConfig(
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common
+    if spec.arch == "nomic_bert":  # transformers 5 applies rotary to the whole head
+        theta = 1000.0 if spec.layout == "nomic-hub" else 500.0
+        return NomicBertConfig(
+            max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": theta},
+            **common,
+        )
+    if spec.arch == "modernbert":
+        return ModernBertConfig(
+            global_attn_every_n_layers=2,  # full, sliding, full
+            local_attention=LOCAL_WINDOW,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            max_position_embeddings=256,
+            cls_token_id=2,
+            sep_token_id=3,
+            **specials,
+            **common,
+        )
+    if spec.arch == "gemma3_text":
+        return Gemma3TextConfig(
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=12,  # != head_dim: scores are scaled by 12 ** -0.5
+            hidden_activation="gelu_pytorch_tanh",
+            use_bidirectional_attention=True,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            sliding_window=LOCAL_WINDOW,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            max_position_embeddings=256,
+            **specials,
+            **common,
+        )
+    assert spec.arch == "xlm-roberta", spec.arch
+    return XLMRobertaConfig(
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        **{**common, "pad_token_id": 1},
+        bos_token_id=0,
+        eos_token_id=2,
     )
-    return XLMRobertaModel(config)
+
+
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "bert": BertModel,
+    "xlm-roberta": XLMRobertaModel,
+    "mpnet": MPNetModel,
+    "qwen3": Qwen3Model,
+    "nomic_bert": NomicBertModel,
+    "modernbert": ModernBertModel,
+    "gemma3_text": Gemma3TextModel,
+}
+
+
+def build_hf_model(spec: Spec, vocab_size: int) -> torch.nn.Module:
+    torch.manual_seed(spec.seed)
+    model = MODEL_CLASSES[spec.arch](hf_config(spec, vocab_size))
+    if spec.bf16:  # the values bf16 can hold, kept in fp32 for the reference
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(torch.bfloat16).float())
+    return model
 
 
 def build_st_model(spec: Spec, hf_dir: Path) -> SentenceTransformer:
     kwargs: dict[str, Any] = {"do_lower_case": spec.do_lower_case}
     if spec.max_seq_length is not None:
         kwargs["max_seq_length"] = spec.max_seq_length
-    transformer = Transformer(str(hf_dir), **kwargs)
+    transformer = Transformer(str(hf_dir), model_kwargs=dict(ST_MODEL_KWARGS), **kwargs)
     dim = transformer.get_embedding_dimension()
     modules: list[torch.nn.Module] = [
         transformer,
@@ -489,7 +659,12 @@ def build_st_model(spec: Spec, hf_dir: Path) -> SentenceTransformer:
     width = dim
     for out_features, activation in spec.dense:
         modules.append(
-            Dense(width, out_features, activation_function=getattr(torch.nn, activation)())
+            Dense(
+                width,
+                out_features,
+                bias=spec.dense_bias,
+                activation_function=getattr(torch.nn, activation)(),
+            )
         )
         width = out_features
     if spec.normalize:
@@ -507,15 +682,13 @@ def build_fixture(
 ) -> None:
     """Save the model as sentence-transformers does, then (classic) rewrite it into the hub form."""
     length = spec.max_seq_length
-    if spec.arch in ("bert", "mpnet"):
-        cased = spec.cased_tokenizer
-        tokenizer: Any = bert_tokenizer(
-            vocabs["bert-cased" if cased else "bert-uncased"], cased, length
-        )
+    if spec.arch == "xlm-roberta":
+        tokenizer: Any = xlmr_tokenizer(vocabs["xlm-roberta"], charsmap, length)
     elif spec.arch == "qwen3":
         tokenizer = eos_left_tokenizer(vocabs["bert-uncased"], length)
-    else:
-        tokenizer = xlmr_tokenizer(vocabs["xlm-roberta"], charsmap, length)
+    else:  # the encoders with a BERT-style [CLS] ... [SEP] vocabulary
+        cased = spec.cased_tokenizer
+        tokenizer = bert_tokenizer(vocabs["bert-cased" if cased else "bert-uncased"], cased, length)
     hf_dir = work / spec.name
     build_hf_model(spec, len(tokenizer)).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
@@ -525,11 +698,15 @@ def build_fixture(
     shutil.rmtree(folder, ignore_errors=True)
     model.save(str(folder))
     (folder / "README.md").unlink(missing_ok=True)
-    if spec.layout == "classic":
+    if spec.arch == "nomic_bert" and spec.layout == "st6":
+        save_transformers_names(model, folder)
+    if spec.bf16:
+        store_bf16(folder)
+    if spec.layout in ("classic", "nomic-hub"):
         write_classic_layout(spec, folder, tokenizer)
     # The folder must load back into the very model that was built (sentence-transformers 6.2
     # does not save do_lower_case, so such a model is only checked in the classic layout).
-    saved = SentenceTransformer(str(folder), device="cpu")
+    saved = load_st(folder)
     reloaded = saved.encode(texts, convert_to_numpy=True)
     if spec.tokenizer_class == "TokenizersBackend":
         # Its tokenizer keeps the lone "▁" pieces of leading and trailing whitespace (no
@@ -545,6 +722,31 @@ def build_fixture(
             f"{spec.name}: the saved folder gives other vectors than the model built "
             f"(max diff {np.abs(intended - reloaded).max()})"
         )
+
+
+def load_st(folder: Path) -> SentenceTransformer:
+    return SentenceTransformer(str(folder), device="cpu", model_kwargs=dict(ST_MODEL_KWARGS))
+
+
+def save_transformers_names(model: SentenceTransformer, folder: Path) -> None:
+    """Rewrite model.safetensors with the names transformers 5 uses inside (q_proj, ...):
+    its save_pretrained turns them back into the checkpoint's (Wqkv, ...) by default."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model[0].auto_model.save_pretrained(tmp, save_original_format=False)
+        shutil.copyfile(Path(tmp) / "model.safetensors", folder / "model.safetensors")
+
+
+def store_bf16(folder: Path) -> None:
+    """model.safetensors in bfloat16 and config.json saying so, as Qwen and Gemma ship."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
+    assert all(torch.equal(bf16[k].float(), v) for k, v in tensors.items() if v.is_floating_point())
+    save_file(bf16, str(path), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    write_json(folder / "config.json", {**config, "dtype": "bfloat16"})
 
 
 # -------------------------------------------------------------------- classic layout
@@ -603,10 +805,10 @@ def write_classic_layout(spec: Spec, folder: Path, tokenizer: Any) -> None:
             similarity_fn_name="cosine",
         )
     write_json(folder / "config_sentence_transformers.json", st_config)
-    if spec.arch == "bert":
-        classic_bert_tokenizer_files(spec, folder, tokenizer)
-    else:
+    if spec.arch == "xlm-roberta":
         classic_xlmr_tokenizer_files(spec, folder)
+    else:
+        classic_bert_tokenizer_files(spec, folder, tokenizer)
 
 
 def classic_tokenizer_config(
@@ -711,6 +913,106 @@ def resave_as_tokenizers_backend(folder: Path) -> None:
         for name in ("tokenizer_config.json", "tokenizer.json"):
             shutil.copyfile(Path(tmp) / name, folder / name)
     (folder / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 5 writes none
+
+
+# ---------------------------------------------------------------- nomic hub form
+
+#: nomic-ai/nomic-embed-text-v1.5's config.json apart from the sizes (its custom code's keys).
+NOMIC_HUB_CONFIG: dict[str, Any] = {
+    "activation_function": "swiglu",
+    "architectures": ["NomicBertModel"],
+    "attn_pdrop": 0.0,
+    "auto_map": {
+        "AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+        "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel",
+        "AutoModelForMaskedLM": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert."
+        "NomicBertForPreTraining",
+    },
+    "bos_token_id": None,
+    "causal": False,
+    "dense_seq_output": True,
+    "embd_pdrop": 0.0,
+    "eos_token_id": None,
+    "fused_bias_fc": True,
+    "fused_dropout_add_ln": True,
+    "max_trained_positions": 2048,
+    "mlp_fc1_bias": False,
+    "mlp_fc2_bias": False,
+    "model_type": "nomic_bert",
+    "pad_vocab_size_multiple": 64,
+    "parallel_block": False,
+    "parallel_block_tied_norm": False,
+    "prenorm": False,
+    "qkv_proj_bias": False,
+    "reorder_and_upcast_attn": False,
+    "resid_pdrop": 0.0,
+    "rotary_emb_fraction": 1.0,
+    "rotary_emb_interleaved": False,
+    "rotary_emb_scale_base": None,
+    "rotary_scaling_factor": None,
+    "scale_attn_by_inverse_layer_idx": False,
+    "scale_attn_weights": True,
+    "torch_dtype": "float32",
+    "transformers_version": "4.37.2",
+    "use_cache": True,
+    "use_flash_attn": True,
+    "use_rms_norm": False,
+    "use_xentropy": True,
+}
+#: transformers 5 config key for each hub key that carries a size or constant of the model.
+NOMIC_HUB_KEYS = {
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "n_positions": "max_position_embeddings",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "initializer_range": "initializer_range",
+    "type_vocab_size": "type_vocab_size",
+    "vocab_size": "vocab_size",
+}
+
+
+def nomic_config_from_hub(hub: dict[str, Any]) -> NomicBertConfig:
+    """The transformers 5 config of a hub-form NomicBert (transformers 5.24 reads none of
+    the hub's keys: AutoConfig gives its 768-wide defaults for such a config.json)."""
+    assert hub["rotary_emb_fraction"] == 1.0 and not hub["qkv_proj_bias"], hub
+    return NomicBertConfig(
+        **{ours: hub[theirs] for theirs, ours in NOMIC_HUB_KEYS.items()},
+        rope_parameters={"rope_type": "default", "rope_theta": float(hub["rotary_emb_base"])},
+        pad_token_id=0,
+    )
+
+
+def write_nomic_hub_form(folder: Path, texts: list[str]) -> None:
+    """config.json with the hub's keys; model.safetensors already has the hub's names
+    (transformers 5's save_pretrained inverts its nomic_bert conversion mapping: Wqkv from
+    q/k/v_proj, fc11/fc12/fc2 from up/gate/down_proj, emb_ln, norm1/norm2, encoder.layers).
+    Checks that the rewritten folder gives the same last_hidden_state."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        names = set(weights.keys())
+    assert {"emb_ln.weight", "encoder.layers.0.attn.Wqkv.weight"} <= names, sorted(names)
+    assert "encoder.layers.0.mlp.fc11.weight" in names, sorted(names)
+    tf5 = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    before = NomicBertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    batch = load_st(folder).tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    hub = {
+        **NOMIC_HUB_CONFIG,
+        **{theirs: tf5[ours] for theirs, ours in NOMIC_HUB_KEYS.items()},
+        "rotary_emb_base": tf5["rope_parameters"]["rope_theta"],
+    }
+    write_json(folder / "config.json", dict(sorted(hub.items())))
+    config = nomic_config_from_hub(hub)
+    after = NomicBertModel.from_pretrained(
+        str(folder), config=config, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        want, got = before(**batch).last_hidden_state, after(**batch).last_hidden_state
+    if not torch.equal(want, got):
+        raise SystemExit(f"{folder.name}: hub form differs by {(want - got).abs().max()}")
+    print(f"{folder.name}: hub form loads into the same last_hidden_state {tuple(got.shape)}")
 
 
 # ------------------------------------------------------------------------ ONNX export
@@ -860,7 +1162,7 @@ def raw_tokenizer_ids(spec: Spec, folder: Path, max_len: int, texts: list[str]) 
 
 
 def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
-    model = SentenceTransformer(str(folder), device="cpu")
+    model = load_st(folder)
     vectors = model.encode(texts, convert_to_numpy=True)
     max_len = int(model.max_seq_length)
     ref: dict[str, Any] = {
@@ -871,7 +1173,7 @@ def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
         "pooling": spec.pooling,
         "normalize": spec.normalize,
         "max_seq_length": max_len,
-        "max_seq_length_in_sentence_bert_config": spec.layout == "classic"
+        "max_seq_length_in_sentence_bert_config": spec.layout in ("classic", "nomic-hub")
         and spec.max_seq_length is not None,
         "do_lower_case": spec.do_lower_case,
         "include_prompt": spec.include_prompt,
@@ -880,7 +1182,8 @@ def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
         "hidden_size": spec.hidden,
         "vocab_size": len(model.tokenizer),
         "versions": versions(),
-        "encode": 'SentenceTransformer(folder, device="cpu").encode(texts, convert_to_numpy=True)',
+        "encode": 'SentenceTransformer(folder, device="cpu", model_kwargs={"dtype": torch.float32, '
+        '"attn_implementation": "eager"}).encode(texts, convert_to_numpy=True)',
         "texts": texts,
         "vectors": as_lists(vectors),
     }
@@ -890,6 +1193,11 @@ def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
     ref["tokenizer_json_differs"] = [
         i for i, (a, b) in enumerate(zip(raw, ref["input_ids"], strict=True)) if a != b
     ]
+    ref["longest_input"] = max(len(ids) for ids in ref["input_ids"])
+    window = local_window(spec)
+    if window is not None:
+        ref["local_window"] = window
+        ref["texts_longer_than_window"] = sum(len(ids) > window for ids in ref["input_ids"])
     if spec.prompts:
         ref["prompt_vectors"] = {
             name: as_lists(model.encode(texts, prompt_name=name, convert_to_numpy=True))
@@ -901,6 +1209,11 @@ def reference(spec: Spec, folder: Path, texts: list[str]) -> dict[str, Any]:
     return ref
 
 
+def local_window(spec: Spec) -> int | None:
+    """The sliding window (config's local_attention / sliding_window) of the fixture, if any."""
+    return LOCAL_WINDOW if spec.arch in ("modernbert", "gemma3_text") else None
+
+
 def summary(ref: dict[str, Any]) -> str:
     vectors = np.array(ref["vectors"])
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -910,6 +1223,11 @@ def summary(ref: dict[str, Any]) -> str:
         f"{ref['name']:32} dim={ref['dimension']:3} seq={ref['max_seq_length']:4} "
         f"cos(other texts) mean={off.mean():.3f} max={off.max():.4f} "
         f"tokenizer.json differs on {ref['tokenizer_json_differs']}"
+        + (
+            f" {ref['texts_longer_than_window']} texts over the {ref['local_window']}-token window"
+            if "local_window" in ref
+            else ""
+        )
     )
 
 
@@ -937,6 +1255,8 @@ def main() -> None:
             write_reference(folder / "reference.json", ref)
             if spec.onnx_export:
                 replace_weights_by_export(folder)
+            if spec.layout == "nomic-hub":
+                write_nomic_hub_form(folder, texts)
             print(summary(ref), flush=True)
     manifest_keys = (
         "name",
@@ -981,6 +1301,13 @@ def main() -> None:
             entry["dense"] = [list(layer) for layer in spec.dense]
         if spec.tokenizer_class != "XLMRobertaTokenizer" and spec.arch == "xlm-roberta":
             entry["tokenizer_class"] = spec.tokenizer_class
+        if spec.arch not in NATIVE and not spec.onnx_export:
+            entry["native"] = "pending"  # safetensors only; lazyembed does not convert it yet
+        if spec.bf16:
+            entry["dtype"] = "bfloat16"
+        for key in ("local_window", "texts_longer_than_window", "longest_input"):
+            if key in ref:
+                entry[key] = ref[key]
         if ref["versions"] != common:
             entry["versions"] = ref["versions"]
         fixtures.append(entry)
