@@ -122,5 +122,5 @@ def test_an_unsupported_architecture_is_refused_by_info_too(tmp_path: Path) -> N
     folder = shutil.copytree(FIXTURES / "bert-mean-norm", tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "modernbert"}))
-    with pytest.raises(UnsupportedModelError, match=r"modernbert.*bert, xlm-roberta"):
+    with pytest.raises(UnsupportedModelError, match=r"modernbert.*bert, .*xlm-roberta"):
         read_model_info(folder)
