@@ -10,6 +10,7 @@ the real `Embedder`. Texts are longer than the sliding window, so its rule is te
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import save_file
 
+from lazyembed import Embedder
 from lazyembed.errors import UnsupportedModelError
 from lazyembed.models import gemma3_graph
+from lazyembed.models.convert import ensure_onnx
 from lazyembed.models.encoder_config import read_config
+from test_model_fixtures import check_close
 
+FIXTURE = Path(__file__).parent / "fixtures" / "models" / "gemma3-mean-dense"
 F64 = npt.NDArray[np.float64]
 MIN_COSINE = 0.99999
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -265,3 +270,56 @@ def test_gemma3_config_sizes(tmp_path: Path) -> None:
     )
     cfg = read_config(tmp_path)
     assert (cfg.model_type, cfg.hidden, cfg.layers, cfg.max_tokens) == ("gemma3_text", 24, 3, 64)
+
+
+# ---- the gemma3-mean-dense fixture (bf16 weights, two Dense, prompts) ------------------
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Iterator[tuple[Embedder, dict[str, Any]]]:
+    ref = json.loads((FIXTURE / "reference.json").read_text())
+    embedder = Embedder(str(FIXTURE), cache_memory_mb=0, idle_timeout="never")
+    yield embedder, ref
+    embedder.close()
+
+
+def test_gemma3_fixture_matches_sentence_transformers(gemma: tuple[Embedder, Any]) -> None:
+    """Every text (past the 8-token window, empty, whitespace), plain and with each prompt
+    by name, from bf16 model.safetensors through the real Embedder."""
+    embedder, ref = gemma
+    assert json.loads((FIXTURE / "config.json").read_text())["dtype"] == "bfloat16"
+    assert ref["texts_longer_than_window"] > 0
+    check_close(embedder.embed_numpy(ref["texts"]), np.asarray(ref["vectors"]), "plain")
+    assert set(ref["prompt_vectors"]) == {"query", "document"}
+    for name, vectors in ref["prompt_vectors"].items():
+        got = embedder.embed_numpy(ref["texts"], prompt_name=name)
+        check_close(got, np.asarray(vectors), name)
+
+
+def test_gemma3_fixture_text_alone_equals_text_in_a_batch(gemma: tuple[Embedder, Any]) -> None:
+    embedder, ref = gemma
+    texts = ref["texts"]
+    batch = embedder.embed_numpy(texts)
+    lengths = [len(ids) for ids in ref["input_ids"]]
+    for i in {int(np.argmin(lengths)), int(np.argmax(lengths)), len(texts) // 2}:
+        alone = embedder.embed_numpy([texts[i]])[0]
+        np.testing.assert_allclose(alone, batch[i], rtol=1e-5, atol=2e-6)
+
+
+def test_gemma3_fixture_graph_ignores_the_padding_side(tmp_path: Path) -> None:
+    """The converted graph gives each real token the same state padded left or right."""
+    ref = json.loads((FIXTURE / "reference.json").read_text())
+    converted = ensure_onnx(FIXTURE, cache_dir=tmp_path)
+    sess = ort.InferenceSession(str(converted.path), providers=["CPUExecutionProvider"])
+    rows = ref["input_ids"]
+    width = max(len(r) for r in rows)
+    states = {}
+    for side in ("right", "left"):
+        ids = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros_like(ids)
+        for i, row in enumerate(rows):
+            cols = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+            ids[i, cols], mask[i, cols] = row, 1
+        out = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+        states[side] = out[mask.astype(bool)]
+    np.testing.assert_allclose(states["left"], states["right"], rtol=1e-4, atol=1e-5)
