@@ -75,7 +75,7 @@ class GraphBuilder:
         if pad:
             self._data.write(b"\0" * pad)
             offset += pad
-        self._data.write(array.data.cast("B"))  # no copy of a large weight
+        self._data.write(array.tobytes())
         tensor = TensorProto()
         tensor.name = name
         tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -10,9 +10,9 @@ store (``onnx_store.py``) moves the results into the cache.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 
 #: Tensors smaller than this stay inside the graph file.
 _EXTERNAL_MIN_BYTES = EXTERNAL_MIN_BYTES
-#: Offsets of weights in the data file are aligned to this (as graph_ops writes them), so
-#: a runtime can map each tensor in place.
-_ALIGN = 4096
-#: Weights move between data files through a buffer of this size.
-_COPY_CHUNK = 8 << 20
 
 
 def build_onnx_model(
@@ -146,12 +141,19 @@ def _quiet_root_logger() -> Iterator[None]:
             root.removeHandler(guard)
 
 
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    import numpy as np
-    from onnx import helper
+def _mark_external(model: onnx.ModelProto, location: str) -> None:
+    """Point every large initializer at ``location`` (a name beside the graph file).
 
-    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    Not ``onnx.save_model(location=...)``: that refuses to run when a file of that name
+    exists in the *current working directory* (onnx checks the bare relative name), which
+    is the cache directory for the conversion child, where the damaged file being
+    replaced sits.
+    """
+    from onnx.external_data_helper import set_external_data
+
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= _EXTERNAL_MIN_BYTES:
+            set_external_data(tensor, location)
 
 
 def _externalize(src: Path, dest: Path) -> Path:
@@ -161,60 +163,15 @@ def _externalize(src: Path, dest: Path) -> Path:
     is created in ~10 ms instead of ~120 ms, and only the weight pages actually touched
     count in RSS (most of the 47 MB word-embedding table never is). The pages belong to
     the file, so unloading unmaps them and the kernel can drop them under pressure.
-
-    The weights are copied tensor by tensor from ``src``'s own data file in chunks, each
-    at an offset aligned for mapping, so the graph is never loaded with its weights (a
-    0.3B-parameter model would need its whole size again). Not
-    ``onnx.save_model(location=...)`` either: that refuses to run when a file of that name
-    exists in the *current working directory* (onnx checks the bare relative name), which
-    is the cache directory for the conversion child, where the damaged file being
-    replaced sits.
     """
     import onnx
-    from onnx import TensorProto
 
     data = data_path(dest)
-    model = onnx.load(str(src), load_external_data=False)
-    sources: dict[str, io.BufferedReader] = {}
-    chunk = memoryview(bytearray(_COPY_CHUNK))
-    try:
-        with data.open("xb") as out:  # never appends to a stale file
-            for tensor in model.graph.initializer:
-                external = tensor.data_location == TensorProto.EXTERNAL
-                if not external and len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
-                    continue
-                offset = out.seek(0, os.SEEK_END)
-                offset += -offset % _ALIGN
-                out.seek(offset)
-                if external:  # copied in chunks: no page of it stays resident
-                    info = {entry.key: entry.value for entry in tensor.external_data}
-                    name = info["location"]
-                    if name not in sources:
-                        sources[name] = (src.parent / name).open("rb")
-                    source = sources[name]
-                    source.seek(int(info.get("offset", 0)))
-                    left = length = int(info.get("length") or _nbytes(tensor))
-                    while left:
-                        got = source.readinto(chunk[: min(left, _COPY_CHUNK)])
-                        if not got:
-                            raise ModelConversionError(f"{src.parent / name} ends early")
-                        out.write(chunk[:got])
-                        left -= got
-                else:
-                    length = out.write(tensor.raw_data)
-                    tensor.ClearField("raw_data")
-                del tensor.external_data[:]
-                tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", data.name), ("offset", str(offset)),
-                                   ("length", str(length))):  # fmt: skip
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-    except FileExistsError as exc:
-        raise FileExistsError(f"{data} exists in the private work directory") from exc
-    finally:
-        for source in sources.values():
-            source.close()
-    onnx.save_model(model, str(dest))
+    if data.exists():  # onnx appends to an existing data file
+        raise FileExistsError(f"{data} exists in the private work directory")
+    model = onnx.load(str(src))
+    _mark_external(model, data.name)
+    onnx.save_model(model, str(dest))  # writes the marked tensors to dest's directory
     return data
 
 
