@@ -22,6 +22,7 @@ on language-model logits), so they are accepted and ignored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -258,8 +259,6 @@ def _layer(
 
 def build(model_dir: Path, data: Path | None) -> onnx.ModelProto:
     """The graph of the Gemma3 text model in ``model_dir``; weights stream to ``data``."""
-    import json
-
     path = Path(model_dir) / "config.json"
     cfg = _parse(json.loads(path.read_text(encoding="utf-8")), path)
     with Checkpoint(Path(model_dir), _PREFIXES) as ckpt, _builder(data) as g:
