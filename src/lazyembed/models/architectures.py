@@ -34,6 +34,7 @@ _BUILDERS: dict[str, str] = {
     "nomic_bert": "lazyembed.models.nomic_graph",
     "mpnet": "lazyembed.models.mpnet_graph",
     "qwen3": "lazyembed.models.qwen3_graph",
+    "gemma3_text": "lazyembed.models.gemma3_graph",
 }
 #: The types the BERT builder handles (it alone has the ``fused`` flavour).
 BERT_TYPES = frozenset({"bert", "xlm-roberta"})
