@@ -164,11 +164,20 @@ def test_a_native_model_downloads_its_weights_and_no_export(
     assert hub.fetched == SMALL | {"model.safetensors"}
 
 
+def _not_converted(hub: FakeHub) -> None:
+    """Make the hub repo an architecture lazyembed does not convert (MPNet now is one it
+    converts): its weights are then never fetched, its export is."""
+    config_path = hub.repo / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "model_type": "deberta-v2"}))
+    (hub.repo / "model.safetensors").write_bytes(b"weights lazyembed cannot convert")
+
+
 def test_an_export_model_downloads_its_export_with_its_data_and_no_variant(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub = _hub(tmp_path, monkeypatch, "mpnet-onnx-mean-norm")
-    (hub.repo / "model.safetensors").write_bytes(b"weights lazyembed cannot convert")
+    _not_converted(hub)
     found = resolve_model("someone/mpnet", allow_download=True)
     assert found.source == "download"
     assert hub.fetched == SMALL | {"onnx/model.onnx", "onnx/model.onnx_data"}
@@ -217,7 +226,7 @@ def test_a_downloaded_export_model_embeds_as_sentence_transformers_does(
 ) -> None:
     """What the download brought is enough to run: the MPNet export fixture's vectors."""
     hub = _hub(tmp_path, monkeypatch, "mpnet-onnx-mean-norm", exports=False)
-    (hub.repo / "model.safetensors").write_bytes(b"weights lazyembed cannot convert")
+    _not_converted(hub)
     reference = json.loads((FIXTURES / "mpnet-onnx-mean-norm" / "reference.json").read_text())
     embedder = Embedder(
         model="someone/mpnet",
