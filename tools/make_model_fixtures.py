@@ -12,10 +12,12 @@ It needs torch, so it runs in its own venv and never in CI:
     .venv-ref/bin/pip install sentence-transformers transformers sentencepiece protobuf
     .venv-ref/bin/python tools/make_model_fixtures.py
 
-Some fixtures stand for what the hub ships beyond BERT/XLM-R: an MPNet and a Qwen3
-decoder (left padding, last-token pooling, an EOS from the post-processor) given only as
-their ONNX export (`torch.onnx.export`, TorchScript exporter: `pip install onnx` into the
-reference venv), and a BERT with a Dense chain.
+Some fixtures stand for what the hub ships beyond BERT/XLM-R: an MPNet, a Qwen3 decoder
+(left padding, last-token pooling, an EOS from the post-processor), a hub-form NomicBert,
+a ModernBERT and an EmbeddingGemma-style Gemma3 (Dense chain kept outside the graph) given
+only as their ONNX export (`torch.onnx.export`, TorchScript exporter: `pip install onnx`
+into the reference venv), and a BERT with a Dense chain. (tools/make_st_onnx_fixtures.py
+adds exports made by sentence-transformers' own ONNX backend, in a venv of its own.)
 
 Others are given only as model.safetensors, for the converters of issue 22 (torch-free
 graphs): MPNet, NomicBert in the form transformers 5 uses inside (q_proj, up_proj, ...)
@@ -365,6 +367,40 @@ SPECS = [
         dense=((128, "Identity"), (32, "Identity")),
         dense_bias=False,
         bf16=True,
+    ),
+    # The other 2026 architectures given only as their ONNX export (issue 21): NomicBert in
+    # the hub's form (config.json and Dense-free folder as nomic-embed-text-v1.5 ships it),
+    # ModernBERT (global and 8-token local attention), and EmbeddingGemma-style Gemma3 with
+    # its Dense chain outside the graph (as sentence-transformers' ONNX backend keeps it).
+    Spec(
+        "nomic-onnx-mean-norm",
+        "nomic_bert",
+        "nomic-hub",
+        "mean",
+        True,
+        hidden=48,
+        heads=4,
+        intermediate=96,
+        seed=71,
+        prompts=NOMIC_PROMPTS,
+        tokenizer_model_max_length=8192,
+        onnx_export=True,
+    ),
+    Spec(
+        "modernbert-onnx-cls", "modernbert", "st6", "cls", True, layers=3, seed=72, onnx_export=True
+    ),
+    Spec(
+        "gemma3-onnx-mean-dense",
+        "gemma3_text",
+        "st6",
+        "mean",
+        True,
+        layers=3,
+        seed=73,
+        prompts=GEMMA_PROMPTS,
+        dense=((128, "Identity"), (32, "Identity")),
+        dense_bias=False,
+        onnx_export=True,
     ),
 ]
 
@@ -1058,20 +1094,49 @@ class _DecoderLastHiddenState(torch.nn.Module):
         ).last_hidden_state
 
 
-def replace_weights_by_export(folder: Path) -> None:
-    """Export the folder's transformer to onnx/model.onnx (inputs input_ids and
-    attention_mask, plus position_ids and past_key_values.* for a decoder, as
-    onnx-community's exports have;
-    output last_hidden_state; dynamic batch and sequence, as optimum's feature-extraction
-    export names them) and remove model.safetensors."""
+class _BidirectionalWindows(torch.nn.Module):
+    """Gemma3 text with use_bidirectional_attention, its two masks built here with plain
+    tensor ops (the TorchScript tracer fails inside transformers' mask functions): the
+    masks transformers makes, padding for full attention and padding and
+    |q - k| < sliding_window for sliding attention, added to the scores as 0 or fp32 min."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.window = int(model.config.sliding_window)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keep = attention_mask[:, None, None, :].bool()
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        near = (positions[:, None] - positions[None, :]).abs() < self.window
+        lowest = torch.finfo(torch.float32).min
+        zero = torch.zeros((), dtype=torch.float32)
+        masks = {
+            "full_attention": torch.where(keep, zero, lowest),
+            "sliding_attention": torch.where(keep & near[None, None], zero, lowest),
+        }
+        return self.model(input_ids=input_ids, attention_mask=masks).last_hidden_state
+
+
+def export_transformer(folder: Path) -> None:
+    """Export the folder's transformer (read in fp32) to onnx/model.onnx: inputs input_ids
+    and attention_mask, plus position_ids and past_key_values.* for a decoder, as
+    onnx-community's exports have; output last_hidden_state; dynamic batch and sequence,
+    as optimum's feature-extraction export names them. Modules after the transformer
+    (Pooling, Dense, Normalize) stay outside the graph, as in sentence-transformers' ONNX
+    backend. main() then removes model.safetensors."""
     from transformers import AutoModel
 
-    hf = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    hf = AutoModel.from_pretrained(
+        str(folder), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
     mask = (ids != 0).long()
     args: tuple[torch.Tensor, ...] = (ids, mask)
     names = ["input_ids", "attention_mask"]
     model: torch.nn.Module = _LastHiddenState(hf)
+    if hf.config.model_type == "gemma3_text":
+        model = _BidirectionalWindows(hf)
     dynamic = {0: "batch_size", 1: "sequence_length"}
     axes: dict[str, dict[int, str]] = {}
     if hf.config.model_type == "qwen3":
@@ -1107,7 +1172,6 @@ def replace_weights_by_export(folder: Path) -> None:
             opset_version=17,
             dynamo=False,
         )
-    (folder / "model.safetensors").unlink()
 
 
 # ------------------------------------------------------------------------ reference
@@ -1231,6 +1295,36 @@ def summary(ref: dict[str, Any]) -> str:
     )
 
 
+#: What tools/make_st_onnx_fixtures.py writes into each folder it makes: the source
+#: fixture, the exports, how and with which versions they were made.
+ST_ONNX_RECORD = "st_onnx.json"
+
+
+def st_onnx_entries(fixtures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifest entries of the folders tools/make_st_onnx_fixtures.py made: its source
+    fixture's entry (same reference.json), given as sentence-transformers' ONNX backend
+    export instead of model.safetensors (fp32, whatever the source's dtype)."""
+    by_path = {entry["path"]: entry for entry in fixtures}
+    entries = []
+    for record_path in sorted(OUT.glob(f"*/{ST_ONNX_RECORD}")):
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        entry = {
+            k: v
+            for k, v in copy.deepcopy(by_path[record["source"]]).items()
+            if k not in ("native", "dtype")
+        }
+        entry.update(
+            path=record_path.parent.name,
+            name=record_path.parent.name,
+            source=record["source"],  # whose reference.json (the torch model's vectors) it has
+            onnx_export=record["exports"][0],
+            onnx_variants=record["exports"][1:],
+            exported_by={"how": record["how"], "versions": record["versions"]},
+        )
+        entries.append(entry)
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="fixture names to rebuild (default: all)")
@@ -1239,24 +1333,32 @@ def main() -> None:
         action="store_true",
         help=f"train new vocabularies instead of reusing {VOCABULARIES.relative_to(ROOT)}",
     )
+    parser.add_argument(
+        "--manifest-only",
+        action="store_true",
+        help="build nothing: rewrite manifest.json from the folders' reference.json and "
+        f"{ST_ONNX_RECORD} files (after tools/make_st_onnx_fixtures.py)",
+    )
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
-    charsmap = nmt_nfkc_charsmap()
-    vocabs = vocabularies(charsmap, args.retrain_tokenizers)
     texts = reference_texts()
     OUT.mkdir(parents=True, exist_ok=True)
+    charsmap = b"" if args.manifest_only else nmt_nfkc_charsmap()
+    vocabs = {} if args.manifest_only else vocabularies(charsmap, args.retrain_tokenizers)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in SPECS:
-            if args.only and spec.name not in args.only:
+            if args.manifest_only or (args.only and spec.name not in args.only):
                 continue
             folder = OUT / spec.name
             build_fixture(spec, folder, Path(tmp), charsmap, vocabs)
             ref = reference(spec, folder, texts)
             write_reference(folder / "reference.json", ref)
-            if spec.onnx_export:
-                replace_weights_by_export(folder)
+            if spec.onnx_export:  # from the transformers 5 config (a nomic-hub one it cannot read)
+                export_transformer(folder)
             if spec.layout == "nomic-hub":
                 write_nomic_hub_form(folder, texts)
+            if spec.onnx_export:  # the folder is given only as its export, as on the hub
+                (folder / "model.safetensors").unlink()
             print(summary(ref), flush=True)
     manifest_keys = (
         "name",
@@ -1279,9 +1381,9 @@ def main() -> None:
     # other versions names its own (its reference.json always does).
     previous = OUT / "manifest.json"
     common = versions()
-    if args.only and previous.is_file():
+    if (args.only or args.manifest_only) and previous.is_file():
         common = json.loads(previous.read_text(encoding="utf-8"))["versions"]
-    fixtures = []
+    fixtures: list[dict[str, Any]] = []
     for spec in SPECS:
         if not (OUT / spec.name / "reference.json").is_file():
             continue
@@ -1311,6 +1413,7 @@ def main() -> None:
         if ref["versions"] != common:
             entry["versions"] = ref["versions"]
         fixtures.append(entry)
+    fixtures += st_onnx_entries(fixtures)
     write_json(
         OUT / "manifest.json",
         {
