@@ -33,8 +33,9 @@ ROTARY = ("qwen3", "nomic_bert", "modernbert", "gemma3_text")
 EITHER_SIDE = [f["path"] for f in MANIFEST if "onnx_export" in f and f["architecture"] in ROTARY]
 VARIANTS = [(f["path"], v) for f in MANIFEST for v in f.get("onnx_variants", [])]
 MIN_COSINE = 0.99999
-#: int8 weights: sentence-transformers' own quantized export is this close, not closer.
-MIN_COSINE_INT8 = 0.99
+#: int8 weights: sentence-transformers' own quantized export is this close, not closer (a
+#: bound that random or wrongly fed vectors miss by far).
+MIN_COSINE_INT8 = 0.998
 #: Checked-in fixture folders stay small.
 MAX_FOLDER_BYTES = 660_000  # the largest: model.onnx, O2 and int8 side by side
 
