@@ -63,7 +63,7 @@ RELOAD_TEXT = "The first vector after an unload."
 MB = float(1 << 20)
 BUILD_VERSION = "1"  # bump when the recipe of a folder changes: folders are rebuilt
 UNSUPPORTED_EXIT = 5  # lazyembed.models.convert_child's exit status for UnsupportedModelError
-CONTENDERS = ("convert", "native", "st", "export")
+CONTENDERS = ("convert", "native", "st", "st_fp32", "export")
 
 Result = dict[str, Any]
 
@@ -900,8 +900,11 @@ def measure_lazy(
     }
 
 
-def measure_st(folder: Path, threads: int, sentences: int, one_texts: int) -> Result:
-    """sentence-transformers on the same folder, as it loads it by default."""
+def measure_st(
+    folder: Path, threads: int, sentences: int, one_texts: int, dtype: str | None = None
+) -> Result:
+    """sentence-transformers on the same folder, as it loads it by default (or in
+    ``dtype``)."""
     import numpy as np
     import torch
 
@@ -912,7 +915,10 @@ def measure_st(folder: Path, threads: int, sentences: int, one_texts: int) -> Re
     singles = [f"{t} ({i})" for i, t in enumerate(_texts(one_texts))]
     base, base_pss = _rss_mb(), _pss_mb()
     started = time.perf_counter()
-    model = SentenceTransformer(str(folder), device="cpu")
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:  # else the dtype it loads by default (the checkpoint's)
+        kwargs["model_kwargs"] = {"dtype": getattr(torch, dtype)}
+    model = SentenceTransformer(str(folder), device="cpu", **kwargs)
     model.encode([FIRST_TEXT])
     load_ms = (time.perf_counter() - started) * 1e3
     loaded_rss, loaded_pss = _rss_mb() - base, _above(_pss_mb(), base_pss)
@@ -1064,6 +1070,8 @@ def compare(
                     elif key not in failed:
                         unsupported[key] = convert["message"]
                 plan.append(("st", ["st", str(folder)]))
+                if ARCHS[key].weights_dtype != "float32":  # ST loads those in their dtype
+                    plan.append(("st_fp32", ["st", str(folder), "float32"]))
                 plan.append(("export", ["lazy", str(folder), "export", str(cache)]))
                 line = []
                 for name, argv in plan:
@@ -1125,11 +1133,12 @@ def summarize(by_contender: dict[str, list[Result]]) -> Result:
         out[name] = {k: v for k, v in stats.items() if v is not None}
         if "dtype" in rows[0]:
             out[name]["dtype"] = rows[0]["dtype"]
-    st = by_contender.get("st")
-    for name in ("native", "export"):
-        rows = by_contender.get(name)
-        if rows and st:
-            out[name]["min_cosine_vs_st"] = cosine_min(rows[0]["vectors"], st[0]["vectors"])
+    for peer, key in (("st", "min_cosine_vs_st"), ("st_fp32", "min_cosine_vs_st_fp32")):
+        st = by_contender.get(peer)
+        for name in ("native", "export"):
+            rows = by_contender.get(name)
+            if rows and st:
+                out[name][key] = cosine_min(rows[0]["vectors"], st[0]["vectors"])
     return out
 
 
@@ -1230,6 +1239,16 @@ def markdown(result: Result) -> str:
             f"{_ratio(native, st, 'one_text_ms', invert=True)} | "
             f"{_cos(native)} |"
         )
+        st32 = row.get("st_fp32")
+        if st32 is not None:  # the same lazyembed run against sentence-transformers in fp32
+            lines.append(
+                f"| {key}, ST in float32 | | | | | | | | "
+                f"{_fmt(st32, 'loaded_rss_mb')} / {_fmt(st32, 'pss_mb')} (float32) | "
+                f"{_fmt(st32, 'sentences_per_s', 1)} | {_fmt(st32, 'one_text_ms', 1)} | "
+                f"{_ratio(native, st32, 'sentences_per_s')} | "
+                f"{_ratio(native, st32, 'one_text_ms', invert=True)} | "
+                f"{_cos(native, 'min_cosine_vs_st_fp32')} |"
+            )
     lines += [
         "",
         "**ONNX export path (issue 21)**: the folder's `onnx/model.onnx` through `onnx_file`:",
@@ -1265,8 +1284,10 @@ def markdown(result: Result) -> str:
         "tokens seen). The tokenizers are small ones trained on the bench corpus (the "
         "table keeps the published vocabulary size). Converter peak: the conversion "
         "child's ru_maxrss. sentence-transformers runs in the dtype it loads by default "
-        "(shown). min cos: lazyembed's vectors against sentence-transformers' on 16 "
-        "sentences.",
+        "(shown); where that is not float32 (Qwen3's bf16), a second row compares the same "
+        "lazyembed run with sentence-transformers loaded in float32, which is faster on a "
+        "CPU without bf16 instructions. min cos: lazyembed's vectors against "
+        "sentence-transformers' on 16 sentences.",
     ]
     return "\n".join(lines)
 
@@ -1276,8 +1297,8 @@ def _last(message: str) -> str:
     return (lines[-1] if lines else message)[:300]
 
 
-def _cos(row: Result | None) -> str:
-    value = row.get("min_cosine_vs_st") if row else None
+def _cos(row: Result | None, key: str = "min_cosine_vs_st") -> str:
+    value = row.get(key) if row else None
     return "n/a" if value is None else f"{value:.6f}"
 
 
@@ -1330,7 +1351,8 @@ def _internal(args: argparse.Namespace, sentences: int, one_texts: int) -> int:
         folder, mode, cache = rest
         result = measure_lazy(Path(folder), mode, Path(cache), args.threads, sentences, one_texts)
     elif what == "st":
-        result = measure_st(Path(rest[0]), args.threads, sentences, one_texts)
+        dtype = rest[1] if len(rest) > 1 else None
+        result = measure_st(Path(rest[0]), args.threads, sentences, one_texts, dtype)
     else:
         raise SystemExit(f"unknown command {what!r}")
     print(json.dumps(result))
