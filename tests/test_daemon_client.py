@@ -214,8 +214,10 @@ def test_a_killed_daemon_is_replaced_and_the_call_retried(daemon: Daemon, local:
 def test_a_stopped_daemon_times_out_into_process_with_one_warning(
     daemon: Daemon, local: Any
 ) -> None:
+    shared().embed(TEXT)  # start the daemon and load the model under the default timeout
     embedder = shared(daemon_call_timeout=1.0)
     embedder.embed(TEXT)
+    assert embedder.client.usable()  # answered by the daemon, not by the fallback
     pid = daemon_pid(daemon)
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
