@@ -49,6 +49,15 @@ class _Session:
     dir: Path | None = None
     owned: bool = False
     leftovers: list[str] = field(default_factory=list)
+    #: Sockets in the daemon's shared /tmp fallback folder before the session started.
+    fallback_sockets: set[Path] = field(default_factory=set)
+
+
+def _fallback_sockets() -> set[Path]:
+    """The daemon sockets in /tmp/lazyembed-<uid>/ (where a socket path too long for
+    sun_path goes, outside every private folder a test makes)."""
+    folder = Path("/tmp") / f"lazyembed-{os.getuid()}"
+    return set(folder.glob("d-*.sock")) if folder.is_dir() else set()
 
 
 _SESSION = _Session()
@@ -73,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Before any test module is imported: private cache, config, data, state and
     runtime folders, and no LAZYEMBED_* setting from the developer's environment."""
     session = _SESSION.dir = _session_dir()
+    _SESSION.fallback_sockets = _fallback_sockets()
     if config.option.basetemp is None:  # tmp_path's folders go with the session's too
         config.option.basetemp = str(session / f"tmp_path-{os.getpid()}")
     os.environ[_KEPT] = str(session / "cache")
@@ -189,7 +199,7 @@ def leftover_children(grace: float) -> list[str]:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After the session fixtures' teardown: remove the session folder, then fail the run
-    if a child process or the folder is left."""
+    if a child process, the folder or a socket in the daemon's /tmp fallback is left."""
     problems: list[str] = []
     if _SESSION.owned or os.environ.get(_OWNER_ENV) != str(os.getpid()):
         # (not for a session run in-process by a test: the children are the outer's)
@@ -200,6 +210,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
             problems.append(f"session folder left behind: {folder}")
+    if _SESSION.owned:
+        new = sorted(_fallback_sockets() - _SESSION.fallback_sockets)
+        problems += [f"daemon socket left in the shared /tmp folder: {path}" for path in new]
     _SESSION.leftovers = problems
     if problems and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

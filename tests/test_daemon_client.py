@@ -27,7 +27,7 @@ from lazyembed.config import Settings, load_settings, resolve_share
 from lazyembed.daemon import client as client_module
 from lazyembed.daemon import spawn
 from lazyembed.daemon.client import DaemonFallbackWarning, client_for
-from lazyembed.daemon.paths import daemon_paths
+from lazyembed.daemon.paths import DaemonPaths, daemon_paths
 from lazyembed.daemon.protocol import pack_float32, recv_frame, send_frame
 from lazyembed.daemon.shared import SharedEmbedder, SharedModels
 from lazyembed.errors import (
@@ -76,6 +76,14 @@ def shared(**settings: Any) -> SharedEmbedder:
     embedder = lazyembed.Embedder(**settings)
     assert isinstance(embedder, SharedEmbedder), type(embedder)
     return embedder
+
+
+def close_listener(listener: socket.socket, paths: DaemonPaths) -> None:
+    """Close a fake daemon's socket and remove its file: under a tmp_path runtime folder
+    the path is too long for sun_path, so it lives in the shared /tmp fallback folder,
+    which no test folder's removal reaches."""
+    listener.close()
+    paths.socket.unlink(missing_ok=True)
 
 
 def test_settings_share_and_daemon_durations(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,7 +314,7 @@ def test_a_daemon_of_another_version_is_not_used(
         assert seen and seen[0]["op"] == "hello" and seen[0]["version"] == lazyembed.__version__
         assert not client_for(paths).usable()  # never tried again by this process
     finally:
-        listener.close()
+        close_listener(listener, paths)
 
 
 def test_a_daemon_that_never_answers_hello_costs_the_hello_timeout_not_the_call_timeout(
@@ -330,7 +338,7 @@ def test_a_daemon_that_never_answers_hello_costs_the_hello_timeout_not_the_call_
         assert type(embedder) is lazyembed.Embedder  # in-process
         embedder.close()
     finally:
-        listener.close()
+        close_listener(listener, paths)
 
 
 def test_other_daemon_level_settings_are_named_once(daemon: Daemon) -> None:
@@ -509,10 +517,9 @@ def test_a_stopping_daemon_is_retried_once_then_the_call_runs_in_process(
         assert embedder.client.retries == 1 and [m["op"] for m in seen] == ["embed", "embed"]
         thread.join(timeout=10)
     finally:
-        listener.close()
+        close_listener(listener, paths)
         client_module.close_all()
     seen.clear()
-    paths.socket.unlink()
     listener, thread = fake_daemon(paths.socket, ["stopping", "stopping"], seen)
     try:
         embedder = lazyembed.Embedder(share="auto", prepack_weights=False, cache_memory_mb=0)
@@ -522,7 +529,7 @@ def test_a_stopping_daemon_is_retried_once_then_the_call_runs_in_process(
         assert np.array_equal(np.asarray(vector, dtype=np.float32), local.embed_numpy([TEXT])[0])
         thread.join(timeout=10)
     finally:
-        listener.close()
+        close_listener(listener, paths)
         client_module.close_all()
 
 
