@@ -17,7 +17,6 @@ import json
 import mmap
 import struct
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,13 +203,3 @@ class Checkpoint:
         if entry.end > start:
             mapped.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
         return out.reshape(entry.shape)
-
-
-@contextmanager
-def open_checkpoint(model_dir: Path, prefixes: Iterable[str] = ("",)) -> Iterator[Checkpoint]:
-    """``Checkpoint`` as a context manager function (closes its maps)."""
-    ckpt = Checkpoint(model_dir, prefixes)
-    try:
-        yield ckpt
-    finally:
-        ckpt.close()

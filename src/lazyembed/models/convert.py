@@ -1,10 +1,11 @@
-"""Torch-free conversion of a BERT or XLM-R ``model.safetensors`` into a cached ONNX model.
+"""Torch-free conversion of a model's ``model.safetensors`` into a cached ONNX model.
 
 `ensure_onnx` returns a verified ONNX model for a model folder, converting it on first
-use: ``encoder_config.py`` reads and vets ``config.json``, ``bert_weights.py`` the
-tensors, ``bert_graph.py`` emits the graph, ``onnx_build.py`` quantizes, optimizes and
-externalizes it, and ``onnx_store.py`` keeps the result (keyed by the source hashes,
-``CONVERTER_VERSION``, the variant and the onnxruntime version, written atomically and
+use: ``encoder_config.py`` reads and vets ``config.json`` (refusing what no builder in
+``architectures.py`` emits), the architecture's ``*_graph.py`` reads the tensors
+(``checkpoint.py``) and emits the graph, ``onnx_build.py`` quantizes and optimizes it,
+and ``onnx_store.py`` keeps the result (keyed by the source hashes, the architecture's
+converter version, the variant and the onnxruntime version, written atomically and
 verified by a manifest). A damaged cached model is removed and rebuilt by the next
 call, in this process or any other.
 
@@ -33,7 +34,7 @@ from lazyembed.models.checkpoint import weight_files
 from lazyembed.models.encoder_config import CONFIG_FILE, read_config
 from lazyembed.models.files import sha256_file
 from lazyembed.models.hash_index import cached_sha256
-from lazyembed.models.onnx_build import build_onnx_model
+from lazyembed.models.onnx_build import build_into, build_onnx_model
 from lazyembed.models.onnx_store import Damage, Target, Variant
 
 __all__ = [
@@ -155,8 +156,6 @@ def _rebuild(model_dir: Path, target: Target, model_path: Path, damage: Damage) 
     onnx_store.discard(model_path, damage)
     onnx_store.remove_stale_builds(model_path)
     logger.info("converting %s to ONNX (%s) in %s", model_dir, target.variant, model_path.parent)
-    from lazyembed.models.onnx_build import build_into
-
     prefix = f"{onnx_store.BUILD_PREFIX}{model_path.stem}-"
     with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=prefix) as tmp:
         built, built_data = build_into(

@@ -322,10 +322,3 @@ class GraphBuilder:
         batch = self.op("Slice", [shape, self.ints(0), self.ints(1)])
         merged = self.op("Concat", [batch, self.ints(-1), seq_dim], axis=0)
         return self.op("Reshape", [tiled, merged])  # [b, kv*groups, s, d]
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save a graph whose large initializers are already external (next to ``path``)."""
-    import onnx
-
-    onnx.save_model(model, str(path))

@@ -29,9 +29,6 @@ from lazyembed.models.onnx_store import Variant, data_path
 if TYPE_CHECKING:
     import onnx
 
-#: Tensors smaller than this stay inside the graph file.
-_EXTERNAL_MIN_BYTES = EXTERNAL_MIN_BYTES
-
 
 def build_onnx_model(
     model_dir: Path, *, graph: GraphKind = "plain", data: Path | None = None
@@ -72,7 +69,7 @@ def _check_saved(path: Path) -> None:
 
 def _optimize(src: Path, dest: Path) -> None:
     """Let ONNX Runtime optimize ``src`` once and save the result to ``dest``, every
-    initializer of at least ``_EXTERNAL_MIN_BYTES`` in ``data_path(dest)``.
+    initializer of at least ``EXTERNAL_MIN_BYTES`` in ``data_path(dest)``.
 
     ORT_ENABLE_EXTENDED, not ALL: ALL adds layout transforms that may be specific to the
     CPU the file was written on, and for this graph it produced the same nodes anyway.
@@ -102,7 +99,7 @@ def _optimize(src: Path, dest: Path) -> None:
     )
     so.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes",
-        str(_EXTERNAL_MIN_BYTES),
+        str(EXTERNAL_MIN_BYTES),
     )
     sess = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     del sess
